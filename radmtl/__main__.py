@@ -1,0 +1,5 @@
+import sys
+
+from radmtl.cli import main
+
+sys.exit(main())

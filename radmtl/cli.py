@@ -1,0 +1,177 @@
+"""Command line: argument parsing only.
+
+Heavy modules (torch, MONAI, MLflow) are imported inside the command functions so that
+``radmtl --help`` and ``radmtl check`` start instantly. Every :class:`RadmtlError` becomes one
+line on stderr and a non-zero exit; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from radmtl import __version__
+from radmtl.errors import RadmtlError
+
+log = logging.getLogger("radmtl")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _setup_logging(verbosity: int, log_file: Path | None = None) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers[0].setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=level, handlers=handlers, force=True)
+    # Third-party libraries are chatty at INFO (alembic migrations, MLflow tips); keep them quiet.
+    for name in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "numexpr"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def _add_common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="compute device (default: auto = CUDA when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="radmtl",
+        description="Multi-task MR → synthetic CT + organ segmentation with per-voxel uncertainty.",
+    )
+    parser.add_argument("--version", action="version", version=f"radmtl {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("phantom", help="generate synthetic paired MR/CT/labels pelvis cases",
+                       description="Write synthetic male pelvis cases (MR, CT in HU, body mask, organ "
+                       "labels, true CT noise SD) in the radmtl dataset layout, with dataset.json.")
+    p.add_argument("out", type=Path, help="output dataset folder")
+    p.add_argument("--cases", type=int, default=10, help="number of cases (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"), default=None,
+                   help="grid size in voxels (default 96 96 64)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"), default=None,
+                   help="voxel size in mm (default: covers a pelvis at the given shape)")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("check", help="validate every case of a dataset folder before training",
+                       description="Check every case of DATA: readable 3D files, finite values, one grid "
+                       "per case, labels known to dataset.json, CT in HU, non-empty CT and mask. Prints "
+                       "one line per problem; exit 0 when clean, 1 otherwise.")
+    p.add_argument("data", type=Path, help="dataset folder (case sub-folders, optional dataset.json)")
+    p.add_argument("--for", dest="purpose", choices=("train", "infer"), default="train",
+                   help="train: mr and ct required (default); infer: mr only")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("train", help="train a model, tracked in MLflow",
+                       description="Patch-based training with validation, checkpoints and MLflow tracking.")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML config (default: built-in defaults = configs/default.yaml)")
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: data_samples/)")
+    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder (default runs/latest)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_latest.pt")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite mlflow.db here)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment name (default from config)")
+    _add_common_run_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("infer", help="predict sCT, segmentation and uncertainty maps",
+                       description="Run a trained model on MR volumes; every output lands on the input's grid.")
+    p.add_argument("--model", required=True,
+                   help="checkpoint file, or an MLflow model URI (runs:/<id>/model, models:/<name>/<version>)")
+    p.add_argument("--input", required=True, type=Path,
+                   help="an MR file, a folder of MR files, or a dataset folder")
+    p.add_argument("--output", required=True, type=Path, help="output folder (OUT/<case>/...)")
+    p.add_argument("--mc-samples", type=int, default=None, help="MC dropout samples T (default from the model)")
+    p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default from the model)")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
+    p.add_argument("--save-probabilities", action="store_true", help="also write seg_probabilities.nii.gz")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for runs:/ and models:/ URIs")
+    _add_common_run_args(p)
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("evaluate", help="SynthRAD-style metrics of predictions against references",
+                       description="Image, segmentation and uncertainty metrics per case and mean ± SD.")
+    p.add_argument("--pred", required=True, type=Path, help="output folder of radmtl infer")
+    p.add_argument("--ref", required=True, type=Path, help="dataset folder with ct/mask/labels")
+    p.add_argument("--out", type=Path, default=None, help="CSV file (default PRED/metrics.csv)")
+    p.add_argument("--json", type=Path, default=None, help="JSON file (default PRED/metrics.json)")
+    p.add_argument("--run-id", default=None, help="log the mean metrics to this MLflow run")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for --run-id")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from radmtl.phantom import generate_dataset
+
+    kwargs = {}
+    if args.shape is not None:
+        kwargs["shape"] = tuple(args.shape)
+    if args.spacing is not None:
+        kwargs["spacing"] = tuple(args.spacing)
+    case_ids = generate_dataset(args.out, cases=args.cases, seed=args.seed, **kwargs)
+    print(f"wrote {len(case_ids)} phantom cases to {args.out}")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from radmtl.check import check_dataset
+
+    require = ("mr", "ct") if args.purpose == "train" else ("mr",)
+    index, problems = check_dataset(args.data, require=require)
+    for problem in problems:
+        print(problem.line())
+    n_cases = len(index.cases) if index is not None else 0
+    if problems:
+        bad = len({p.case_id for p in problems})
+        print(f"{args.data}: {len(problems)} problem(s) in {bad} of {n_cases} case(s)")
+        return EXIT_FAIL
+    print(f"{args.data}: {n_cases} case(s), no problems")
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from radmtl.train import train_from_cli
+
+    return train_from_cli(args)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from radmtl.infer import infer_from_cli
+
+    return infer_from_cli(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from radmtl.evaluate import evaluate_from_cli
+
+    return evaluate_from_cli(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    _setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except RadmtlError as err:
+        print(f"radmtl {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print(f"radmtl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""Configuration: YAML -> typed, frozen dataclasses.
+
+Every key is checked: unknown keys and values of the wrong type are errors that name the dotted
+key, so a typo in a YAML file fails before any data is read. ``--set a.b=c`` overrides are parsed
+as YAML scalars/lists, so ``--set data.patch_size=[32,32,32]`` and ``--set train.lr=1e-3`` work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from radmtl.errors import RadmtlError
+
+TASKS = ("sct", "seg")
+WEIGHTINGS = ("fixed", "homoscedastic", "hetero_homo", "hetero")
+
+
+class ConfigError(RadmtlError, ValueError):
+    """A configuration value or key is invalid; the message names the dotted key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How volumes become network input.
+
+    ``spacing`` is the voxel size (mm, RAS order x, y, z) the network sees; ``patch_size`` is the
+    training crop and the sliding-window size at inference.
+    """
+
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    patch_size: tuple[int, int, int] = (64, 64, 32)
+    patches_per_volume: int = 4
+    pos_fraction: float = 0.67
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    ct_clip_hu: tuple[float, float] = (-1024.0, 3071.0)
+    ct_scale_hu: float = 1000.0
+    val_fraction: float = 0.2
+    cache: bool = True
+    num_workers: int = 0
+    augment_flip: bool = True
+    augment_intensity: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shared-encoder multi-task U-Net.
+
+    ``tasks``, ``sct_log_var`` and ``seg_log_var`` say which decoders and heads exist. In a YAML
+    file they are normally left out: :func:`load_config` derives them from ``loss.tasks`` and
+    ``loss.weighting`` so the network always has exactly the heads the loss needs.
+    """
+
+    in_channels: int = 1
+    num_classes: int = 6
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 1
+    norm: Literal["instance", "batch", "group"] = "instance"
+    act: str = "leakyrelu"
+    dropout: float = 0.5
+    tasks: tuple[str, ...] = TASKS
+    sct_log_var: bool = True
+    seg_log_var: bool = False
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The multi-task objective (DESIGN.md section 1)."""
+
+    tasks: tuple[str, ...] = TASKS
+    weighting: Literal["fixed", "homoscedastic", "hetero_homo", "hetero"] = "hetero_homo"
+    likelihood: Literal["gaussian", "laplace"] = "gaussian"
+    beta_nll: float = 0.0
+    seg_dice_weight: float = 0.0
+    fixed_weight_sct: float = 1.0
+    fixed_weight_seg: float = 1.0
+    init_log_var: float = 0.0
+    log_var_min: float = -10.0
+    log_var_max: float = 10.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 2
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 2
+    grad_clip: float = 1.0
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    val_every: int = 5
+    best_metric: str = "val_mae_hu"
+    best_mode: Literal["min", "max"] = "min"
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    mc_samples: int = 20
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = "radmtl"
+    tracking_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def required_heads(loss: LossConfig) -> dict[str, Any]:
+    """The model fields (tasks, sct_log_var, seg_log_var) that ``loss`` needs."""
+    hetero_sct = loss.weighting in ("hetero_homo", "hetero")
+    return {
+        "tasks": tuple(loss.tasks),
+        "sct_log_var": "sct" in loss.tasks and hetero_sct,
+        "seg_log_var": "seg" in loss.tasks and loss.weighting == "hetero",
+    }
+
+
+def _validate(cfg: Config) -> None:
+    tasks = cfg.loss.tasks
+    if not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
+        raise ConfigError(f"loss.tasks: expected a non-empty subset of {list(TASKS)}, got {list(tasks)}")
+    for key, want in required_heads(cfg.loss).items():
+        have = getattr(cfg.model, key)
+        if have != want:
+            raise ConfigError(
+                f"model.{key}: is {have!r} but loss.tasks={list(tasks)} with "
+                f"loss.weighting={cfg.loss.weighting!r} needs {want!r}; leave model.{key} out of the "
+                "YAML and it is derived"
+            )
+    if len(cfg.model.strides) != len(cfg.model.channels) - 1:
+        raise ConfigError(
+            f"model.strides: needs len(model.channels) - 1 = {len(cfg.model.channels) - 1} entries, "
+            f"got {len(cfg.model.strides)}"
+        )
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.model.num_classes < 2 and "seg" in tasks:
+        raise ConfigError(f"model.num_classes: needs >= 2 for segmentation, got {cfg.model.num_classes}")
+    if any(s <= 0 for s in cfg.data.spacing):
+        raise ConfigError(f"data.spacing: must be positive, got {list(cfg.data.spacing)}")
+    if any(p <= 0 for p in cfg.data.patch_size):
+        raise ConfigError(f"data.patch_size: must be positive, got {list(cfg.data.patch_size)}")
+    lo, hi = cfg.data.ct_clip_hu
+    if lo >= hi:
+        raise ConfigError(f"data.ct_clip_hu: low must be below high, got {[lo, hi]}")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: must be in [0, 1), got {cfg.data.val_fraction}")
+    if cfg.loss.log_var_min >= cfg.loss.log_var_max:
+        raise ConfigError("loss.log_var_min: must be below loss.log_var_max")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.val_every < 1:
+        raise ConfigError("train.epochs, train.batch_size and train.val_every must be >= 1")
+    if cfg.infer.mc_samples < 1:
+        raise ConfigError(f"infer.mc_samples: must be >= 1, got {cfg.infer.mc_samples}")
+    if not 0.0 <= cfg.infer.overlap < 1.0:
+        raise ConfigError(f"infer.overlap: must be in [0, 1), got {cfg.infer.overlap}")
+
+
+# --- building dataclasses from plain dicts, with type checks that name the key ----------------
+
+
+def _check_value(key: str, value: Any, hint: Any) -> Any:
+    """Return ``value`` converted to ``hint`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(key, value, arg)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_value(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({list(value)})")
+        return tuple(_check_value(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; users write learning rates that way.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    raise ConfigError(f"{key}: unsupported type {hint!r}")  # pragma: no cover - programming error
+
+
+def _build(cls: type, raw: Any, prefix: str = "") -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"{where}{unknown[0]}: unknown key; valid keys here are {sorted(names)}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _check_value(key, value, hints[name])
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a validated :class:`Config`; model heads are derived from the loss when omitted."""
+    raw = dict(raw or {})
+    loss = _build(LossConfig, raw.get("loss"), "loss")
+    model_raw = dict(raw.get("model") or {})
+    for key, value in required_heads(loss).items():
+        model_raw.setdefault(key, list(value) if isinstance(value, tuple) else value)
+    raw["model"] = model_raw
+    return _build(Config, raw)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-python (YAML/JSON-safe) dict of a config dataclass; tuples become lists."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """``{"data.spacing": [3.0, 3.0, 3.0], ...}`` for logging every resolved value as a param."""
+    out: dict[str, Any] = {}
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                out[key] = v
+
+    walk(to_dict(cfg), "")
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``a.b=c`` strings to a raw dict; values are parsed as YAML (``[1,2]``, ``1e-3``, ``true``)."""
+    raw = yaml.safe_load(yaml.safe_dump(raw or {}))  # deep copy, plain types
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-3")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set {item!r}: empty key")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: cannot parse value {text!r} ({err})") from err
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML file (or the built-in defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from err
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return config_from_dict(raw)
+    except ConfigError as err:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{err}") from err
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text (what is logged to MLflow and stored in checkpoints)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

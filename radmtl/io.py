@@ -1,0 +1,302 @@
+"""Volume I/O: read NIfTI (and .mha/.nrrd through SimpleITK), write onto a reference grid, atomically.
+
+Every volume is handled as a :class:`Volume`: a 3D array in the file's own voxel order plus the
+4×4 voxel→world affine in nibabel's RAS+ millimetre convention. Writes copy the reference's
+affine and qform/sform codes but build a fresh header, so the on-disk dtype and scaling of an
+int16 CT header can never leak into a float32 σ map or a uint8 label map.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from radmtl.errors import RadmtlError
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+
+# Geometry tolerances: header round-trips through float32 quaternions lose ~1e-5 mm.
+SPACING_TOL_MM = 1e-3
+ORIGIN_TOL_MM = 1e-2
+DIRECTION_TOL = 1e-3
+
+# RAS <-> LPS: ITK/DICOM world coordinates are LPS, nibabel's are RAS.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class VolumeError(RadmtlError, ValueError):
+    """A volume cannot be read, written or used; the message names the file and how to fix it."""
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D image: ``array`` (X, Y, Z) in file voxel order, ``affine`` voxel→RAS world (mm).
+
+    ``header`` is the NIfTI header when the file was NIfTI (used to carry qform/sform codes
+    into outputs), else None.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path | None = None
+    header: nib.Nifti1Header | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.array.shape[:3])
+
+    @property
+    def grid(self) -> Grid:
+        return Grid.from_affine(self.shape, self.affine)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Shape, spacing (mm), origin (mm, RAS) and direction cosines (columns) of a voxel grid."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: np.ndarray
+
+    @classmethod
+    def from_affine(cls, shape: tuple[int, ...], affine: np.ndarray) -> Grid:
+        linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+        spacing = np.linalg.norm(linear, axis=0)
+        direction = linear / np.where(spacing > 0, spacing, 1.0)
+        return cls(
+            shape=tuple(int(s) for s in shape[:3]),
+            spacing=tuple(float(s) for s in spacing),
+            origin=tuple(float(o) for o in np.asarray(affine)[:3, 3]),
+            direction=direction,
+        )
+
+    def describe(self) -> dict:
+        """JSON-safe description (for provenance files)."""
+        return {
+            "shape": list(self.shape),
+            "spacing_mm": [round(s, 6) for s in self.spacing],
+            "origin_mm": [round(o, 6) for o in self.origin],
+            "direction": np.round(self.direction, 6).tolist(),
+        }
+
+
+def grid_mismatch(grid: Grid, reference: Grid) -> str | None:
+    """Describe how ``grid`` differs from ``reference`` (None when they match within tolerance)."""
+    if grid.shape != reference.shape:
+        return f"shape {list(grid.shape)} differs from {list(reference.shape)}"
+    if not np.allclose(grid.spacing, reference.spacing, atol=SPACING_TOL_MM):
+        return (
+            f"spacing {[round(s, 4) for s in grid.spacing]} mm differs from "
+            f"{[round(s, 4) for s in reference.spacing]} mm"
+        )
+    if not np.allclose(grid.origin, reference.origin, atol=ORIGIN_TOL_MM):
+        return (
+            f"origin {[round(o, 3) for o in grid.origin]} mm differs from "
+            f"{[round(o, 3) for o in reference.origin]} mm"
+        )
+    if not np.allclose(grid.direction, reference.direction, atol=DIRECTION_TOL):
+        return "direction (orientation) differs"
+    return None
+
+
+def has_volume_suffix(path: str | Path) -> bool:
+    return str(path).lower().endswith(VOLUME_SUFFIXES)
+
+
+def strip_volume_suffix(name: str) -> str:
+    """``case_001.nii.gz`` -> ``case_001``."""
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_volume(path: str | Path) -> Volume:
+    """Read a 3D volume as float32.
+
+    Raises:
+        VolumeError: missing, unreadable or corrupt file, or not a 3D image. The message names the
+            file, what is wrong and how to fix it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(f"{path}: file not found; check the path or the dataset layout")
+    if path.is_dir():
+        raise VolumeError(f"{path}: is a folder, expected an image file")
+    lower = path.name.lower()
+    if lower.endswith(NIFTI_SUFFIXES):
+        volume = _read_nifti(path)
+    elif lower.endswith(ITK_SUFFIXES):
+        volume = _read_itk(path)
+    else:
+        raise VolumeError(
+            f"{path}: unsupported file type; use NIfTI (.nii/.nii.gz) or .mha/.nrrd"
+        )
+    return volume
+
+
+def _squeeze_to_3d(path: Path, array: np.ndarray) -> np.ndarray:
+    # A 4D NIfTI with a single volume (X, Y, Z, 1) is common output of converters; accept it.
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise VolumeError(
+            f"{path}: expected a 3D image, got {array.ndim}D with shape {list(array.shape)}; "
+            "export a single 3D volume"
+        )
+    if min(array.shape) < 1:
+        raise VolumeError(f"{path}: image is empty (shape {list(array.shape)})")
+    return array
+
+
+def _read_nifti(path: Path) -> Volume:
+    try:
+        img = nib.load(str(path))
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise VolumeError(f"{path}: not a NIfTI image ({type(img).__name__})")
+        # get_fdata applies scl_slope/inter; float32 halves memory against the float64 default.
+        array = np.asarray(img.get_fdata(dtype=np.float32))
+    except VolumeError:
+        raise
+    except Exception as err:  # nibabel/gzip/zlib raise many unrelated types for a corrupt file
+        raise VolumeError(
+            f"{path}: cannot read as NIfTI ({type(err).__name__}: {err}); the file is corrupt or "
+            "truncated, re-export it"
+        ) from err
+    array = _squeeze_to_3d(path, array)
+    return Volume(array=array, affine=np.asarray(img.affine, dtype=np.float64), path=path,
+                  header=img.header.copy())
+
+
+def _read_itk(path: Path) -> Volume:
+    import SimpleITK as sitk  # only needed for non-NIfTI inputs
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except Exception as err:
+        raise VolumeError(
+            f"{path}: cannot read with SimpleITK ({err}); the file is corrupt or truncated, re-export it"
+        ) from err
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeError(f"{path}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
+                          "expected a scalar image")
+    # SimpleITK arrays are (z, y, x); transpose to nibabel's (x, y, z).
+    array = np.transpose(sitk.GetArrayFromImage(img)).astype(np.float32)
+    array = _squeeze_to_3d(path, array)
+    if img.GetDimension() != 3:
+        raise VolumeError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine_lps = np.eye(4)
+    affine_lps[:3, :3] = direction @ np.diag(img.GetSpacing())
+    affine_lps[:3, 3] = img.GetOrigin()
+    return Volume(array=array, affine=_LPS_TO_RAS @ affine_lps, path=path, header=None)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name keeps the suffix (nibabel picks gzip from ``.nii.gz``) and starts with a
+    dot so a crash never leaves a file under the final name or one that looks like an output.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.tmp.{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _check_writable_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VolumeError(f"{folder}: cannot create output folder ({err.strerror})") from err
+    if not os.access(folder, os.W_OK):
+        raise VolumeError(f"{folder}: output folder is not writable; choose another --output")
+
+
+def write_like(
+    array: np.ndarray,
+    reference: Volume,
+    path: str | Path,
+    dtype: np.dtype | type,
+) -> Path:
+    """Write ``array`` as NIfTI on ``reference``'s grid, atomically.
+
+    Args:
+        array: (X, Y, Z) or (X, Y, Z, C) on the reference's voxel grid.
+        reference: the input volume whose affine and qform/sform codes the output must carry.
+        path: destination (``.nii.gz`` or ``.nii``).
+        dtype: on-disk dtype, explicit: float32 for HU and σ, uint8 for labels.
+
+    Returns:
+        The final path.
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    if array.shape[:3] != reference.shape:
+        raise VolumeError(
+            f"{path}: array shape {list(array.shape)} does not match the reference grid "
+            f"{list(reference.shape)}"
+        )
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise VolumeError(f"{path}: values outside the range of {dtype.name}")
+        array = np.rint(array) if np.issubdtype(array.dtype, np.floating) else array
+    data = np.ascontiguousarray(array.astype(dtype, copy=False))
+
+    img = nib.Nifti1Image(data, reference.affine)
+    header = img.header
+    ref_header = reference.header
+    if ref_header is not None and isinstance(ref_header, nib.Nifti1Header):
+        qform_code = int(ref_header["qform_code"])
+        sform_code = int(ref_header["sform_code"])
+        # Copy the matrices the reference actually stores, not its "best" affine, so a file whose
+        # qform and sform disagree comes back exactly as it went in.
+        img.set_qform(ref_header.get_qform(), code=qform_code)
+        img.set_sform(ref_header.get_sform(), code=sform_code)
+        header.set_xyzt_units(*ref_header.get_xyzt_units())
+    else:
+        img.set_qform(reference.affine, code=1)
+        img.set_sform(reference.affine, code=1)
+        header.set_xyzt_units("mm", "sec")
+    header.set_data_dtype(dtype)
+    # A fresh header has no scaling, but make it explicit: slope 1, intercept 0.
+    header["scl_slope"] = 1.0
+    header["scl_inter"] = 0.0
+    header["descrip"] = b"radmtl"
+
+    _check_writable_dir(path.parent)
+    try:
+        with atomic_path(path) as tmp:
+            nib.save(img, str(tmp))
+    except OSError as err:
+        raise VolumeError(f"{path}: cannot write ({err.strerror}); check space and permissions") from err
+    log.debug("wrote %s %s %s", path, list(data.shape), dtype.name)
+    return path
+
+
+def write_volume(array: np.ndarray, affine: np.ndarray, path: str | Path, dtype: np.dtype | type) -> Path:
+    """Write ``array`` with ``affine`` (qform and sform code 1, scanner), atomically."""
+    # broadcast_to gives a shape-only placeholder without allocating a second volume.
+    reference = Volume(array=np.broadcast_to(np.uint8(0), np.asarray(array).shape[:3]), affine=np.asarray(affine))
+    return write_like(array, reference, path, dtype)

@@ -1,0 +1,31 @@
+# Sourced by demo.sh and test.sh: create .venv if missing and install radmtl into it.
+# torch: a torch that is already importable (e.g. a user's CUDA build) is kept by giving the venv
+# the system site-packages; otherwise the CPU build torch==2.13.0 is installed first, because an
+# unpinned torch pulls several GB of CUDA wheels.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    if "$PYTHON" -c "import torch" >/dev/null 2>&1; then
+        echo "setup: using the torch already installed for $PYTHON"
+        "$PYTHON" -m venv --system-site-packages .venv
+    else
+        "$PYTHON" -m venv .venv
+    fi
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! python -c "import torch" >/dev/null 2>&1; then
+    echo "setup: installing torch==2.13.0 (CPU build)"
+    pip install -q "torch==2.13.0"
+fi
+# Reinstall only when pyproject.toml changed: a no-op pip install still costs ~20 s.
+stamp=".venv/.radmtl-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! python -c "import radmtl" >/dev/null 2>&1; then
+    echo "setup: installing radmtl and its dependencies into .venv"
+    pip install -q -e ".[dev]"
+    echo "$want" > "$stamp"
+fi

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from radmtl.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    dump_config,
+    flatten,
+    load_config,
+    to_dict,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_yaml_equals_builtin_defaults():
+    # configs/default.yaml documents the defaults; it must not drift from the dataclasses.
+    assert load_config(ROOT / "configs" / "default.yaml") == load_config(None)
+    assert load_config(None) == Config()
+
+
+def test_smoke_config_is_small():
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
+    assert cfg.model.channels == (8, 16, 32)
+    assert cfg.model.strides == (2, 2)
+    assert cfg.train.epochs == 3
+    assert cfg.loss.weighting == "hetero_homo"
+
+
+def test_override_nested_values_parsed_as_yaml():
+    cfg = load_config(None, ["train.lr=1e-3", "data.patch_size=[32, 32, 16]", "data.cache=false"])
+    assert cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.data.patch_size == (32, 32, 16)
+    assert cfg.data.cache is False
+
+
+def test_int_accepted_for_float_and_converted():
+    cfg = load_config(None, ["train.lr=1"])
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.lrr=1", "train.lrr"),
+        ("nosuch.x=1", "nosuch"),
+        ("train.epochs=ten", "train.epochs"),
+        ("train.epochs=1.5", "train.epochs"),
+        ("data.patch_size=[32, 32]", "data.patch_size"),
+        ("data.cache=1", "data.cache"),
+        ("loss.weighting=magic", "loss.weighting"),
+        ("loss.tasks=[sct, ct]", "loss.tasks"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("model.strides=[2]", "model.strides"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[")):
+        load_config(None, [override])
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["train.lr"])
+
+
+def test_model_heads_derived_from_loss():
+    hetero = config_from_dict({"loss": {"weighting": "hetero"}})
+    assert hetero.model.sct_log_var and hetero.model.seg_log_var
+    fixed = config_from_dict({"loss": {"weighting": "fixed"}})
+    assert not fixed.model.sct_log_var and not fixed.model.seg_log_var
+    seg_only = config_from_dict({"loss": {"tasks": ["seg"]}})
+    assert seg_only.model.tasks == ("seg",) and not seg_only.model.sct_log_var
+    m2b = config_from_dict({"loss": {"tasks": ["sct"], "weighting": "hetero_homo"}})
+    assert m2b.model.tasks == ("sct",) and m2b.model.sct_log_var
+
+
+def test_inconsistent_explicit_heads_rejected():
+    with pytest.raises(ConfigError, match="model.sct_log_var"):
+        config_from_dict({"loss": {"weighting": "fixed"}, "model": {"sct_log_var": True}})
+
+
+def test_round_trip_through_yaml_and_flatten():
+    cfg = load_config(None, ["loss.weighting=hetero", "seed=7"])
+    again = config_from_dict(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+    flat = flatten(cfg)
+    assert flat["seed"] == 7
+    assert flat["loss.weighting"] == "hetero"
+    assert flat["data.spacing"] == list(cfg.data.spacing)
+    assert set(to_dict(cfg)) == {"seed", "data", "model", "loss", "train", "infer", "tracking"}
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: train.epoch: unknown key"):
+        load_config(typo)
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = "import sys; from radmtl.cli import build_parser; build_parser(); " \
+           "print('torch' in sys.modules, 'mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
