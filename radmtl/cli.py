@@ -129,7 +129,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     index, problems = check_dataset(args.data, require=require)
     for problem in problems:
         print(problem.line())
-    n_cases = len(index.cases) if index is not None else 0
+    if index is None:
+        print(f"{args.data}: not a usable dataset folder (see above)")
+        return EXIT_FAIL
+    n_cases = len(index.cases)
     if problems:
         bad = len({p.case_id for p in problems})
         print(f"{args.data}: {len(problems)} problem(s) in {bad} of {n_cases} case(s)")
