@@ -1,0 +1,380 @@
+"""Uncertainty-weighted multi-task losses (DESIGN.md section 1).
+
+Every uncertainty head or parameter predicts ``s = log σ²`` (for the Laplace likelihood
+``s_b = log b``, with σ = √2·b). Terms:
+
+- Gaussian heteroscedastic NLL: ``0.5·exp(−s)·(y−μ)² + 0.5·s`` (no ½·log 2π).
+- Laplace heteroscedastic NLL: ``exp(−s_b)·|y−μ| + s_b`` (no log 2).
+- Homoscedastic regression weight: ``0.5·exp(−s)·L + 0.5·s``, optimum ``s = log L``.
+- Homoscedastic classification weight: ``exp(−s)·L + 0.5·s``, optimum ``s = log 2L``.
+- Heteroscedastic segmentation (Bragman et al. 2018, M4): per voxel ``exp(−s(x))·CE(x) + 0.5·s(x)``.
+
+Clamping ``s``: every ``s`` (learned scalars and per-voxel heads) goes through
+:func:`clamp_log_var` into ``[log_var_min, log_var_max]`` before use. The forward value is clamped
+so ``exp(±s)`` stays finite and a task loss reaching 0 cannot drag a scalar ``s`` to −∞. The
+gradient passes where ``s`` is inside the range, and outside it only when a descent step would
+move ``s`` back inside: so ``s`` overshoots the boundary by at most an optimiser step (plus Adam's
+decaying momentum), never runs away, and never gets stuck outside as a hard clamp's zero
+gradient would leave it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+from torch import Tensor, nn
+
+from radmtl.config import TASKS, WEIGHTINGS, LossConfig
+
+logger = logging.getLogger(__name__)
+
+LIKELIHOODS = ("gaussian", "laplace")
+
+# Denominator floor for masked means: with non-negative weights an all-zero mask makes the
+# numerator exactly 0, so the mean is defined as 0 (with a gradient of 0) instead of 0/0 = NaN.
+_MASK_SUM_FLOOR = 1e-12
+
+
+class _InwardClamp(torch.autograd.Function):
+    """Clamp whose backward blocks only the gradient that would push ``s`` further out of range."""
+
+    @staticmethod
+    def forward(ctx, log_var: Tensor, low: float, high: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(log_var)
+        ctx.low, ctx.high = low, high
+        return log_var.clamp(low, high)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (log_var,) = ctx.saved_tensors
+        # gradient descent moves s by −grad
+        outward = ((log_var < ctx.low) & (grad > 0)) | ((log_var > ctx.high) & (grad < 0))
+        return grad.masked_fill(outward, 0.0), None, None
+
+
+def clamp_log_var(log_var: Tensor, low: float, high: float) -> Tensor:
+    """Clamp ``s`` to ``[low, high]`` with inward-only gradients outside (see module docstring)."""
+    if not low < high:
+        raise ValueError(f"low: must be below high, got low={low}, high={high}")
+    return _InwardClamp.apply(log_var, float(low), float(high))
+
+
+def masked_mean(values: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Weighted mean of ``values`` over the voxels where ``mask`` is non-zero.
+
+    Args:
+        values: (B, C, D, H, W).
+        mask: (B, 1, D, H, W) or (B, C, D, H, W), bool or non-negative float weights; None = all
+            voxels. An all-zero mask gives 0 (and zero gradients), not NaN.
+
+    Returns:
+        Scalar tensor.
+    """
+    if mask is None:
+        return values.mean()
+    if mask.ndim != values.ndim or mask.shape[0] != values.shape[0] or mask.shape[2:] != values.shape[2:]:
+        raise ValueError(
+            f"mask: shape {tuple(mask.shape)} does not match values {tuple(values.shape)}; "
+            "expected (B, 1, D, H, W) on the same grid"
+        )
+    weights = mask.to(values.dtype).expand_as(values)
+    return (values * weights).sum() / weights.sum().clamp_min(_MASK_SUM_FLOOR)
+
+
+def heteroscedastic_nll(
+    mean: Tensor,
+    log_var: Tensor,
+    target: Tensor,
+    mask: Tensor | None = None,
+    likelihood: str = "gaussian",
+    beta: float = 0.0,
+) -> Tensor:
+    """Per-voxel negative log-likelihood, averaged over mask voxels.
+
+    Gaussian (``log_var`` = s = log σ²): ``0.5·exp(−s)·(y−μ)² + 0.5·s``, minimised at
+    σ² = (y−μ)².
+    Laplace (``log_var`` = s_b = log b): ``exp(−s_b)·|y−μ| + s_b``, minimised at b = |y−μ|; its
+    standard deviation is σ = √2·b. Constants (½·log 2π, log 2) are left out.
+
+    β-NLL (Seitzer et al. 2022, Gaussian only): the per-voxel term is multiplied by
+    stop-gradient(σ^(2β)) = stop-gradient(exp(β·s)); β = 0 is the plain NLL, β = 1 gives the mean
+    the MSE gradient.
+
+    Args:
+        mean: (B, 1, D, H, W) predicted μ.
+        log_var: (B, 1, D, H, W) predicted s (not clamped here; see :func:`clamp_log_var`).
+        target: (B, 1, D, H, W) y.
+        mask: (B, 1, D, H, W) weights, None = all voxels; see :func:`masked_mean`.
+        likelihood: ``"gaussian"`` or ``"laplace"``.
+        beta: β-NLL exponent in [0, 1]; must be 0 for Laplace.
+
+    Returns:
+        Scalar tensor.
+    """
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood: must be one of {list(LIKELIHOODS)}, got {likelihood!r}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta: must be in [0, 1], got {beta}")
+    if likelihood == "laplace" and beta != 0.0:
+        raise ValueError(
+            f"beta: β-NLL is defined for the Gaussian likelihood only, got beta={beta} with laplace"
+        )
+    if mean.shape != target.shape or log_var.shape != mean.shape:
+        raise ValueError(
+            f"mean, log_var, target: shapes must match, got {tuple(mean.shape)}, "
+            f"{tuple(log_var.shape)}, {tuple(target.shape)}"
+        )
+    residual = target - mean
+    if likelihood == "gaussian":
+        term = 0.5 * torch.exp(-log_var) * residual.square() + 0.5 * log_var
+        if beta > 0.0:
+            term = term * torch.exp(beta * log_var).detach()
+    else:
+        term = torch.exp(-log_var) * residual.abs() + log_var
+    return masked_mean(term, mask)
+
+
+def homoscedastic_regression(task_loss: Tensor, log_var: Tensor) -> Tensor:
+    """``0.5·exp(−s)·L + 0.5·s`` (Kendall et al. 2018); minimised at s = log L."""
+    return 0.5 * torch.exp(-log_var) * task_loss + 0.5 * log_var
+
+
+def homoscedastic_classification(task_loss: Tensor, log_var: Tensor) -> Tensor:
+    """``exp(−s)·L + 0.5·s`` (Kendall et al. 2018); minimised at s = log 2L."""
+    return torch.exp(-log_var) * task_loss + 0.5 * log_var
+
+
+def heteroscedastic_segmentation(
+    seg_logits: Tensor, log_var: Tensor, labels: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """Bragman et al. 2018 (M4): per-voxel ``exp(−s(x))·CE(x) + 0.5·s(x)``, mean over mask voxels.
+
+    Args:
+        seg_logits: (B, C, D, H, W).
+        log_var: (B, 1, D, H, W) s(x).
+        labels: (B, 1, D, H, W) integer class indices.
+        mask: (B, 1, D, H, W) weights, None = all voxels.
+
+    Returns:
+        Scalar tensor.
+    """
+    ce = voxel_cross_entropy(seg_logits, labels)
+    if log_var.shape != ce.shape:
+        raise ValueError(f"log_var: expected shape {tuple(ce.shape)}, got {tuple(log_var.shape)}")
+    return masked_mean(homoscedastic_classification(ce, log_var), mask)
+
+
+def voxel_cross_entropy(seg_logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-voxel CE (B, 1, D, H, W) from logits (B, C, D, H, W) and labels (B, 1, D, H, W)."""
+    if labels.ndim != seg_logits.ndim or labels.shape[1] != 1 or labels.shape[2:] != seg_logits.shape[2:]:
+        raise ValueError(
+            f"labels: expected shape (B, 1, D, H, W) matching logits {tuple(seg_logits.shape)}, "
+            f"got {tuple(labels.shape)}"
+        )
+    return F.cross_entropy(seg_logits, labels[:, 0].long(), reduction="none").unsqueeze(1)
+
+
+_TASK_MODES = {  # weighting -> (sCT mode, segmentation mode)
+    "fixed": ("fixed", "fixed"),
+    "homoscedastic": ("homoscedastic", "homoscedastic"),
+    "hetero_homo": ("hetero", "homoscedastic"),
+    "hetero": ("hetero", "hetero"),
+}
+
+
+class MultiTaskLoss(nn.Module):
+    """The weighted multi-task objective of DESIGN.md section 1.
+
+    Weighting (``cfg.weighting``), applied per task present in ``cfg.tasks``:
+
+    - ``fixed``: ``w_sct·L_sct + w_seg·L_seg``.
+    - ``homoscedastic``: learned scalar s per task, regression form for sCT, classification form
+      for segmentation.
+    - ``hetero_homo`` (default): per-voxel Gaussian/Laplace NLL for the sCT, scalar s for segmentation.
+    - ``hetero``: per-voxel s(x) for both tasks.
+
+    With one task the same rules apply to that task: sCT-only with ``hetero_homo``/``hetero`` is the
+    heteroscedastic single-task model (M2b), with ``fixed`` it is plain M1.
+
+    Base losses:
+
+    - ``L_sct`` = masked MSE for the Gaussian likelihood, masked MAE for Laplace, so the
+      constant-σ limit of each NLL is its own base loss. Averaged over body-mask voxels.
+    - ``L_seg`` = CE + ``seg_dice_weight``·Dice. CE is averaged over *all* voxels, not the body
+      mask: organs lie inside the body and background outside it is cheap to learn, and leaving
+      air unsupervised would let organs be predicted there. Dice is MONAI's soft Dice on the
+      softmax, foreground classes only, pooled over the batch (patches missing an organ do not
+      dominate). In ``fixed``/``homoscedastic`` modes the weight (w_seg or exp(−s)) multiplies the
+      whole of CE + Dice; in ``hetero`` Dice has no per-voxel form, so it is added unweighted next
+      to the per-voxel σ-weighted CE. Every CE (raw, scalar-σ, per-voxel σ) is a mean over voxels,
+      never a sum, so the sCT/segmentation balance does not depend on the patch size.
+
+    Learned scalars ``log_var_sct``/``log_var_seg`` start at ``cfg.init_log_var``; every s is put
+    through :func:`clamp_log_var` into ``[cfg.log_var_min, cfg.log_var_max]``.
+
+    Args:
+        cfg: the loss configuration.
+    """
+
+    def __init__(self, cfg: LossConfig) -> None:
+        super().__init__()
+        tasks = tuple(cfg.tasks)
+        if not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
+            raise ValueError(f"tasks: expected a non-empty subset of {list(TASKS)}, got {list(tasks)}")
+        if cfg.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting: must be one of {list(WEIGHTINGS)}, got {cfg.weighting!r}")
+        if cfg.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood: must be one of {list(LIKELIHOODS)}, got {cfg.likelihood!r}")
+        if not 0.0 <= cfg.beta_nll <= 1.0:
+            raise ValueError(f"beta_nll: must be in [0, 1], got {cfg.beta_nll}")
+        if cfg.beta_nll > 0 and cfg.likelihood != "gaussian":
+            raise ValueError(
+                f"beta_nll: needs likelihood='gaussian', got beta_nll={cfg.beta_nll} with {cfg.likelihood!r}"
+            )
+        for name in ("seg_dice_weight", "fixed_weight_sct", "fixed_weight_seg"):
+            if getattr(cfg, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
+        if not cfg.log_var_min < cfg.log_var_max:
+            raise ValueError(
+                f"log_var_min: must be below log_var_max, got {cfg.log_var_min} >= {cfg.log_var_max}"
+            )
+        if not cfg.log_var_min <= cfg.init_log_var <= cfg.log_var_max:
+            raise ValueError(
+                f"init_log_var: must lie in [log_var_min, log_var_max] = [{cfg.log_var_min}, "
+                f"{cfg.log_var_max}], got {cfg.init_log_var}"
+            )
+        self.cfg = cfg
+        self.tasks = tasks
+        self.sct_mode, self.seg_mode = _TASK_MODES[cfg.weighting]
+        if "sct" in tasks and self.sct_mode == "homoscedastic":
+            self.log_var_sct = nn.Parameter(torch.tensor(float(cfg.init_log_var)))
+        if "seg" in tasks and self.seg_mode == "homoscedastic":
+            self.log_var_seg = nn.Parameter(torch.tensor(float(cfg.init_log_var)))
+        self.dice = (
+            DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+            if "seg" in tasks and cfg.seg_dice_weight > 0
+            else None
+        )
+
+    def _clamp(self, log_var: Tensor) -> Tensor:
+        return clamp_log_var(log_var, self.cfg.log_var_min, self.cfg.log_var_max)
+
+    def _sigma(self, log_var: Tensor) -> Tensor:
+        """σ from the clamped per-voxel head, in the network's scaled units."""
+        if self.cfg.likelihood == "laplace":
+            return math.sqrt(2.0) * torch.exp(log_var)
+        return torch.exp(0.5 * log_var)
+
+    @staticmethod
+    def _require(outputs: dict[str, Tensor], key: str, why: str) -> Tensor:
+        if key not in outputs:
+            raise KeyError(f"outputs[{key!r}] is missing: {why}; model outputs are {sorted(outputs)}")
+        return outputs[key].float()
+
+    def forward(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Args:
+            outputs: the model dict: ``sct``/``sct_log_var`` (B, 1, D, H, W), ``seg_logits``
+                (B, C, D, H, W), ``seg_log_var`` (B, 1, D, H, W), as the weighting needs.
+            batch: ``ct`` (B, 1, D, H, W) scaled HU, ``labels`` (B, 1, D, H, W) integer,
+                ``mask`` (B, 1, D, H, W) body mask.
+
+        Returns:
+            The total loss (scalar tensor) and float components for logging: ``loss_total``,
+            ``loss_sct``, ``loss_seg``, ``mae_sct``, ``log_var_sct``/``sigma_sct`` and
+            ``log_var_seg``/``sigma_seg`` for learned scalars, ``mean_sigma_sct`` (and
+            ``mean_sigma_seg``) for per-voxel heads.
+        """
+        cfg = self.cfg
+        total = torch.zeros((), device=next(iter(outputs.values())).device)
+        logged: dict[str, Tensor] = {}
+        if "sct" in self.tasks:
+            total = total + self._sct_term(outputs, batch, logged)
+        if "seg" in self.tasks:
+            total = total + self._seg_term(outputs, batch, logged)
+        logged = {"loss_total": total, **logged}
+        # one device sync for all components
+        values = torch.stack([v.detach().float().reshape(()) for v in logged.values()]).tolist()
+        if not math.isfinite(values[0]):
+            logger.warning("non-finite total loss %s (weighting=%s)", values[0], cfg.weighting)
+        return total, dict(zip(logged, values))
+
+    def _sct_term(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor], logged: dict[str, Tensor]
+    ) -> Tensor:
+        cfg = self.cfg
+        sct = self._require(outputs, "sct", "loss.tasks contains 'sct'")
+        ct, mask = batch["ct"].float(), batch["mask"]
+        abs_error = (ct - sct).abs()
+        logged["mae_sct"] = masked_mean(abs_error, mask)
+        if self.sct_mode == "hetero":
+            why = f"weighting={cfg.weighting!r} needs a per-voxel sCT s(x) head"
+            log_var = self._clamp(self._require(outputs, "sct_log_var", why))
+            loss = heteroscedastic_nll(sct, log_var, ct, mask, cfg.likelihood, cfg.beta_nll)
+            logged["loss_sct"] = loss
+            logged["mean_sigma_sct"] = masked_mean(self._sigma(log_var), mask)
+            return loss
+        raw = logged["mae_sct"] if cfg.likelihood == "laplace" else masked_mean(abs_error.square(), mask)
+        logged["loss_sct"] = raw
+        if self.sct_mode == "fixed":
+            return cfg.fixed_weight_sct * raw
+        log_var = self._clamp(self.log_var_sct)
+        logged["log_var_sct"] = log_var
+        logged["sigma_sct"] = torch.exp(0.5 * log_var)
+        return homoscedastic_regression(raw, log_var)
+
+    def _seg_term(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor], logged: dict[str, Tensor]
+    ) -> Tensor:
+        cfg = self.cfg
+        seg_logits = self._require(outputs, "seg_logits", "loss.tasks contains 'seg'")
+        labels = batch["labels"]
+        ce_voxel = voxel_cross_entropy(seg_logits, labels)
+        dice = self.dice(seg_logits, labels) * cfg.seg_dice_weight if self.dice is not None else None
+        raw = ce_voxel.mean() if dice is None else ce_voxel.mean() + dice
+        logged["loss_seg"] = raw
+        if self.seg_mode == "hetero":
+            why = f"weighting={cfg.weighting!r} needs a per-voxel seg s(x) head"
+            log_var = self._clamp(self._require(outputs, "seg_log_var", why))
+            weighted = homoscedastic_classification(ce_voxel, log_var).mean()
+            logged["mean_sigma_seg"] = torch.exp(0.5 * log_var).mean()
+            return weighted if dice is None else weighted + dice
+        if self.seg_mode == "fixed":
+            return cfg.fixed_weight_seg * raw
+        log_var = self._clamp(self.log_var_seg)
+        logged["log_var_seg"] = log_var
+        logged["sigma_seg"] = torch.exp(0.5 * log_var)
+        return homoscedastic_classification(raw, log_var)
+
+
+def parameter_groups(model: nn.Module, loss_fn: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups.
+
+    ``weights``: the model's conv/linear weights (ndim > 1), decayed. ``biases_norms``: biases and
+    norm affine parameters (ndim <= 1), not decayed, as is usual. ``log_vars``: every learned
+    parameter of ``loss_fn`` (the homoscedastic s), never decayed — decay would pull s toward 0,
+    i.e. σ toward 1, biasing the task weighting. Empty groups are left out.
+
+    Args:
+        model: the network.
+        loss_fn: the loss module holding learned s parameters.
+        weight_decay: decay for the ``weights`` group, >= 0.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay: must be >= 0, got {weight_decay}")
+    decayed, not_decayed = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decayed if param.ndim > 1 else not_decayed).append(param)
+    log_vars = [p for p in loss_fn.parameters() if p.requires_grad]
+    groups = [
+        {"name": "weights", "params": decayed, "weight_decay": float(weight_decay)},
+        {"name": "biases_norms", "params": not_decayed, "weight_decay": 0.0},
+        {"name": "log_vars", "params": log_vars, "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
