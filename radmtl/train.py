@@ -332,23 +332,19 @@ def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, stat
         if state.global_step % cfg.train.log_every == 0:
             step_metrics.append((state.global_step, {f"step_{k}": float(v) for k, v in parts.items()}
                                  | {"lr": scheduler.get_last_lr()[0]}))
-        if bar is not None:
-            rate = n_patches / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{float(loss):.4f}", patches_s=f"{rate:.1f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        rate = n_patches / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{float(loss):.4f}", patches_s=f"{rate:.1f}", refresh=False)
+        bar.update(1)
+    bar.close()
     epoch_metrics = {f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()}
     return step_metrics, epoch_metrics, n_patches
 
 
 def _progress_bar(enabled: bool, total: int, epoch: int, epochs: int):
-    if not enabled:
-        return None
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False, file=sys.stderr,
-                dynamic_ncols=True)
+                dynamic_ncols=True, disable=not enabled)
 
 
 def _update_best(state: TrainState, epoch: int, val_metrics: dict[str, float], cfg: Config) -> bool:

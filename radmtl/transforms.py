@@ -172,7 +172,8 @@ def preprocess(cfg: DataConfig, keys: Sequence[str]) -> list:
     lo, hi = cfg.ct_clip_hu
     chain: list = [
         LoadImaged(keys=keys, image_only=True, ensure_channel_first=True, dtype=np.float32),
-        Orientationd(keys=keys, axcodes="RAS"),
+        # labels=None: orient by the MetaTensor's own space (RAS from nibabel and ITK readers).
+        Orientationd(keys=keys, axcodes="RAS", labels=None),
         Spacingd(keys=interp, pixdim=cfg.spacing, mode="bilinear", dtype=np.float32),
     ]
     if discrete:

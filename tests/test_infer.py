@@ -1,0 +1,284 @@
+"""radmtl infer: outputs on the input grid for any orientation, uncertainty maps, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose
+from scipy.spatial.transform import Rotation
+
+from radmtl.checkpoint import make_payload, save_checkpoint
+from radmtl.cli import main
+from radmtl.config import load_config
+from radmtl.infer import sha256_of
+from radmtl.model import build_model
+from radmtl.phantom import PHANTOM_LABELS, generate_case
+from radmtl.resample import resample_to_grid
+from radmtl.transforms import preprocess
+
+TINY = ["model.channels=[4,8]", "model.strides=[2]", "data.patch_size=[16,16,16]",
+        "data.spacing=[6.0,6.0,6.0]", "infer.mc_samples=1"]
+SHAPE = (30, 27, 19)  # deliberately not a multiple of anything
+SPACING = (5.0, 4.5, 6.5)  # anisotropic, not the model's 6 mm
+
+
+def _checkpoint(path: Path, overrides: list[str] = ()) -> Path:
+    cfg = load_config(None, TINY + list(overrides))
+    torch.manual_seed(0)
+    return save_checkpoint(path, make_payload(cfg=cfg, label_names=dict(PHANTOM_LABELS),
+                                              model=build_model(cfg.model), with_rng=False))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def mr_ras() -> np.ndarray:
+    return generate_case(3, SHAPE, SPACING).mr
+
+
+def _affine(kind: str) -> np.ndarray:
+    affine = np.eye(4)
+    if kind == "ras":
+        affine[:3, :3] = np.diag(SPACING)
+    elif kind == "lps":
+        affine[:3, :3] = np.diag([-SPACING[0], -SPACING[1], SPACING[2]])
+    elif kind == "oblique":
+        rotation = Rotation.from_euler("xyz", [14, -9, 23], degrees=True).as_matrix()
+        affine[:3, :3] = rotation @ np.diag(SPACING)
+    elif kind == "permuted":  # axes stored as (S, L, A): axis codes like a sagittal acquisition
+        affine[:3, :3] = np.array([[0, -SPACING[1], 0], [0, 0, SPACING[2]], [SPACING[0], 0, 0]])
+    affine[:3, 3] = [-71.3, 12.9, -40.2]
+    return affine
+
+
+def _write_mr(path: Path, array: np.ndarray, affine: np.ndarray, qform_code: int = 1,
+              sform_code: int = 1) -> Path:
+    img = nib.Nifti1Image(np.asarray(array, np.float32), affine)
+    img.set_qform(affine, code=qform_code)
+    img.set_sform(affine, code=sform_code)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, str(path))
+    return path
+
+
+def _infer(model: Path, inp: Path, out: Path, *extra: str) -> int:
+    return main(["infer", "--model", str(model), "--input", str(inp), "--output", str(out),
+                 "--no-progress", "--device", "cpu", *extra])
+
+
+# --- geometry -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["ras", "lps", "oblique", "permuted"])
+def test_network_grid_round_trip_is_exact_for_a_world_linear_image(tmp_path, kind):
+    """A field linear in world mm survives RAS+respacing and the inversion (interpolation is exact)."""
+    affine = _affine(kind)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij"), -1)
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    field = xyz @ np.array([1.0, 2.0, -0.5]) + 100.0
+    path = _write_mr(tmp_path / "mr.nii.gz", field, affine)
+    cfg = load_config(None, TINY)
+    # Load → RAS → model spacing: the geometric part of the training preprocessing.
+    network = Compose(preprocess(cfg.data, ["mr"])[:3])({"mr": str(path)})["mr"]
+    back = resample_to_grid(network, network.affine, affine, SHAPE)[0]
+    assert back.shape == SHAPE
+    # Voxels within one network voxel of the border are extrapolated (border padding).
+    inner = (slice(2, -2),) * 3
+    np.testing.assert_allclose(back[inner], field[inner], atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["ras", "lps", "oblique", "permuted"])
+def test_outputs_land_on_the_input_grid(tmp_path, checkpoint, mr_ras, kind):
+    affine = _affine(kind)
+    # Codes that differ from the default, to see they are copied rather than reset.
+    mr_path = _write_mr(tmp_path / "in" / "pt 7.nii.gz", mr_ras, affine, qform_code=2, sform_code=4)
+    assert _infer(checkpoint, mr_path, tmp_path / "out", "--mc-samples", "1") == 0
+    case = tmp_path / "out" / "pt 7"
+    expected = {"sct.nii.gz": np.float32, "sct_sigma_aleatoric.nii.gz": np.float32, "seg.nii.gz": np.uint8}
+    assert {p.name for p in case.iterdir()} == set(expected) | {"provenance.json"}
+    for name, dtype in expected.items():
+        img = nib.load(str(case / name))
+        assert img.shape == SHAPE, name
+        np.testing.assert_allclose(img.affine, affine, atol=1e-4, err_msg=name)
+        assert int(img.header["qform_code"]) == 2 and int(img.header["sform_code"]) == 4, name
+        assert img.get_data_dtype() == np.dtype(dtype), name
+        assert np.all(np.isfinite(img.get_fdata())), name
+    labels = np.asanyarray(nib.load(str(case / "seg.nii.gz")).dataobj)
+    assert labels.max() < len(PHANTOM_LABELS)
+    sigma = nib.load(str(case / "sct_sigma_aleatoric.nii.gz")).get_fdata()
+    assert sigma.min() > 0  # σ = exp(s/2)·1000 HU from a random head: positive, in HU
+    assert not list(tmp_path.glob("out/.*")), "hidden temporary folders left behind"
+
+
+def test_same_physical_image_in_two_orientations_gives_the_same_outputs(tmp_path, checkpoint, mr_ras):
+    ras = _affine("ras")
+    # LPS storage of the same image: flip the array along x and y and move the origin to the far corner.
+    lps = _affine("lps")
+    lps[:3, 3] = ras[:3, :3] @ [SHAPE[0] - 1, SHAPE[1] - 1, 0] + ras[:3, 3]
+    _write_mr(tmp_path / "in" / "a_ras.nii.gz", mr_ras, ras)
+    _write_mr(tmp_path / "in" / "b_lps.nii.gz", mr_ras[::-1, ::-1, :], lps)
+    assert _infer(checkpoint, tmp_path / "in", tmp_path / "out", "--mc-samples", "1",
+                  "--save-probabilities") == 0
+    for name in ("sct", "sct_sigma_aleatoric", "seg", "seg_probabilities"):
+        a = nib.load(str(tmp_path / "out" / "a_ras" / f"{name}.nii.gz")).get_fdata()
+        b = nib.load(str(tmp_path / "out" / "b_lps" / f"{name}.nii.gz")).get_fdata()[::-1, ::-1]
+        if name == "seg":
+            assert np.mean(a == b) > 0.999, name  # ties between near-equal probabilities may flip
+        else:
+            scale = max(1.0, float(np.abs(a).max()))
+            np.testing.assert_allclose(b, a, atol=1e-4 * scale, err_msg=name)
+
+
+# --- uncertainty outputs and provenance ----------------------------------------------------------
+
+
+def test_mc_outputs_are_present_and_consistent(tmp_path, checkpoint, mr_ras):
+    affine = _affine("oblique")
+    mr_path = _write_mr(tmp_path / "mr_case.nii", mr_ras, affine)
+    assert _infer(checkpoint, mr_path, tmp_path / "out", "--mc-samples", "4", "--save-probabilities",
+                  "--overlap", "0.25") == 0
+    case = tmp_path / "out" / "mr_case"
+
+    def load(name: str) -> np.ndarray:
+        return nib.load(str(case / f"{name}.nii.gz")).get_fdata(dtype=np.float32)
+
+    aleatoric, epistemic, total = load("sct_sigma_aleatoric"), load("sct_sigma_epistemic"), load("sct_sigma_total")
+    assert epistemic.max() > 0  # dropout p = 0.5 makes the samples differ
+    assert np.all(total >= aleatoric - 1e-3) and np.all(total >= epistemic - 1e-3)
+    np.testing.assert_allclose(total, np.sqrt(aleatoric**2 + epistemic**2), rtol=0.05, atol=1e-2)
+    entropy, mutual_info = load("seg_entropy"), load("seg_mutual_info")
+    assert np.all(mutual_info >= 0) and np.all(entropy >= mutual_info - 1e-5)
+    assert entropy.max() <= np.log(len(PHANTOM_LABELS)) + 1e-5
+    probs = nib.load(str(case / "seg_probabilities.nii.gz"))
+    assert probs.shape == (*SHAPE, len(PHANTOM_LABELS)) and probs.get_data_dtype() == np.float32
+    probs = probs.get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(load("seg"), probs.argmax(-1))
+
+    prov = json.loads((case / "provenance.json").read_text())
+    assert prov["model"]["sha256"] == sha256_of(checkpoint)
+    assert prov["model"]["source"] == str(checkpoint)
+    assert prov["model"]["label_names"] == dict(PHANTOM_LABELS)
+    assert prov["inference"]["mc_samples"] == 4 and prov["inference"]["overlap"] == 0.25
+    assert prov["inference"]["device"] == "cpu"
+    assert prov["input"]["path"] == str(mr_path.resolve())
+    assert prov["input"]["grid"]["shape"] == list(SHAPE)
+    np.testing.assert_allclose(prov["input"]["affine"], affine, atol=1e-5)
+    assert prov["network_grid"]["spacing_mm"] == [6.0, 6.0, 6.0]
+    assert prov["config"]["model"]["channels"] == [4, 8]
+    assert prov["radmtl_version"]
+    assert set(prov["outputs"]) == {"sct", "sct_sigma_aleatoric", "sct_sigma_epistemic", "sct_sigma_total",
+                                    "seg_entropy", "seg_mutual_info", "seg", "seg_probabilities"}
+    assert prov["timings_s"]["total_s"] > 0
+
+
+@pytest.mark.parametrize("tasks, expected", [
+    ("[sct]", {"sct.nii.gz", "sct_sigma_aleatoric.nii.gz", "sct_sigma_epistemic.nii.gz",
+               "sct_sigma_total.nii.gz"}),
+    ("[seg]", {"seg.nii.gz", "seg_entropy.nii.gz", "seg_mutual_info.nii.gz"}),
+])
+def test_single_task_models_write_only_their_maps(tmp_path, mr_ras, tasks, expected):
+    model = _checkpoint(tmp_path / "m.pt", [f"loss.tasks={tasks}"])
+    mr_path = _write_mr(tmp_path / "x.nii.gz", mr_ras, _affine("ras"))
+    assert _infer(model, mr_path, tmp_path / "out", "--mc-samples", "2") == 0
+    assert {p.name for p in (tmp_path / "out" / "x").iterdir()} == expected | {"provenance.json"}
+
+
+def test_dataset_folder_and_mlflow_uri(tmp_path, checkpoint, mr_ras, monkeypatch):
+    data = tmp_path / "data"
+    for case in ("case_b", "case_a"):
+        _write_mr(data / case / "mr.nii.gz", mr_ras, _affine("ras"))
+    calls = []
+
+    def fake_resolve(uri, tracking_uri=None, dst_dir=None):
+        calls.append((uri, tracking_uri))
+        return checkpoint
+
+    monkeypatch.setattr("radmtl.tracking.resolve_model_uri", fake_resolve)
+    rc = main(["infer", "--model", "runs:/abc123/model", "--input", str(data), "--output", str(tmp_path / "o"),
+               "--no-progress", "--tracking-uri", "sqlite:///x.db", "--mc-samples", "1"])
+    assert rc == 0
+    assert calls == [("runs:/abc123/model", "sqlite:///x.db")]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["case_a", "case_b"]
+    prov = json.loads((tmp_path / "o" / "case_a" / "provenance.json").read_text())
+    assert prov["model"]["source"] == "runs:/abc123/model"
+    # A second run replaces the case atomically and leaves no hidden folders.
+    assert main(["infer", "--model", str(checkpoint), "--input", str(data), "--output", str(tmp_path / "o"),
+                 "--no-progress", "--mc-samples", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["case_a", "case_b"]
+
+
+# --- bad inputs ---------------------------------------------------------------------------------
+
+
+def _bad_input(tmp_path: Path, kind: str, mr_ras: np.ndarray) -> Path:
+    path = tmp_path / "in" / "bad.nii.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "non3d":
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 2), np.float32), np.eye(4)), str(path))
+    elif kind == "unreadable":
+        path.write_bytes(b"this is not a nifti file at all" * 10)
+    elif kind == "nan":
+        array = mr_ras.copy()
+        array[3, 4, 5] = np.nan
+        _write_mr(path, array, _affine("ras"))
+    elif kind == "missing":
+        pass
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("non3d", "expected a 3D image"),
+    ("unreadable", "cannot read as NIfTI"),
+    ("nan", "NaN or Inf"),
+    ("missing", "not found"),
+])
+def test_bad_mr_is_one_line_and_leaves_nothing(tmp_path, capsys, checkpoint, mr_ras, kind, message):
+    path = _bad_input(tmp_path, kind, mr_ras)
+    assert _infer(checkpoint, path, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "bad").exists()
+
+
+def test_bad_case_in_a_folder_does_not_stop_the_others(tmp_path, capsys, checkpoint, mr_ras):
+    _bad_input(tmp_path, "nan", mr_ras)
+    _write_mr(tmp_path / "in" / "good.nii.gz", mr_ras, _affine("ras"))
+    assert _infer(checkpoint, tmp_path / "in", tmp_path / "out", "--mc-samples", "1") == 1
+    captured = capsys.readouterr()
+    assert "case bad:" in captured.err and "NaN or Inf" in captured.err and "Traceback" not in captured.err
+    assert "1 of 2 case(s)" in captured.out and "FAILED" in captured.out
+    assert (tmp_path / "out" / "good" / "sct.nii.gz").is_file()
+    assert not (tmp_path / "out" / "bad").exists()
+    assert not list((tmp_path / "out").glob(".*"))
+
+
+def test_unwritable_output_is_one_line(tmp_path, capsys, checkpoint, mr_ras):
+    mr_path = _write_mr(tmp_path / "x.nii.gz", mr_ras, _affine("ras"))
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    assert _infer(checkpoint, mr_path, blocker / "out") == 1
+    err = capsys.readouterr().err
+    assert "not writable" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", "torch"])
+def test_foreign_checkpoint_is_one_line(tmp_path, capsys, mr_ras, content):
+    model = tmp_path / "foreign.pt"
+    if content == "torch":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, model)
+    else:
+        model.write_bytes(content)
+    mr_path = _write_mr(tmp_path / "x.nii.gz", mr_ras, _affine("ras"))
+    assert _infer(model, mr_path, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "not a radmtl checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "x").exists()
