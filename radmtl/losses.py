@@ -321,12 +321,7 @@ class MultiTaskLoss(nn.Module):
             return loss
         raw = logged["mae_sct"] if cfg.likelihood == "laplace" else masked_mean(abs_error.square(), mask)
         logged["loss_sct"] = raw
-        if self.sct_mode == "fixed":
-            return cfg.fixed_weight_sct * raw
-        log_var = self._clamp(self.log_var_sct)
-        logged["log_var_sct"] = log_var
-        logged["sigma_sct"] = torch.exp(0.5 * log_var)
-        return homoscedastic_regression(raw, log_var)
+        return self._scalar_weighted("sct", raw, logged, homoscedastic_regression)
 
     def _seg_term(
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor], logged: dict[str, Tensor]
@@ -344,12 +339,16 @@ class MultiTaskLoss(nn.Module):
             weighted = homoscedastic_classification(ce_voxel, log_var).mean()
             logged["mean_sigma_seg"] = torch.exp(0.5 * log_var).mean()
             return weighted if dice is None else weighted + dice
-        if self.seg_mode == "fixed":
-            return cfg.fixed_weight_seg * raw
-        log_var = self._clamp(self.log_var_seg)
-        logged["log_var_seg"] = log_var
-        logged["sigma_seg"] = torch.exp(0.5 * log_var)
-        return homoscedastic_classification(raw, log_var)
+        return self._scalar_weighted("seg", raw, logged, homoscedastic_classification)
+
+    def _scalar_weighted(self, task: str, raw: Tensor, logged: dict[str, Tensor], form) -> Tensor:
+        """A task's raw loss under its fixed weight, or under its learned scalar s via ``form``."""
+        if getattr(self, f"{task}_mode") == "fixed":
+            return getattr(self.cfg, f"fixed_weight_{task}") * raw
+        log_var = self._clamp(getattr(self, f"log_var_{task}"))
+        logged[f"log_var_{task}"] = log_var
+        logged[f"sigma_{task}"] = torch.exp(0.5 * log_var)
+        return form(raw, log_var)
 
 
 def parameter_groups(model: nn.Module, loss_fn: nn.Module, weight_decay: float) -> list[dict]:
