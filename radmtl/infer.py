@@ -152,12 +152,12 @@ def resolve_checkpoint(model: str, tracking_uri: str | None = None) -> Path:
     local = Path(model).expanduser()
     if local.exists():
         if local.is_dir():
-            from radmtl.tracking import resolve_model_uri  # a local MLflow model folder
+            from radmtl.model_uri import resolve_model_uri  # a local MLflow model folder
 
             return resolve_model_uri(str(local), tracking_uri)
         return local
     if _URI_SCHEME.match(model):
-        from radmtl.tracking import resolve_model_uri
+        from radmtl.model_uri import resolve_model_uri
 
         return resolve_model_uri(model, tracking_uri)
     raise RadmtlError(f"{model}: model not found; pass a checkpoint file written by radmtl train or an "

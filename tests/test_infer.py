@@ -202,7 +202,7 @@ def test_dataset_folder_and_mlflow_uri(tmp_path, checkpoint, mr_ras, monkeypatch
         calls.append((uri, tracking_uri))
         return checkpoint
 
-    monkeypatch.setattr("radmtl.tracking.resolve_model_uri", fake_resolve)
+    monkeypatch.setattr("radmtl.model_uri.resolve_model_uri", fake_resolve)
     rc = main(["infer", "--model", "runs:/abc123/model", "--input", str(data), "--output", str(tmp_path / "o"),
                "--no-progress", "--tracking-uri", "sqlite:///x.db", "--mc-samples", "1"])
     assert rc == 0

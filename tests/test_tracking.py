@@ -14,10 +14,10 @@ from radmtl.tracking import (
     MlflowTracker,
     NullTracker,
     default_tracking_uri,
-    resolve_model_uri,
     run_tags,
     start_tracking,
 )
+from radmtl.model_uri import resolve_model_uri
 
 mlflow = pytest.importorskip("mlflow")
 
