@@ -114,7 +114,7 @@ def check_dataset(
         problems.extend(check_case(case, index, keys))
         if progress is not None:
             progress(done, total)
-    log.info("%s: checked %d case(s), %d problem(s)", index.root, total, len(problems))
+    log.debug("%s: checked %d case(s), %d problem(s)", index.root, total, len(problems))
     return index, problems
 
 

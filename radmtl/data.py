@@ -163,7 +163,7 @@ def discover(root: str | Path) -> DatasetIndex:
         index = _from_dataset_json(root, json_path)
     else:
         index = _from_folders(root)
-    log.info("%s: %d training, %d validation, %d test case(s)", root, len(index.training),
+    log.debug("%s: %d training, %d validation, %d test case(s)", root, len(index.training),
              len(index.validation), len(index.test))
     return index
 

@@ -333,7 +333,7 @@ def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, stat
             step_metrics.append((state.global_step, {f"step_{k}": float(v) for k, v in parts.items()}
                                  | {"lr": scheduler.get_last_lr()[0]}))
         rate = n_patches / max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(loss=f"{float(loss):.4f}", patches_s=f"{rate:.1f}", refresh=False)
+        bar.set_postfix(loss=f"{loss.item():.4f}", patches_s=f"{rate:.1f}", refresh=False)
         bar.update(1)
     bar.close()
     epoch_metrics = {f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()}
