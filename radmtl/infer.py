@@ -99,7 +99,9 @@ def find_cases(input_path: str | Path) -> list[tuple[str, Path | None]]:
     if path.is_file():
         if not has_volume_suffix(path.name):
             raise VolumeError(f"{path}: unsupported file type; use NIfTI (.nii/.nii.gz) or .mha/.nrrd")
-        return [(strip_volume_suffix(path.name), path)]
+        stem = strip_volume_suffix(path.name)
+        # DATA/case_007/mr.nii.gz is case_007, as it would be when the dataset folder is given.
+        return [(path.parent.name if stem == "mr" and path.parent.name else stem, path)]
     visible = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
     files = [p for p in visible if p.is_file() and has_volume_suffix(p.name)]
     is_dataset = (path / DATASET_JSON).is_file() or any(p.is_dir() and find_volumes(p, "mr") for p in visible)

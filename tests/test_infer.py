@@ -282,3 +282,14 @@ def test_foreign_checkpoint_is_one_line(tmp_path, capsys, mr_ras, content):
     err = capsys.readouterr().err
     assert "not a radmtl checkpoint" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "x").exists()
+
+
+def test_case_id_of_a_dataset_layout_mr_file_is_its_folder(tmp_path):
+    from radmtl.infer import find_cases
+
+    case = tmp_path / "case_007"
+    case.mkdir()
+    (case / "mr.nii.gz").write_bytes(b"")
+    (tmp_path / "patient_a.nii.gz").write_bytes(b"")
+    assert [cid for cid, _ in find_cases(case / "mr.nii.gz")] == ["case_007"]
+    assert [cid for cid, _ in find_cases(tmp_path / "patient_a.nii.gz")] == ["patient_a"]
