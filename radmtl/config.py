@@ -68,6 +68,10 @@ class ModelConfig:
     tasks: tuple[str, ...] = TASKS
     sct_log_var: bool = True
     seg_log_var: bool = False
+    # Initial bias of the s(x) head (s = log σ² for gaussian, log b for laplace, scaled units).
+    # 0 would start σ at ct_scale_hu (1000 HU), far above CT noise (10-50 HU); the σ head then spends
+    # most of a short run walking down. -5.0 starts σ near 80 HU.
+    sct_log_var_init: float = -5.0
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,7 @@ class MultiTaskUNet(nn.Module):
         dropout: MC-dropout probability on the encoder features the decoders consume.
         tasks: subset of ``("sct", "seg")``.
         sct_log_var: add a per-voxel ``s(x)`` head to the sCT decoder.
+        sct_log_var_init: initial bias of that head (log σ² in scaled units; log b for Laplace).
         seg_log_var: add a per-voxel ``s(x)`` head to the segmentation decoder.
 
     Inputs of any spatial size are accepted: they are replicate-padded to a multiple of
@@ -165,6 +166,7 @@ class MultiTaskUNet(nn.Module):
         tasks: Sequence[str] = TASKS,
         sct_log_var: bool = True,
         seg_log_var: bool = False,
+        sct_log_var_init: float = 0.0,
     ) -> None:
         super().__init__()
         channels, strides, tasks = tuple(channels), tuple(strides), tuple(tasks)
@@ -204,7 +206,10 @@ class MultiTaskUNet(nn.Module):
         if "sct" in tasks:
             self._add_head("sct", "sct", _head(channels[0], 1))
             if sct_log_var:
-                self._add_head("sct_log_var", "sct", _head(channels[0], 1))
+                log_var_head = _head(channels[0], 1)
+                # Start σ(x) at a plausible scale instead of σ = 1 (= ct_scale_hu) everywhere.
+                nn.init.constant_(log_var_head.conv.bias, float(sct_log_var_init))
+                self._add_head("sct_log_var", "sct", log_var_head)
         if "seg" in tasks:
             self._add_head("seg_logits", "seg", _head(channels[0], num_classes))
             if seg_log_var:
@@ -341,6 +346,7 @@ def build_model(cfg: ModelConfig) -> MultiTaskUNet:
         tasks=cfg.tasks,
         sct_log_var=cfg.sct_log_var,
         seg_log_var=cfg.seg_log_var,
+        sct_log_var_init=cfg.sct_log_var_init,
     )
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(

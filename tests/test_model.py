@@ -209,3 +209,16 @@ def test_tiny_overfit_hetero_homo():
     # observed ratios are about 0.05; 0.2 leaves room for platform noise
     assert mae_end < 0.2 * mae_start, (mae_start, mae_end)
     assert seg_end < 0.2 * seg_start, (seg_start, seg_end)
+
+
+def test_sct_log_var_head_starts_at_configured_scale():
+    from radmtl.config import load_config
+    from radmtl.model import build_model
+
+    cfg = load_config(None, ["model.channels=[4, 8]", "model.strides=[2]", "model.sct_log_var_init=-4.0"])
+    model = build_model(cfg.model).eval()
+    torch.manual_seed(0)
+    log_var = model(torch.zeros(1, 1, 8, 8, 8))["sct_log_var"]
+    # Zero input → the head's output is its bias plus a small weight term; its mean sits at -4.
+    assert abs(float(log_var.mean()) + 4.0) < 0.5
+    assert float(model.heads["sct_log_var"].conv.bias) == -4.0
