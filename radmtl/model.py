@@ -12,6 +12,8 @@ Both decoders see the same dropped features, so one sample is a coherent (sCT, s
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import math
 from collections.abc import Sequence
@@ -334,20 +336,8 @@ class MultiTaskUNet(nn.Module):
 
 def build_model(cfg: ModelConfig) -> MultiTaskUNet:
     """Build the network described by ``cfg`` (DESIGN.md section 4)."""
-    model = MultiTaskUNet(
-        in_channels=cfg.in_channels,
-        num_classes=cfg.num_classes,
-        channels=cfg.channels,
-        strides=cfg.strides,
-        num_res_units=cfg.num_res_units,
-        norm=cfg.norm,
-        act=cfg.act,
-        dropout=cfg.dropout,
-        tasks=cfg.tasks,
-        sct_log_var=cfg.sct_log_var,
-        seg_log_var=cfg.seg_log_var,
-        sct_log_var_init=cfg.sct_log_var_init,
-    )
+    # ModelConfig's fields are exactly the constructor's arguments (checked by the tests).
+    model = MultiTaskUNet(**dataclasses.asdict(cfg))
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
         "built MultiTaskUNet: tasks=%s heads=%s params=%d", list(cfg.tasks), list(model.heads), n_params
