@@ -42,6 +42,9 @@ MAP_OUTPUTS: dict[str, tuple[str, type, bool, bool]] = {
     "seg_entropy": ("seg_entropy", np.float32, False, True),
     "seg_mutual_info": ("seg_mutual_info", np.float32, False, True),
 }
+# σ maps are resampled as variances: interpolation is linear, so σ_total² = σ_aleatoric² +
+# σ_epistemic² then holds exactly on the input grid, as it does on the network grid.
+VARIANCE_MAPS = ("sigma_aleatoric", "sigma_epistemic", "sigma_total")
 SUFFIX = ".nii.gz"
 PROVENANCE = "provenance.json"
 # "runs:/..", "models:/..", "s3://..": an MLflow URI rather than a file path (one-letter schemes
@@ -287,7 +290,11 @@ def infer_case(
             if network_map is None or (needs_mc and mc_samples <= 1):
                 continue
             # Resample in network units; HU scaling is linear so it commutes with interpolation.
-            array = resample_to_grid(network_map[0], net_affine, volume.affine, volume.shape)[0]
+            as_variance = key in VARIANCE_MAPS
+            values = network_map[0] ** 2 if as_variance else network_map[0]
+            array = resample_to_grid(values, net_affine, volume.affine, volume.shape)[0]
+            if as_variance:
+                array = np.sqrt(np.clip(array, 0.0, None))
             if to_hu:
                 array *= cfg.data.ct_scale_hu
             write_like(array, volume, tmp_dir / f"{stem}{SUFFIX}", dtype)

@@ -153,7 +153,8 @@ def test_mc_outputs_are_present_and_consistent(tmp_path, checkpoint, mr_ras):
     aleatoric, epistemic, total = load("sct_sigma_aleatoric"), load("sct_sigma_epistemic"), load("sct_sigma_total")
     assert epistemic.max() > 0  # dropout p = 0.5 makes the samples differ
     assert np.all(total >= aleatoric - 1e-3) and np.all(total >= epistemic - 1e-3)
-    np.testing.assert_allclose(total, np.sqrt(aleatoric**2 + epistemic**2), rtol=0.05, atol=1e-2)
+    # Exact up to float32 rounding: σ maps are resampled as variances, so the identity survives.
+    np.testing.assert_allclose(total, np.sqrt(aleatoric**2 + epistemic**2), rtol=1e-4, atol=1e-3)
     entropy, mutual_info = load("seg_entropy"), load("seg_mutual_info")
     assert np.all(mutual_info >= 0) and np.all(entropy >= mutual_info - 1e-5)
     assert entropy.max() <= np.log(len(PHANTOM_LABELS)) + 1e-5
