@@ -5,7 +5,7 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 OUT="${DEMO_OUT:-demo_out}"
-EPOCHS="${DEMO_EPOCHS:-12}"
+EPOCHS="${DEMO_EPOCHS:-40}"
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
@@ -18,7 +18,7 @@ radmtl -q check "$OUT/data"
 
 echo "== 3/5 radmtl train (configs/smoke.yaml, $EPOCHS epochs)"
 radmtl train --config configs/smoke.yaml --data "$OUT/data" --out "$OUT/run" \
-    --set train.epochs="$EPOCHS" --set train.val_every=3 --no-progress | tee "$OUT/train.txt"
+    --set train.epochs="$EPOCHS" --set train.val_every=5 --no-progress | tee "$OUT/train.txt"
 RUN_ID="$(awk '/^MLflow run:/ {print $3}' "$OUT/train.txt")"
 
 echo "== 4/5 radmtl infer (T = 8 MC dropout samples) on the held-out cases"
