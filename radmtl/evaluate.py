@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from radmtl import calibration as C
 from radmtl import metrics as M
 from radmtl.errors import RadmtlError
 from radmtl.io import Volume, VolumeError, atomic_path, grid_mismatch, read_volume
@@ -104,8 +105,8 @@ def evaluate_case(case_id: str, pred_dir: Path, ref_paths: dict[str, Path],
                          if preds["sct_sigma_aleatoric"] is not None else None)
             true_sd = (_read_on_grid(ref_paths["ct_noise_sd"], reference, case_id, "reference ct_noise_sd")
                        if "ct_noise_sd" in ref_paths else None)
-            row.update(M.uncertainty_metrics(ct, sct, sigma, mask, aleatoric, true_sd))
-            curve = M.calibration_curve(ct, sct, sigma, mask)
+            row.update(C.uncertainty_metrics(ct, sct, sigma, mask, aleatoric, true_sd))
+            curve = C.calibration_curve(ct, sct, sigma, mask)
     if preds["seg"] is not None and labels is not None:
         seg = np.rint(_read_on_grid(preds["seg"], reference, case_id, "prediction")).astype(np.int64)
         seg_metrics = M.segmentation_metrics(seg, labels, label_names, reference.grid.spacing)

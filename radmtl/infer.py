@@ -11,11 +11,9 @@ killed run never leaves a half-written case under its final name.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import time
@@ -28,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from radmtl import __version__
+from radmtl.device import amp_dtype_for, resolve_device
 from radmtl.errors import RadmtlError
+from radmtl.model_uri import ModelSource, resolve_checkpoint, sha256_of
 from radmtl.io import VolumeError, Volume, Grid, has_volume_suffix, read_volume, strip_volume_suffix, write_like
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,6 @@ MAP_OUTPUTS: dict[str, tuple[str, type, bool, bool]] = {
 VARIANCE_MAPS = ("sigma_aleatoric", "sigma_epistemic", "sigma_total")
 SUFFIX = ".nii.gz"
 PROVENANCE = "provenance.json"
-# "runs:/..", "models:/..", "s3://..": an MLflow URI rather than a file path (one-letter schemes
-# would be Windows drive letters).
-_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 
 
 @dataclass(frozen=True)
@@ -70,15 +67,6 @@ class CaseResult:
     seconds: float
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the model came from (for provenance)."""
-
-    argument: str
-    checkpoint: Path
-    sha256: str
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -152,53 +140,6 @@ def prepare_output_root(output: str | Path) -> Path:
 # --- model -------------------------------------------------------------------------------------
 
 
-def resolve_checkpoint(model: str, tracking_uri: str | None = None) -> Path:
-    """``--model`` → a local checkpoint path (MLflow URIs are downloaded)."""
-    local = Path(model).expanduser()
-    if local.exists():
-        if local.is_dir():
-            from radmtl.model_uri import resolve_model_uri  # a local MLflow model folder
-
-            return resolve_model_uri(str(local), tracking_uri)
-        return local
-    if _URI_SCHEME.match(model):
-        from radmtl.model_uri import resolve_model_uri
-
-        return resolve_model_uri(model, tracking_uri)
-    raise RadmtlError(f"{model}: model not found; pass a checkpoint file written by radmtl train or an "
-                      "MLflow model URI (runs:/<id>/model, models:/<name>/<version>)")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RadmtlError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise RadmtlError(f"--device: expected auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
-
-
-def _amp_dtype(device, amp: str):
-    import torch
-
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "fp16":
-        return torch.float16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-
-
 # --- one case ----------------------------------------------------------------------------------
 
 
@@ -248,7 +189,7 @@ def infer_case(
     overlap = float(options.overlap if options.overlap is not None else cfg.infer.overlap)
     sw_batch_size = int(options.sw_batch_size if options.sw_batch_size is not None else cfg.infer.sw_batch_size)
     device = resolve_device(options.device)
-    amp_dtype = _amp_dtype(device, cfg.train.amp)
+    amp_dtype = amp_dtype_for(cfg.train.amp, device, fp16_fallback=False)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
 

@@ -186,6 +186,19 @@ _TASK_MODES = {  # weighting -> (sCT mode, segmentation mode)
 }
 
 
+def sigma2_from_log_var(log_var: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """Variance σ² from the network's log-scale output.
+
+    Gaussian heads predict s = log σ². Laplace heads predict s_b = log b and a Laplace(b) has
+    variance 2·b², so σ² = 2·exp(2·s_b) (DESIGN.md section 1: σ = √2·b).
+    """
+    if likelihood == "gaussian":
+        return torch.exp(log_var)
+    if likelihood == "laplace":
+        return 2.0 * torch.exp(2.0 * log_var)
+    raise ValueError(f"likelihood: expected 'gaussian' or 'laplace', got {likelihood!r}")
+
+
 class MultiTaskLoss(nn.Module):
     """The weighted multi-task objective of DESIGN.md section 1.
 
@@ -263,12 +276,6 @@ class MultiTaskLoss(nn.Module):
     def _clamp(self, log_var: Tensor) -> Tensor:
         return clamp_log_var(log_var, self.cfg.log_var_min, self.cfg.log_var_max)
 
-    def _sigma(self, log_var: Tensor) -> Tensor:
-        """σ from the clamped per-voxel head, in the network's scaled units."""
-        if self.cfg.likelihood == "laplace":
-            return math.sqrt(2.0) * torch.exp(log_var)
-        return torch.exp(0.5 * log_var)
-
     @staticmethod
     def _require(outputs: dict[str, Tensor], key: str, why: str) -> Tensor:
         if key not in outputs:
@@ -317,7 +324,7 @@ class MultiTaskLoss(nn.Module):
             log_var = self._clamp(self._require(outputs, "sct_log_var", why))
             loss = heteroscedastic_nll(sct, log_var, ct, mask, cfg.likelihood, cfg.beta_nll)
             logged["loss_sct"] = loss
-            logged["mean_sigma_sct"] = masked_mean(self._sigma(log_var), mask)
+            logged["mean_sigma_sct"] = masked_mean(sigma2_from_log_var(log_var, cfg.likelihood).sqrt(), mask)
             return loss
         raw = logged["mae_sct"] if cfg.likelihood == "laplace" else masked_mean(abs_error.square(), mask)
         logged["loss_sct"] = raw

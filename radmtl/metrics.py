@@ -1,4 +1,4 @@
-"""Evaluation metrics: SynthRAD2023-style image metrics, Dice/HD95 and uncertainty calibration.
+"""Evaluation metrics: SynthRAD2023-style image metrics and Dice/HD95 (calibration: radmtl.calibration).
 
 All functions are pure and take numpy arrays on one grid in (x, y, z) order; spacing is in mm.
 Conventions shared by every function:
@@ -6,8 +6,6 @@ Conventions shared by every function:
 - ``mask`` is the body mask; anything non-zero counts as inside.
 - A metric over an empty region is ``nan`` (never an exception), so one odd case does not stop the
   evaluation of a cohort; :func:`summarise` ignores ``nan`` across cases.
-- σ maps are in HU and floored at ``SIGMA_FLOOR_HU`` before dividing, because a network can predict
-  (numerically) zero σ and a z-score of ±inf would poison every mean.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
@@ -27,33 +25,23 @@ HU_MAX = 3000.0
 DATA_RANGE_HU = HU_MAX - HU_MIN  # 4024, as in SynthRAD2023
 BONE_THRESHOLD_HU = 200.0
 SSIM_WINDOW = 7
-SIGMA_FLOOR_HU = 1e-3
-SPEARMAN_MAX_VOXELS = 200_000
-DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
-def _check_same_shape(**arrays: np.ndarray | None) -> None:
+def check_same_shape(**arrays: np.ndarray | None) -> None:
     shapes = {name: np.shape(a) for name, a in arrays.items() if a is not None}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"arrays must share one grid, got shapes {shapes}")
 
 
-def _as_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+def as_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 3:
         raise ValueError(f"{name} must be a 3D (x, y, z) array, got shape {mask.shape}")
     return mask != 0
 
 
-def _masked_error_hu(ct_hu: np.ndarray, sct_hu: np.ndarray, inside: np.ndarray) -> np.ndarray:
+def masked_error_hu(ct_hu: np.ndarray, sct_hu: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return np.asarray(ct_hu, np.float64)[inside] - np.asarray(sct_hu, np.float64)[inside]
-
-
-def _sigma_floored(sigma_hu: np.ndarray, name: str = "sigma_hu") -> np.ndarray:
-    sigma_hu = np.asarray(sigma_hu, dtype=np.float64)
-    if np.any(sigma_hu < 0) or not np.all(np.isfinite(sigma_hu)):
-        raise ValueError(f"{name} must be finite and >= 0 HU, got min {np.nanmin(sigma_hu)}")
-    return np.maximum(sigma_hu, SIGMA_FLOOR_HU)
 
 
 def mae_hu(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
@@ -67,11 +55,11 @@ def mae_hu(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
     Returns:
         MAE in HU; ``nan`` if the mask is empty.
     """
-    _check_same_shape(ct_hu=ct_hu, sct_hu=sct_hu, mask=mask)
-    inside = _as_mask(mask)
+    check_same_shape(ct_hu=ct_hu, sct_hu=sct_hu, mask=mask)
+    inside = as_mask(mask)
     if not inside.any():
         return math.nan
-    return float(np.mean(np.abs(_masked_error_hu(ct_hu, sct_hu, inside))))
+    return float(np.mean(np.abs(masked_error_hu(ct_hu, sct_hu, inside))))
 
 
 def psnr(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
@@ -84,11 +72,11 @@ def psnr(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
         PSNR in dB; ``inf`` when MSE = 0 (identical after clipping, as scikit-image gives);
         ``nan`` if the mask is empty.
     """
-    _check_same_shape(ct_hu=ct_hu, sct_hu=sct_hu, mask=mask)
-    inside = _as_mask(mask)
+    check_same_shape(ct_hu=ct_hu, sct_hu=sct_hu, mask=mask)
+    inside = as_mask(mask)
     if not inside.any():
         return math.nan
-    error = _masked_error_hu(np.clip(ct_hu, HU_MIN, HU_MAX), np.clip(sct_hu, HU_MIN, HU_MAX), inside)
+    error = masked_error_hu(np.clip(ct_hu, HU_MIN, HU_MAX), np.clip(sct_hu, HU_MIN, HU_MAX), inside)
     mse = float(np.mean(error**2))
     if mse == 0.0:
         return math.inf
@@ -141,8 +129,8 @@ def ssim(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
     Returns:
         Mean SSIM; ``nan`` if no mask voxel survives the crop.
     """
-    _check_same_shape(ct_hu=ct_hu, sct_hu=sct_hu, mask=mask)
-    inside = _as_mask(mask)
+    check_same_shape(ct_hu=ct_hu, sct_hu=sct_hu, mask=mask)
+    inside = as_mask(mask)
     ct_shifted, sct_shifted = (
         np.where(inside, np.clip(np.asarray(image, np.float64), HU_MIN, HU_MAX), HU_MIN) - HU_MIN
         for image in (ct_hu, sct_hu)
@@ -158,8 +146,8 @@ def ssim(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
 
 def mae_bone_hu(ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray) -> float:
     """MAE in HU over bone: reference CT >= 200 HU inside the body mask; ``nan`` if none (Bragman 2018)."""
-    _check_same_shape(ct_hu=ct_hu, sct_hu=sct_hu, mask=mask)
-    bone = _as_mask(mask) & (np.asarray(ct_hu) >= BONE_THRESHOLD_HU)
+    check_same_shape(ct_hu=ct_hu, sct_hu=sct_hu, mask=mask)
+    bone = as_mask(mask) & (np.asarray(ct_hu) >= BONE_THRESHOLD_HU)
     return mae_hu(ct_hu, sct_hu, bone)
 
 
@@ -167,8 +155,8 @@ def mae_organ_hu(
     ct_hu: np.ndarray, sct_hu: np.ndarray, mask: np.ndarray, labels: np.ndarray, label: int
 ) -> float:
     """MAE in HU over one organ label inside the body mask; ``nan`` if absent (Bragman et al. 2018)."""
-    _check_same_shape(ct_hu=ct_hu, sct_hu=sct_hu, mask=mask, labels=labels)
-    return mae_hu(ct_hu, sct_hu, _as_mask(mask) & (np.asarray(labels) == label))
+    check_same_shape(ct_hu=ct_hu, sct_hu=sct_hu, mask=mask, labels=labels)
+    return mae_hu(ct_hu, sct_hu, as_mask(mask) & (np.asarray(labels) == label))
 
 
 def _binary_tensor(labels: np.ndarray, label: int):
@@ -189,7 +177,7 @@ def dice(pred_labels: np.ndarray, ref_labels: np.ndarray, label: int) -> float:
     """
     from monai.metrics import compute_dice
 
-    _check_same_shape(pred_labels=pred_labels, ref_labels=ref_labels)
+    check_same_shape(pred_labels=pred_labels, ref_labels=ref_labels)
     value = compute_dice(
         _binary_tensor(pred_labels, label).float(),
         _binary_tensor(ref_labels, label).float(),
@@ -215,7 +203,7 @@ def hd95_mm(
     """
     from monai.metrics import compute_hausdorff_distance
 
-    _check_same_shape(pred_labels=pred_labels, ref_labels=ref_labels)
+    check_same_shape(pred_labels=pred_labels, ref_labels=ref_labels)
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing must be three positive mm values, got {spacing}")
@@ -232,104 +220,6 @@ def hd95_mm(
             pred, ref, include_background=True, percentile=95, spacing=list(spacing)
         )
     return float(value.item())
-
-
-def zscore_stats(
-    ct_hu: np.ndarray, sct_hu: np.ndarray, sigma_hu: np.ndarray, mask: np.ndarray
-) -> tuple[float, float]:
-    """Mean and SD (ddof=0) of the z-scores ``(ct − sct)/σ`` over mask voxels.
-
-    A calibrated model gives mean ≈ 0 and SD ≈ 1 (Bragman et al. 2018). Empty mask → (nan, nan).
-    """
-    _check_same_shape(ct_hu=ct_hu, sct_hu=sct_hu, sigma_hu=sigma_hu, mask=mask)
-    inside = _as_mask(mask)
-    if not inside.any():
-        return math.nan, math.nan
-    z = _masked_error_hu(ct_hu, sct_hu, inside) / _sigma_floored(sigma_hu)[inside]
-    return float(z.mean()), float(z.std())
-
-
-def coverage(
-    ct_hu: np.ndarray, sct_hu: np.ndarray, sigma_hu: np.ndarray, mask: np.ndarray, z: float = 1.96
-) -> float:
-    """Fraction of mask voxels with ``|ct − sct| <= z·σ`` (≈ 0.95 for z = 1.96 if calibrated).
-
-    Returns:
-        Observed coverage in [0, 1]; ``nan`` if the mask is empty.
-    """
-    if not z > 0:
-        raise ValueError(f"z must be > 0, got {z}")
-    return float(_observed_coverage(ct_hu, sct_hu, sigma_hu, mask, np.array([z]))[0])
-
-
-def _observed_coverage(
-    ct_hu: np.ndarray, sct_hu: np.ndarray, sigma_hu: np.ndarray, mask: np.ndarray, z: np.ndarray
-) -> np.ndarray:
-    _check_same_shape(ct_hu=ct_hu, sct_hu=sct_hu, sigma_hu=sigma_hu, mask=mask)
-    inside = _as_mask(mask)
-    z = np.asarray(z, np.float64)
-    if not inside.any():
-        return np.full(z.shape, np.nan)
-    abs_z = np.sort(np.abs(_masked_error_hu(ct_hu, sct_hu, inside)) / _sigma_floored(sigma_hu)[inside])
-    # Sorting once makes every level a binary search instead of a pass over the volume.
-    return np.searchsorted(abs_z, z, side="right") / abs_z.size
-
-
-def calibration_curve(
-    ct_hu: np.ndarray,
-    sct_hu: np.ndarray,
-    sigma_hu: np.ndarray,
-    mask: np.ndarray,
-    levels: Sequence[float] = DEFAULT_LEVELS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Expected vs observed coverage of central Gaussian intervals ``μ ± z·σ``.
-
-    For each nominal level p, ``z = Φ⁻¹(0.5 + p/2)``. A calibrated model lies on the diagonal;
-    below it means σ is too small (over-confident).
-
-    Args:
-        levels: nominal coverages, each in (0, 1).
-
-    Returns:
-        (expected levels, observed coverage), both float64 arrays of ``len(levels)``.
-    """
-    expected = np.asarray(levels, np.float64)
-    if expected.ndim != 1 or np.any((expected <= 0) | (expected >= 1)):
-        raise ValueError(f"levels must be a 1D sequence in (0, 1), got {levels}")
-    z = stats.norm.ppf(0.5 + expected / 2)
-    return expected, _observed_coverage(ct_hu, sct_hu, sigma_hu, mask, z)
-
-
-def spearman(
-    a: np.ndarray,
-    b: np.ndarray,
-    mask: np.ndarray | None = None,
-    max_voxels: int = SPEARMAN_MAX_VOXELS,
-) -> float:
-    """Spearman rank correlation of two maps over mask voxels.
-
-    Above ``max_voxels`` voxels a fixed-seed random subset (without replacement) is used: ranking
-    millions of voxels is slow and the estimate's standard error at 200k is ~0.002. Random rather
-    than strided so the subset cannot alias with the image's spatial structure; the fixed seed keeps
-    results reproducible.
-
-    Returns:
-        rho in [-1, 1]; ``nan`` if fewer than 2 voxels or either map is constant.
-    """
-    if max_voxels < 2:
-        raise ValueError(f"max_voxels must be >= 2, got {max_voxels}")
-    _check_same_shape(a=a, b=b, mask=mask)
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if mask is not None:
-        inside = _as_mask(mask)
-        a, b = a[inside], b[inside]
-    a, b = a.ravel(), b.ravel()
-    if a.size > max_voxels:
-        keep = np.random.default_rng(0).choice(a.size, size=max_voxels, replace=False)
-        a, b = a[keep], b[keep]
-    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return math.nan
-    return float(stats.spearmanr(a, b).statistic)
 
 
 def _organ_labels(labels: np.ndarray, label_names: Mapping[str, int] | None) -> dict[str, int]:
@@ -375,46 +265,6 @@ def segmentation_metrics(
     for name, value in _organ_labels(ref, label_names).items():
         result[f"dice_{name}"] = dice(pred, ref, value)
         result[f"hd95_{name}_mm"] = hd95_mm(pred, ref, value, spacing)
-    return result
-
-
-def uncertainty_metrics(
-    ct_hu: np.ndarray,
-    sct_hu: np.ndarray,
-    sigma_total_hu: np.ndarray,
-    mask: np.ndarray,
-    sigma_aleatoric_hu: np.ndarray | None = None,
-    true_noise_sd_hu: np.ndarray | None = None,
-) -> dict[str, float]:
-    """Calibration of the predicted σ for one case.
-
-    Keys: ``zscore_mean``, ``zscore_sd``, ``coverage_95`` (|error| <= 1.96·σ_total),
-    ``spearman_error_sigma`` (|error| vs σ_total). With the phantom's true noise SD map also
-    ``spearman_sigma_true_noise`` and ``ratio_sigma_true_noise``: the **median** over mask voxels
-    with true SD > 0 of σ_aleatoric / true SD (median, because voxels with tiny true SD give huge
-    ratios that would dominate a mean; 1.0 is perfect). Without ``sigma_aleatoric_hu`` the total σ
-    stands in, which overestimates the ratio by the epistemic part (a warning is logged).
-    """
-    z_mean, z_sd = zscore_stats(ct_hu, sct_hu, sigma_total_hu, mask)
-    abs_error = np.abs(np.asarray(ct_hu, np.float64) - np.asarray(sct_hu, np.float64))
-    result = {
-        "zscore_mean": z_mean,
-        "zscore_sd": z_sd,
-        "coverage_95": coverage(ct_hu, sct_hu, sigma_total_hu, mask, z=1.96),
-        "spearman_error_sigma": spearman(abs_error, sigma_total_hu, mask),
-    }
-    if true_noise_sd_hu is not None:
-        if sigma_aleatoric_hu is None:
-            logger.warning("no aleatoric σ given; comparing total σ with the true noise SD")
-            sigma_aleatoric_hu = sigma_total_hu
-        _check_same_shape(sigma_aleatoric_hu=sigma_aleatoric_hu, true_noise_sd_hu=true_noise_sd_hu, mask=mask)
-        sigma_aleatoric = _sigma_floored(sigma_aleatoric_hu, "sigma_aleatoric_hu")
-        true_sd = np.asarray(true_noise_sd_hu, np.float64)
-        noisy = _as_mask(mask) & (true_sd > 0)
-        result["spearman_sigma_true_noise"] = spearman(sigma_aleatoric, true_sd, mask)
-        result["ratio_sigma_true_noise"] = (
-            float(np.median(sigma_aleatoric[noisy] / true_sd[noisy])) if noisy.any() else math.nan
-        )
     return result
 
 

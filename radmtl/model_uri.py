@@ -1,4 +1,5 @@
-"""Fetch a model logged by ``radmtl train`` from MLflow and find the radmtl checkpoint inside it.
+"""Where a model comes from: ``--model`` as a checkpoint file, a local MLflow model folder or an
+MLflow URI, resolved to a local radmtl checkpoint (and its hash, for provenance).
 
 ``radmtl infer --model runs:/<id>/model`` rebuilds the network from the checkpoint that travels
 with the logged model (``extra_files/``), never by unpickling the logged module.
@@ -6,6 +7,9 @@ with the logged model (``extra_files/``), never by unpickling the logged module.
 
 from __future__ import annotations
 
+import hashlib
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from radmtl.errors import RadmtlError
@@ -66,3 +70,38 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None, dst_dir: Path |
     # A model logged by radmtl carries exactly one; prefer the conventional name if there are more.
     named = [p for p in candidates if p.name.startswith("checkpoint")]
     return (named or candidates)[0]
+
+
+# "runs:/..", "models:/..", "s3://..": an MLflow URI rather than a file path (one-letter schemes
+# would be Windows drive letters).
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model came from (for provenance)."""
+
+    argument: str
+    checkpoint: Path
+    sha256: str
+
+
+def resolve_checkpoint(model: str, tracking_uri: str | None = None) -> Path:
+    """``--model`` → a local checkpoint path (MLflow URIs are downloaded)."""
+    local = Path(model).expanduser()
+    if local.exists():
+        if local.is_dir():
+            return resolve_model_uri(str(local), tracking_uri)
+        return local
+    if _URI_SCHEME.match(model):
+        return resolve_model_uri(model, tracking_uri)
+    raise RadmtlError(f"{model}: model not found; pass a checkpoint file written by radmtl train or an "
+                      "MLflow model URI (runs:/<id>/model, models:/<name>/<version>)")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -51,7 +51,7 @@ def calibration_plot(
 
     Args:
         curves: ``{name: (expected, observed)}`` as returned by
-            :func:`radmtl.metrics.calibration_curve`.
+            :func:`radmtl.calibration.calibration_curve`.
         path: output ``.png`` file; parent folders are created.
         title: figure title.
 

@@ -16,21 +16,10 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
+from radmtl.losses import sigma2_from_log_var
+
 # Above this many voxels the stitched output buffers live in CPU memory, not on the GPU.
 CPU_STITCH_VOXELS = 256 * 256 * 128
-
-
-def sigma2_from_log_var(log_var: torch.Tensor, likelihood: str) -> torch.Tensor:
-    """Variance σ² from the network's log-scale output.
-
-    Gaussian heads predict s = log σ². Laplace heads predict s_b = log b and a Laplace(b) has
-    variance 2·b², so σ² = 2·exp(2·s_b) (DESIGN.md section 1: σ = √2·b).
-    """
-    if likelihood == "gaussian":
-        return torch.exp(log_var)
-    if likelihood == "laplace":
-        return 2.0 * torch.exp(2.0 * log_var)
-    raise ValueError(f"likelihood: expected 'gaussian' or 'laplace', got {likelihood!r}")
 
 
 def window_statistics(model: torch.nn.Module, mr: torch.Tensor, mc_samples: int,

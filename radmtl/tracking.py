@@ -10,14 +10,9 @@ MLflow is imported lazily so that importing radmtl (and ``radmtl --help``) stays
 
 from __future__ import annotations
 
-import getpass
-import importlib.metadata
 import json
 import logging
 import os
-import platform
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from radmtl.environment import package_version, user_name
 from radmtl.errors import RadmtlError
 
 logger = logging.getLogger(__name__)
@@ -58,55 +54,6 @@ def default_tracking_uri(cwd: Path | None = None) -> str:
         return env
     folder = Path(cwd) if cwd is not None else Path.cwd()
     return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _git(*args: str) -> str | None:
-    source = Path(__file__).resolve().parent
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(source), *args], capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def run_tags(device: str) -> dict[str, str]:
-    """Tags that say what produced a run: versions, git commit of the radmtl source, device, host.
-
-    Args:
-        device: the torch device training runs on, e.g. ``"cpu"`` or ``"cuda:0"``.
-    """
-    import torch
-
-    import radmtl
-
-    tags = {
-        "radmtl.version": radmtl.__version__,
-        "radmtl.torch_version": torch.__version__,
-        "radmtl.monai_version": _version("monai"),
-        "radmtl.mlflow_version": _version("mlflow"),
-        "radmtl.python_version": platform.python_version(),
-        "radmtl.device": str(device),
-        "radmtl.hostname": socket.gethostname(),
-    }
-    # An installed wheel has no .git: the commit is simply left out then.
-    commit = _git("rev-parse", "HEAD")
-    if commit:
-        tags["radmtl.git_commit"] = commit
-        # MLflow's own key, so that the UI shows the commit in the run's overview.
-        tags["mlflow.source.git.commit"] = commit
-        status = _git("status", "--porcelain", "--untracked-files=no")
-        if status is not None:
-            tags["radmtl.git_dirty"] = str(bool(status)).lower()
-    return tags
 
 
 def _param_value(value: Any) -> str:
@@ -260,7 +207,7 @@ class MlflowTracker(Tracker):
         logged = self.client.create_logged_model(
             experiment_id=self.experiment_id, name="model", source_run_id=self.run_id
         )
-        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"monai=={_version('monai')}"]
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"monai=={package_version('monai')}"]
         # "pickle", deliberately: MLflow 3's default "pt2" format needs an input example and a
         # torch.export-able forward, but ours returns a dict and pads inputs with data-dependent
         # shapes. radmtl itself never unpickles this: the self-describing checkpoint travels as an
@@ -415,7 +362,7 @@ def start_tracking(
         else:
             experiment_id = _get_or_create_experiment(client, uri, experiment)
             # The fluent API would add these; the explicit client does not, and the UI shows them.
-            tags = {"mlflow.user": _user(), "mlflow.source.name": "radmtl train", "mlflow.source.type": "LOCAL"}
+            tags = {"mlflow.user": user_name(), "mlflow.source.name": "radmtl train", "mlflow.source.type": "LOCAL"}
             run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
             logger.info("MLflow run %s in experiment %r at %s", run_id, experiment, uri)
     except RadmtlError:
@@ -425,10 +372,3 @@ def start_tracking(
         logger.warning(_unreachable_message(uri, reason, metrics_jsonl))
         return NullTracker(metrics_jsonl, run_id=resume_run_id)
     return MlflowTracker(client, uri, experiment_id, run_id, metrics_jsonl)
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"

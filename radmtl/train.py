@@ -23,13 +23,15 @@ from monai.data import CacheDataset, DataLoader
 
 from radmtl.checkpoint import BEST, LATEST, load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from radmtl.config import Config, config_from_dict, dump_config, flatten, load_config
-from radmtl.data import Case, DatasetIndex, discover, label_names as numbered_labels, split_cases
+from radmtl.device import amp_dtype_for, resolve_device
+from radmtl.data import DatasetIndex, discover, label_names as numbered_labels, split_cases
 from radmtl.errors import RadmtlError
 from radmtl.io import atomic_path
 from radmtl.losses import MultiTaskLoss, parameter_groups
 from radmtl.model import build_model
-from radmtl.tracking import NullTracker, Tracker, run_tags, start_tracking
-from radmtl.transforms import eval_transforms, training_transforms
+from radmtl.environment import run_tags
+from radmtl.tracking import NullTracker, Tracker, start_tracking
+from radmtl.transforms import case_dicts, data_keys, eval_transforms, training_transforms
 from radmtl.validation import validate
 
 log = logging.getLogger(__name__)
@@ -50,23 +52,6 @@ class TrainState:
     run_id: str | None = None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RadmtlError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def amp_dtype_for(setting: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 where the GPU supports it (no loss scaling needed), else fp16; CPU: off."""
-    if device.type != "cuda" or setting == "off":
-        return None
-    if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
-
-
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
     """Linear warm-up to the base LR, then cosine decay to 5 % of it, stepped per optimiser step."""
 
@@ -77,24 +62,6 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def case_dicts(cases: list[Case], keys: tuple[str, ...]) -> list[dict]:
-    return [{"case_id": c.case_id, **{k: str(c.paths[k]) for k in keys if k in c.paths}} for c in cases]
-
-
-def data_keys(cfg: Config, cases: list[Case]) -> tuple[str, ...]:
-    """The image keys every case provides and the tasks need (``mask`` is derived when absent)."""
-    keys = ["mr"]
-    if "sct" in cfg.loss.tasks:
-        keys.append("ct")
-    if "seg" in cfg.loss.tasks:
-        keys.append("labels")
-    if cases and all("mask" in c.paths for c in cases):
-        keys.append("mask")
-    elif cases and all("labels" in c.paths for c in cases) and "labels" not in keys:
-        keys.append("labels")  # organ-biased crops even for single-task sCT
-    return tuple(keys)
 
 
 def resolve_labels(index: DatasetIndex, cfg: Config) -> dict[str, int]:

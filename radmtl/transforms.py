@@ -31,7 +31,8 @@ from monai.transforms import (
 )
 from scipy import ndimage
 
-from radmtl.config import DataConfig
+from radmtl.config import Config, DataConfig
+from radmtl.data import Case
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +217,22 @@ def training_transforms(cfg: DataConfig, keys: Sequence[str], label_names: Mappi
 def eval_transforms(cfg: DataConfig, keys: Sequence[str]) -> Compose:
     """Whole-volume preprocessing for validation and inference (metadata kept for inversion)."""
     return Compose(preprocess(cfg, keys))
+
+
+def case_dicts(cases: list[Case], keys: tuple[str, ...]) -> list[dict]:
+    """MONAI input dicts: file paths per key (the keys a case lacks are left out), plus the case id."""
+    return [{"case_id": c.case_id, **{k: str(c.paths[k]) for k in keys if k in c.paths}} for c in cases]
+
+
+def data_keys(cfg: Config, cases: list[Case]) -> tuple[str, ...]:
+    """The image keys every case provides and the tasks need (``mask`` is derived when absent)."""
+    keys = ["mr"]
+    if "sct" in cfg.loss.tasks:
+        keys.append("ct")
+    if "seg" in cfg.loss.tasks:
+        keys.append("labels")
+    if cases and all("mask" in c.paths for c in cases):
+        keys.append("mask")
+    elif cases and all("labels" in c.paths for c in cases) and "labels" not in keys:
+        keys.append("labels")  # organ-biased crops even for single-task sCT
+    return tuple(keys)

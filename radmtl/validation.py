@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from radmtl.config import Config
-from radmtl.metrics import dice
+from radmtl.metrics import dice, mae_hu
 from radmtl.predict import predict_volume
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def validate(
         if "sct" in preds and "ct" in case:
             ct_hu = np.asarray(case["ct"][0]) * scale
             sct_hu = preds["sct"][0, 0].numpy() * scale
-            row["val_mae_hu"] = float(np.abs(ct_hu - sct_hu)[body].mean()) if body.any() else float("nan")
+            row["val_mae_hu"] = mae_hu(ct_hu, sct_hu, body)
             if "sigma_aleatoric" in preds:
                 sigma_hu = preds["sigma_aleatoric"][0, 0].numpy() * scale
                 row["val_mean_sigma_hu"] = float(sigma_hu[body].mean()) if body.any() else float("nan")

@@ -153,7 +153,7 @@ def voxels(pred: Path, test_dir: Path) -> dict[str, np.ndarray] | None:
 
 
 def figures(results: dict, test_dir: Path, fig_dir: Path) -> list[Path]:
-    from radmtl import metrics as M
+    from radmtl import calibration as C
     from radmtl.io import read_volume
     from radmtl.plots import calibration_plot, error_vs_sigma_plot
     from radmtl.qa import qa_images
@@ -167,7 +167,7 @@ def figures(results: dict, test_dir: Path, fig_dir: Path) -> list[Path]:
         written.append(error_vs_sigma_plot(np.abs(v["ct"] - v["sct"]), v["sigma"], fig_dir / f"error_vs_sigma_{name}.png",
                                            label=name, title=f"{name}: |error| vs σ_total (test body voxels)"))
         col = {k: a.reshape(-1, 1, 1) for k, a in v.items()}  # metrics want 3D arrays; pool all cases
-        curves[name] = M.calibration_curve(col["ct"], col["sct"], col["sigma"], np.ones(col["ct"].shape, bool))
+        curves[name] = C.calibration_curve(col["ct"], col["sct"], col["sigma"], np.ones(col["ct"].shape, bool))
     if curves:
         written.append(calibration_plot(curves, fig_dir / "calibration.png",
                                         title="sCT calibration, σ_total, all test body voxels"))

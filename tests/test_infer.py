@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 from radmtl.checkpoint import make_payload, save_checkpoint
 from radmtl.cli import main
 from radmtl.config import load_config
-from radmtl.infer import sha256_of
+from radmtl.model_uri import sha256_of
 from radmtl.model import build_model
 from radmtl.phantom import PHANTOM_LABELS, generate_case
 from radmtl.resample import resample_to_grid

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from radmtl import metrics
+from radmtl import calibration, metrics
 from radmtl.plots import calibration_plot, error_vs_sigma_plot
 
 C1 = (0.01 * 4024) ** 2
@@ -212,55 +212,55 @@ def gaussian_case():
 
 def test_calibrated_gaussian_coverage_and_zscores(gaussian_case):
     ct, sct, sigma, mask = gaussian_case
-    assert metrics.coverage(ct, sct, sigma, mask) == pytest.approx(0.95, abs=0.01)
-    z_mean, z_sd = metrics.zscore_stats(ct, sct, sigma, mask)
+    assert calibration.coverage(ct, sct, sigma, mask) == pytest.approx(0.95, abs=0.01)
+    z_mean, z_sd = calibration.zscore_stats(ct, sct, sigma, mask)
     assert z_mean == pytest.approx(0.0, abs=0.02)
     assert z_sd == pytest.approx(1.0, abs=0.02)
 
 
 def test_sigma_two_times_too_small(gaussian_case):
     ct, sct, sigma, mask = gaussian_case
-    z_mean, z_sd = metrics.zscore_stats(ct, sct, sigma / 2, mask)
+    z_mean, z_sd = calibration.zscore_stats(ct, sct, sigma / 2, mask)
     assert z_sd == pytest.approx(2.0, abs=0.04)
     # P(|Z| <= 1.96/2) = 2Φ(0.98) − 1 ≈ 0.673
-    assert metrics.coverage(ct, sct, sigma / 2, mask) == pytest.approx(0.673, abs=0.01)
+    assert calibration.coverage(ct, sct, sigma / 2, mask) == pytest.approx(0.673, abs=0.01)
 
 
 def test_calibration_curve_on_diagonal(gaussian_case):
     ct, sct, sigma, mask = gaussian_case
-    expected, observed = metrics.calibration_curve(ct, sct, sigma, mask, levels=(0.25, 0.5, 0.9, 0.95))
+    expected, observed = calibration.calibration_curve(ct, sct, sigma, mask, levels=(0.25, 0.5, 0.9, 0.95))
     np.testing.assert_allclose(expected, [0.25, 0.5, 0.9, 0.95])
     np.testing.assert_allclose(observed, expected, atol=0.01)
-    _, over_confident = metrics.calibration_curve(ct, sct, sigma / 2, mask, levels=(0.5, 0.9))
+    _, over_confident = calibration.calibration_curve(ct, sct, sigma / 2, mask, levels=(0.5, 0.9))
     assert np.all(over_confident < np.array([0.4, 0.8]))  # σ too small: curve below the diagonal
     with pytest.raises(ValueError, match="levels"):
-        metrics.calibration_curve(ct, sct, sigma, mask, levels=(0.5, 1.0))
+        calibration.calibration_curve(ct, sct, sigma, mask, levels=(0.5, 1.0))
 
 
 def test_zero_and_negative_sigma():
     ct = np.zeros((4, 4, 4))
     mask = _ones((4, 4, 4))
     # σ = 0 with zero error: floored, so z = 0 rather than nan.
-    assert metrics.zscore_stats(ct, ct, np.zeros_like(ct), mask) == (0.0, 0.0)
-    assert metrics.coverage(ct, ct, np.zeros_like(ct), mask) == 1.0
+    assert calibration.zscore_stats(ct, ct, np.zeros_like(ct), mask) == (0.0, 0.0)
+    assert calibration.coverage(ct, ct, np.zeros_like(ct), mask) == 1.0
     with pytest.raises(ValueError, match="sigma_hu"):
-        metrics.coverage(ct, ct, -np.ones_like(ct), mask)
+        calibration.coverage(ct, ct, -np.ones_like(ct), mask)
 
 
 def test_spearman_monotone_and_degenerate():
     a = np.random.default_rng(3).uniform(1, 2, size=(10, 10, 10))
-    assert metrics.spearman(a, np.exp(3 * a) + 7) == pytest.approx(1.0)
-    assert metrics.spearman(a, -(a**3), _ones((10, 10, 10))) == pytest.approx(-1.0)
+    assert calibration.spearman(a, np.exp(3 * a) + 7) == pytest.approx(1.0)
+    assert calibration.spearman(a, -(a**3), _ones((10, 10, 10))) == pytest.approx(-1.0)
     # Subsampled path keeps a monotone relation exact and is deterministic.
-    assert metrics.spearman(a, a**2, max_voxels=100) == pytest.approx(1.0)
+    assert calibration.spearman(a, a**2, max_voxels=100) == pytest.approx(1.0)
     b = np.random.default_rng(4).normal(size=a.shape)
-    assert metrics.spearman(a, b, max_voxels=100) == metrics.spearman(a, b, max_voxels=100)
-    assert math.isnan(metrics.spearman(a, np.ones_like(a)))
+    assert calibration.spearman(a, b, max_voxels=100) == calibration.spearman(a, b, max_voxels=100)
+    assert math.isnan(calibration.spearman(a, np.ones_like(a)))
 
 
 def test_uncertainty_metrics_with_true_noise(gaussian_case):
     ct, sct, sigma, mask = gaussian_case
-    result = metrics.uncertainty_metrics(
+    result = calibration.uncertainty_metrics(
         ct, sct, sigma, mask, sigma_aleatoric_hu=2 * sigma, true_noise_sd_hu=sigma
     )
     assert set(result) == {
@@ -272,7 +272,7 @@ def test_uncertainty_metrics_with_true_noise(gaussian_case):
     assert result["coverage_95"] == pytest.approx(0.95, abs=0.01)
     # |error| grows with σ, so the rank correlation is clearly positive (≈ 0.3 for this σ range).
     assert 0.15 < result["spearman_error_sigma"] < 0.6
-    without_truth = metrics.uncertainty_metrics(ct, sct, sigma, mask)
+    without_truth = calibration.uncertainty_metrics(ct, sct, sigma, mask)
     assert "ratio_sigma_true_noise" not in without_truth
 
 
@@ -295,8 +295,8 @@ def test_summarise_ignores_nan():
 def test_plots_write_png(tmp_path, gaussian_case):
     ct, sct, sigma, mask = gaussian_case
     curves = {
-        "calibrated": metrics.calibration_curve(ct, sct, sigma, mask),
-        "σ/2": metrics.calibration_curve(ct, sct, sigma / 2, mask),
+        "calibrated": calibration.calibration_curve(ct, sct, sigma, mask),
+        "σ/2": calibration.calibration_curve(ct, sct, sigma / 2, mask),
     }
     path = calibration_plot(curves, tmp_path / "figs" / "calibration.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000

@@ -14,9 +14,9 @@ from radmtl.tracking import (
     MlflowTracker,
     NullTracker,
     default_tracking_uri,
-    run_tags,
     start_tracking,
 )
+from radmtl.environment import run_tags
 from radmtl.model_uri import resolve_model_uri
 
 mlflow = pytest.importorskip("mlflow")
