@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default from the model)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
     p.add_argument("--save-probabilities", action="store_true", help="also write seg_probabilities.nii.gz")
+    p.add_argument("--no-sigma-scaling", action="store_true",
+                   help="write the raw predicted aleatoric σ, without the σ-scaling factor fitted on the "
+                        "validation cases after training")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for runs:/ and models:/ URIs")
     _add_common_run_args(p)
     p.set_defaults(func=cmd_infer)

@@ -59,6 +59,8 @@ class InferOptions:
     device: str = "auto"
     save_probabilities: bool = False
     progress: bool = False
+    # Apply the checkpoint's σ-scaling factor (fitted on the validation cases after training).
+    sigma_scaling: bool = True
 
 
 @dataclass
@@ -213,11 +215,12 @@ def infer_case(
         bar.update(1)
 
         t0 = time.perf_counter()
+        sigma_scale = sigma_scale_of(loaded.payload) if options.sigma_scaling else 1.0
         torch.manual_seed(cfg.seed)  # MC dropout masks: the same outputs for the same case and model
         maps = predict_volume(
             loaded.model, net_mr.as_tensor()[None], cfg.data.patch_size, overlap=overlap,
             sw_batch_size=sw_batch_size, mc_samples=mc_samples, likelihood=cfg.loss.likelihood,
-            device=device, amp_dtype=amp_dtype,
+            device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale,
         )
         del net_mr
         timings["predict_s"] = time.perf_counter() - t0
@@ -288,6 +291,12 @@ def infer_case(
                 "device": str(device), "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
                 "seed": cfg.seed, "sliding_window": "gaussian", "roi_size": list(cfg.data.patch_size),
                 "label_resampling": "argmax of bilinearly resampled probabilities",
+                "sigma_scaling": {
+                    "applied": bool(options.sigma_scaling and "sigma_scaling" in loaded.payload),
+                    "factor": sigma_scale,
+                    "fitted": loaded.payload.get("sigma_scaling"),
+                },
+                "sigma_epistemic": "spread of the MC-dropout samples only; window overlap excluded",
             },
             "outputs": written,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -308,6 +317,12 @@ def infer_case(
 
 
 # --- the command -------------------------------------------------------------------------------
+
+
+def sigma_scale_of(payload: dict[str, Any]) -> float:
+    """The checkpoint's σ-scaling factor (1.0 for a checkpoint saved before recalibration)."""
+    fitted = payload.get("sigma_scaling") or {}
+    return float(fitted.get("factor", 1.0))
 
 
 def load_model(model: str, tracking_uri: str | None, device: str) -> tuple[Any, ModelSource]:
@@ -373,6 +388,7 @@ def infer_from_cli(args: argparse.Namespace) -> int:
         mc_samples=args.mc_samples, overlap=args.overlap, sw_batch_size=args.batch_size, device=args.device,
         save_probabilities=args.save_probabilities,
         progress=not args.no_progress and sys.stderr.isatty(),
+        sigma_scaling=not args.no_sigma_scaling,
     )
     results = run_inference(args.model, args.input, args.output, options, tracking_uri=args.tracking_uri)
     failed = [r for r in results if r.error]

@@ -3,8 +3,15 @@
 Shared by validation during training and by ``radmtl infer``. Each window runs the encoder once
 and the decoders T times (``model.mc_forward``) and returns *statistics* rather than samples, so
 stitching memory does not grow with T. Statistics are chosen so that linear blending at window
-overlaps stays exact: first and second moments of the sCT, mean aleatoric variance, mean softmax
-and mean per-sample entropy; variance, entropy and mutual information are formed after stitching.
+overlaps stays exact: the sCT mean, the MC-dropout variance *within* the window, the mean aleatoric
+variance, the mean softmax and the mean per-sample entropy; entropy and mutual information are
+formed after stitching.
+
+σ_epistemic is the spread of the T dropout samples only (DESIGN.md section 1). It is computed inside
+each window and then blended, so the disagreement between overlapping windows (a stitching
+artefact, not model uncertainty) never enters it: at T = 1 it is exactly 0, at T > 1 it is the
+Gaussian-weighted mean of the per-window sample variances. Window disagreement is left out of every
+map.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ def window_statistics(model: torch.nn.Module, mr: torch.Tensor, mc_samples: int,
     if "sct" in samples:
         sct = samples["sct"].float()
         stats["sct"] = sct.mean(0)
-        stats["sct_sq"] = (sct * sct).mean(0)
+        # population variance (ddof = 0) of the T samples; 0 at T = 1
+        stats["var_epistemic"] = sct.var(0, unbiased=False)
         if "sct_log_var" in samples:
             stats["var_aleatoric"] = sigma2_from_log_var(samples["sct_log_var"].float(), likelihood).mean(0)
     if "seg_logits" in samples:
@@ -48,19 +56,28 @@ def window_statistics(model: torch.nn.Module, mr: torch.Tensor, mc_samples: int,
     return stats
 
 
-def finalize(stats: dict[str, torch.Tensor], mc_samples: int) -> dict[str, torch.Tensor]:
+def finalize(stats: dict[str, torch.Tensor], mc_samples: int, sigma_scale: float = 1.0) -> dict[str, torch.Tensor]:
     """Stitched statistics → maps (all in the network's scaled units; σ not yet in HU).
+
+    Args:
+        stats: the stitched output of :func:`window_statistics`.
+        mc_samples: T.
+        sigma_scale: σ-scaling factor (Laves et al. 2020) multiplying the aleatoric σ; the total
+            is then ``√((scale·σ_aleatoric)² + σ_epistemic²)``.
 
     Returns keys among ``sct``, ``sigma_aleatoric``, ``sigma_epistemic``, ``sigma_total``,
     ``seg_probs``, ``seg_labels``, ``seg_entropy``, ``seg_mutual_info``.
     """
+    if not (math.isfinite(sigma_scale) and sigma_scale > 0):
+        raise ValueError(f"sigma_scale: must be a positive finite number, got {sigma_scale}")
     out: dict[str, torch.Tensor] = {}
     if "sct" in stats:
         out["sct"] = stats["sct"]
-        var_epistemic = (stats["sct_sq"] - stats["sct"] ** 2).clamp_min(0.0)
+        var_epistemic = stats["var_epistemic"].clamp_min(0.0)
         var_aleatoric = stats.get("var_aleatoric")
         if var_aleatoric is not None:
-            out["sigma_aleatoric"] = var_aleatoric.clamp_min(0.0).sqrt()
+            var_aleatoric = var_aleatoric.clamp_min(0.0) * sigma_scale**2
+            out["sigma_aleatoric"] = var_aleatoric.sqrt()
         if mc_samples > 1:
             out["sigma_epistemic"] = var_epistemic.sqrt()
             total = var_epistemic + (var_aleatoric if var_aleatoric is not None else 0.0)
@@ -92,6 +109,7 @@ def predict_volume(
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
+    sigma_scale: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Predict a whole (1, 1, X, Y, Z) normalised MR volume on its own (network) grid.
 
@@ -106,6 +124,7 @@ def predict_volume(
         device: where the network runs.
         amp_dtype: autocast dtype on CUDA (``torch.bfloat16``/``torch.float16``) or None.
         progress: MONAI's per-window progress bar.
+        sigma_scale: σ-scaling factor applied to the aleatoric σ (see :func:`finalize`).
 
     Returns:
         Maps from :func:`finalize`, each (1, C, X, Y, Z) on the CPU.
@@ -126,4 +145,4 @@ def predict_volume(
         predictor=predictor, overlap=overlap, mode="gaussian", sw_device=device, device=stitch_device,
         progress=progress,
     )
-    return {k: v.float().cpu() for k, v in finalize(dict(stats), mc_samples).items()}
+    return {k: v.float().cpu() for k, v in finalize(dict(stats), mc_samples, sigma_scale).items()}
