@@ -32,9 +32,11 @@ def vol(*values: float) -> torch.Tensor:
 
 
 def test_gaussian_nll_hand_values():
-    # voxel 1: r = 1, s = 0 -> 0.5; voxel 2: r = 0, s = log 4 -> 0.5·log 4 = log 2
-    loss = heteroscedastic_nll(vol(0.0, 1.0), vol(0.0, math.log(4.0)), vol(1.0, 1.0))
-    assert loss.item() == pytest.approx((0.5 + LOG2) / 2, abs=1e-6)
+    # voxel 1: r = 1, s = 0 -> 0.5; voxel 2: r = 0, s = log 4 -> 0.5·log 4 = log 2;
+    # voxel 3: r = −3, s = log 2 -> 0.5·9/2 + 0.5·log 2 (residual and s both non-zero: a sign
+    # slip in exp(−s) would give 0.5·9·2, a log σ regulariser 0.25·log 2)
+    loss = heteroscedastic_nll(vol(0.0, 1.0, 1.0), vol(0.0, math.log(4.0), LOG2), vol(1.0, 1.0, -2.0))
+    assert loss.item() == pytest.approx((0.5 + LOG2 + 2.25 + 0.5 * LOG2) / 3, abs=1e-6)
 
 
 def test_laplace_nll_hand_values():
@@ -198,7 +200,8 @@ def make_batch(num_classes: int = 3):
 @pytest.mark.parametrize(("likelihood", "l_sct"), [("gaussian", 0.25), ("laplace", 0.5)])
 def test_fixed_weights(likelihood, l_sct):
     outputs, batch = make_batch()
-    cfg = LossConfig(weighting="fixed", likelihood=likelihood, fixed_weight_sct=2.0, fixed_weight_seg=3.0)
+    cfg = LossConfig(weighting="fixed", likelihood=likelihood, fixed_weight_sct=2.0, fixed_weight_seg=3.0,
+                     seg_dice_weight=0.0)
     total, logged = MultiTaskLoss(cfg)(outputs, batch)
     assert total.item() == pytest.approx(2.0 * l_sct + 3.0 * LOG3, abs=1e-6)
     assert logged["loss_sct"] == pytest.approx(l_sct)
@@ -210,7 +213,7 @@ def test_fixed_weights(likelihood, l_sct):
 
 def test_homoscedastic_mode():
     outputs, batch = make_batch()
-    loss_fn = MultiTaskLoss(LossConfig(weighting="homoscedastic", init_log_var=1.0))
+    loss_fn = MultiTaskLoss(LossConfig(weighting="homoscedastic", init_log_var=1.0, seg_dice_weight=0.0))
     total, logged = loss_fn(outputs, batch)
     e = math.exp(-1.0)
     assert total.item() == pytest.approx(0.5 * e * 0.25 + 0.5 + e * LOG3 + 0.5, abs=1e-6)
@@ -229,7 +232,7 @@ def test_homoscedastic_mode():
 def test_hetero_homo_mode(likelihood, log_var, nll, mean_sigma):
     outputs, batch = make_batch()
     outputs["sct_log_var"] = torch.full_like(outputs["sct"], log_var)
-    total, logged = MultiTaskLoss(LossConfig(likelihood=likelihood))(outputs, batch)
+    total, logged = MultiTaskLoss(LossConfig(likelihood=likelihood, seg_dice_weight=0.0))(outputs, batch)
     assert logged["loss_sct"] == pytest.approx(nll, abs=1e-6)
     assert logged["mean_sigma_sct"] == pytest.approx(mean_sigma, abs=1e-6)
     assert total.item() == pytest.approx(nll + LOG3, abs=1e-6)  # seg at s = 0: exp(0)·L + 0
@@ -255,6 +258,42 @@ def test_dice_inside_homoscedastic_weight():
     assert logged["loss_seg"] == pytest.approx(LOG2 + 0.5, abs=1e-4)
     assert total.item() == pytest.approx(0.5 * (LOG2 + 0.5) + 0.5 * LOG2, abs=1e-4)
     assert set(logged) == {"loss_total", "loss_seg", "log_var_seg", "sigma_seg"}
+
+
+def ce_batch():
+    """4 voxels, 2 classes, non-uniform logits; body mask on the first two voxels only.
+
+    Per-voxel CE: (0, 0) label 0 -> log 2; (0, log 3) label 0 -> log 4; (0, log 3) label 1 ->
+    log 4/3; (log 7, 0) label 0 -> log 8/7. Mean over all voxels: log(256/21)/4 = 0.6253; over the
+    body mask it would be (log 2 + log 4)/2 = 1.0397.
+    """
+    logits = torch.tensor([[0.0, 0.0, 0.0, math.log(7.0)], [0.0, LOG3, LOG3, 0.0]]).reshape(1, 2, 4, 1, 1)
+    labels = torch.tensor([0, 0, 1, 0]).reshape(1, 1, 4, 1, 1)
+    ce = [LOG2, 2 * LOG2, math.log(4 / 3), math.log(8 / 7)]
+    return {"seg_logits": logits}, {"labels": labels, "mask": vol(1.0, 1.0, 0.0, 0.0)}, ce
+
+
+def test_segmentation_ce_averages_over_all_voxels_not_the_body_mask():
+    outputs, batch, ce = ce_batch()
+    all_voxels = sum(ce) / 4
+    assert all_voxels == pytest.approx(math.log(256 / 21) / 4)
+    fixed = LossConfig(tasks=("seg",), weighting="fixed", seg_dice_weight=0.0, fixed_weight_seg=2.0)
+    total, logged = MultiTaskLoss(fixed)(outputs, batch)
+    assert logged["loss_seg"] == pytest.approx(all_voxels, abs=1e-6)
+    assert total.item() == pytest.approx(2.0 * all_voxels, abs=1e-6)
+    homo = LossConfig(tasks=("seg",), weighting="homoscedastic", seg_dice_weight=0.0, init_log_var=LOG2)
+    total, logged = MultiTaskLoss(homo)(outputs, batch)
+    assert logged["loss_seg"] == pytest.approx(all_voxels, abs=1e-6)
+    assert total.item() == pytest.approx(0.5 * all_voxels + 0.5 * LOG2, abs=1e-6)
+    # per-voxel s(x) = (0, log 2, log 3, 0): exp(−s)·CE + 0.5·s, again averaged over all 4 voxels
+    s = [0.0, LOG2, LOG3, 0.0]
+    outputs["seg_log_var"] = vol(*s)
+    hetero = LossConfig(tasks=("seg",), weighting="hetero", seg_dice_weight=0.0)
+    total, logged = MultiTaskLoss(hetero)(outputs, batch)
+    want = sum(math.exp(-si) * ci + 0.5 * si for si, ci in zip(s, ce)) / 4
+    assert total.item() == pytest.approx(want, abs=1e-6)
+    assert logged["loss_seg"] == pytest.approx(all_voxels, abs=1e-6)
+    assert logged["mean_sigma_seg"] == pytest.approx(sum(math.exp(0.5 * si) for si in s) / 4, abs=1e-6)
 
 
 def test_single_task_sct_modes():
@@ -284,8 +323,9 @@ WEIGHTINGS = ("fixed", "homoscedastic", "hetero_homo", "hetero")
 SMALL_MODEL = {"channels": [4, 8], "strides": [2], "dropout": 0.2}
 
 
-def model_and_loss(weighting: str, tasks=("sct", "seg")):
-    cfg = config_from_dict({"model": SMALL_MODEL, "loss": {"weighting": weighting, "tasks": list(tasks)}})
+def model_and_loss(weighting: str, tasks=("sct", "seg"), **loss_options):
+    loss = {"weighting": weighting, "tasks": list(tasks), **loss_options}
+    cfg = config_from_dict({"model": SMALL_MODEL, "loss": loss})
     return build_model(cfg.model), MultiTaskLoss(cfg.loss)
 
 
@@ -346,6 +386,59 @@ def test_parameter_groups_keep_log_vars_out_of_weight_decay():
         parameter_groups(model, loss_fn, -1.0)
 
 
+def reference_objective(outputs, batch, cfg: LossConfig) -> dict[str, float]:
+    """DESIGN.md section 1 written out with plain torch ops: the value MultiTaskLoss must give
+    (Gaussian likelihood: MSE base loss, regression form for a scalar sCT s)."""
+    assert cfg.likelihood == "gaussian"
+    mask = batch["mask"]
+
+    def body_mean(x):
+        return ((x * mask).sum() / mask.sum()).item()
+
+    def clamp(s):
+        return s.clamp(cfg.log_var_min, cfg.log_var_max)
+
+    s0 = cfg.init_log_var
+    want: dict[str, float] = {}
+    total = 0.0
+    if "sct" in cfg.tasks:
+        r = batch["ct"] - outputs["sct"]
+        want["mae_sct"] = body_mean(r.abs())
+        if cfg.weighting in ("hetero_homo", "hetero"):
+            s = clamp(outputs["sct_log_var"])
+            want["loss_sct"] = body_mean(0.5 * torch.exp(-s) * r**2 + 0.5 * s)
+            want["mean_sigma_sct"] = body_mean(torch.exp(0.5 * s))
+            total += want["loss_sct"]
+        else:
+            want["loss_sct"] = body_mean(r**2)
+            total += (cfg.fixed_weight_sct * want["loss_sct"] if cfg.weighting == "fixed"
+                      else 0.5 * math.exp(-s0) * want["loss_sct"] + 0.5 * s0)
+    if "seg" in cfg.tasks:
+        logits = outputs["seg_logits"]
+        onehot = torch.nn.functional.one_hot(batch["labels"][:, 0], logits.shape[1]).movedim(-1, 1).float()
+        ce = -(onehot * torch.log_softmax(logits, 1)).sum(1, keepdim=True)  # (B, 1, ...) every voxel
+        probs = torch.softmax(logits, 1)
+        dims = (0, 2, 3, 4)  # pooled over the batch, foreground classes, MONAI's 1e-5 smoothing
+        inter, p_sum, g_sum = (probs * onehot).sum(dims), probs.sum(dims), onehot.sum(dims)
+        dice = (1 - (2 * inter + 1e-5) / (p_sum + g_sum + 1e-5))[1:].mean().item() * cfg.seg_dice_weight
+        want["loss_seg"] = ce.mean().item() + dice
+        if cfg.weighting == "hetero":
+            s = clamp(outputs["seg_log_var"])
+            total += (torch.exp(-s) * ce + 0.5 * s).mean().item() + dice
+            want["mean_sigma_seg"] = torch.exp(0.5 * s).mean().item()
+        elif cfg.weighting == "fixed":
+            total += cfg.fixed_weight_seg * want["loss_seg"]
+        else:
+            total += math.exp(-s0) * want["loss_seg"] + 0.5 * s0
+    want["loss_total"] = total
+    for task in ("sct", "seg"):
+        scalar = task in cfg.tasks and {"homoscedastic": True, "hetero_homo": task == "seg"}.get(cfg.weighting)
+        if scalar:
+            want[f"log_var_{task}"] = s0
+            want[f"sigma_{task}"] = math.exp(0.5 * s0)
+    return want
+
+
 @pytest.mark.parametrize(
     ("weighting", "tasks"),
     [(w, ("sct", "seg")) for w in WEIGHTINGS]
@@ -353,14 +446,19 @@ def test_parameter_groups_keep_log_vars_out_of_weight_decay():
     + [(w, ("seg",)) for w in WEIGHTINGS],
 )
 def test_components_on_odd_volume(weighting, tasks):
-    model, loss_fn = model_and_loss(weighting, tasks)
-    batch = synthetic_batch(shape=(37, 45, 29))
-    total, logged = loss_fn(model(batch["mr"]), batch)
-    assert total.ndim == 0 and math.isfinite(total.item())
-    assert logged["loss_total"] == pytest.approx(total.item(), rel=1e-6)
-    assert ("loss_sct" in logged) == ("mae_sct" in logged) == ("sct" in tasks)
-    assert ("loss_seg" in logged) == ("seg" in tasks)
-    hetero_sct = "sct" in tasks and weighting in ("hetero_homo", "hetero")
-    assert ("mean_sigma_sct" in logged) == hetero_sct
-    assert ("sigma_seg" in logged) == ("seg" in tasks and weighting in ("homoscedastic", "hetero_homo"))
+    # Non-default weights and initial s, so a dropped or swapped factor changes the value.
+    options = {"init_log_var": 0.3, "fixed_weight_sct": 2.0, "fixed_weight_seg": 0.5, "seg_dice_weight": 0.7}
+    model, loss_fn = model_and_loss(weighting, tasks, **options)
+    shape = (19, 13, 11)  # odd: the model pads to a multiple of its stride and crops back
+    batch = synthetic_batch(shape=shape)
+    with torch.no_grad():
+        outputs = model(batch["mr"])
+    assert all(v.shape[2:] == shape for v in outputs.values())
+    total, logged = loss_fn(outputs, batch)
+    assert total.ndim == 0
+    want = reference_objective(outputs, batch, loss_fn.cfg)
+    assert set(logged) == set(want)
     assert all(isinstance(v, float) for v in logged.values())
+    for key, value in want.items():
+        assert logged[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert total.item() == pytest.approx(want["loss_total"], rel=1e-5)
