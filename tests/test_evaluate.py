@@ -51,13 +51,21 @@ def test_known_gaussian_error_gives_calibrated_metrics(tmp_path, reference, caps
     assert mean["coverage_95"] == pytest.approx(0.95, abs=0.01)
     assert mean["zscore_sd"] == pytest.approx(1.0, abs=0.03)
     assert abs(mean["zscore_mean"]) < 0.03
-    # σ is constant, the true phantom noise SD is not: the ratio is 40 / true SD (median).
-    assert mean["ratio_sigma_true_noise"] > 0
+    # σ is constant, the true phantom noise SD is not: per case the ratio is the median over body
+    # voxels with true SD > 0 of 40 / true SD, computed here from the reference files.
+    ratios = []
+    for case in ("case_001", "case_002"):
+        true_sd = read_volume(reference / case / "ct_noise_sd.nii.gz").array.astype(np.float64)
+        body = (read_volume(reference / case / "mask.nii.gz").array != 0) & (true_sd > 0)
+        ratios.append(float(np.median(NOISE_SD_HU / true_sd[body])))
+    assert not any(r == pytest.approx(1.0, abs=0.05) for r in ratios)  # a ratio of 1 would prove nothing
+    assert mean["ratio_sigma_true_noise"] == pytest.approx(np.mean(ratios), rel=1e-5)
     assert mean["dice_bladder"] == 1.0 and mean["hd95_bladder_mm"] == 0.0
     assert (pred / "calibration.png").stat().st_size > 1000
     with open(pred / "metrics.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [r["case"] for r in rows] == ["case_001", "case_002", "mean", "sd"]
+    assert [float(r["ratio_sigma_true_noise"]) for r in rows[:2]] == pytest.approx(ratios, rel=1e-5)
     per_case = [float(r["mae_hu"]) for r in rows[:2]]
     assert float(rows[2]["mae_hu"]) == pytest.approx(np.mean(per_case))
     assert float(rows[3]["mae_hu"]) == pytest.approx(np.std(per_case, ddof=1))
