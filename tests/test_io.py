@@ -6,6 +6,7 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from radmtl import io
 from radmtl.io import VolumeError, atomic_path, grid_mismatch, read_volume, write_like, write_volume
@@ -129,7 +130,6 @@ def test_single_volume_4d_is_accepted(tmp_path):
 
 
 def test_mha_read_matches_nifti_world_geometry(tmp_path):
-    sitk = pytest.importorskip("SimpleITK")
     array_xyz = np.random.default_rng(1).random((6, 5, 4)).astype(np.float32)
     img = sitk.GetImageFromArray(np.transpose(array_xyz))  # sitk wants (z, y, x)
     img.SetSpacing((0.8, 1.2, 2.0))

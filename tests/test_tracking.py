@@ -6,6 +6,7 @@ import socket
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 
@@ -18,8 +19,6 @@ from radmtl.tracking import (
 )
 from radmtl.environment import run_tags
 from radmtl.model_uri import resolve_model_uri
-
-mlflow = pytest.importorskip("mlflow")
 
 
 @pytest.fixture(scope="module")
