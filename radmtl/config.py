@@ -20,6 +20,11 @@ from radmtl.errors import RadmtlError
 
 TASKS = ("sct", "seg")
 WEIGHTINGS = ("fixed", "homoscedastic", "hetero_homo", "hetero")
+# Initial bias of the per-voxel s(x) head when the config does not set one, per likelihood: both
+# start σ near 80 HU at ct_scale_hu = 1000 (Gaussian s = log σ²: exp(-5/2) = 0.082; Laplace
+# s_b = log b with σ = √2·b: √2·exp(-2.9) = 0.078). 0 would start σ at 1000 HU, far above CT
+# noise (10-50 HU), and the σ head would spend most of a short run walking down.
+DEFAULT_SCT_LOG_VAR_INIT = {"gaussian": -5.0, "laplace": -2.9}
 
 
 class ConfigError(RadmtlError, ValueError):
@@ -68,10 +73,9 @@ class ModelConfig:
     tasks: tuple[str, ...] = TASKS
     sct_log_var: bool = True
     seg_log_var: bool = False
-    # Initial bias of the s(x) head (s = log σ² for gaussian, log b for laplace, scaled units).
-    # 0 would start σ at ct_scale_hu (1000 HU), far above CT noise (10-50 HU); the σ head then spends
-    # most of a short run walking down. -5.0 starts σ near 80 HU.
-    sct_log_var_init: float = -5.0
+    # Initial bias of the s(x) head (s = log σ² for gaussian, log b for laplace, scaled units);
+    # derived from loss.likelihood when left out (DEFAULT_SCT_LOG_VAR_INIT).
+    sct_log_var_init: float = DEFAULT_SCT_LOG_VAR_INIT["gaussian"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,9 @@ class LossConfig:
     weighting: Literal["fixed", "homoscedastic", "hetero_homo", "hetero"] = "hetero_homo"
     likelihood: Literal["gaussian", "laplace"] = "gaussian"
     beta_nll: float = 0.0
-    seg_dice_weight: float = 0.0
+    # CE + Dice: Dice keeps small organs' share of the segmentation gradient, which voxel-averaged
+    # CE gives to the background (see MultiTaskLoss for how the learned σ weights the pair).
+    seg_dice_weight: float = 1.0
     fixed_weight_sct: float = 1.0
     fixed_weight_seg: float = 1.0
     init_log_var: float = 0.0
@@ -92,12 +98,34 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Optimisation.
+
+    An epoch is ``steps_per_epoch`` optimiser steps on cases drawn with replacement (as nnU-Net
+    does), not one pass over the cases, so a small dataset still gets enough steps; 0 means one
+    pass. A step sees ``batch_size`` cases × ``data.patches_per_volume`` crops.
+
+    ``lr``, ``weight_decay`` and the warm-up/cosine schedule apply to the network. The learned
+    scalar log-variances of the loss have their own group: ``log_var_lr``, constant, no decay.
+    Adam moves a parameter by about its learning rate per step, and a scalar ``s`` may have to
+    travel several units (the sCT optimum log MSE is near −5 in scaled units), so at the network's
+    rate it would in effect never leave its start.
+
+    ``grad_clip_mode``: ``per_task`` clips each task's gradient (over the whole network) to
+    ``grad_clip`` separately before they are summed, so the task with the larger gradient cannot
+    shrink the other's update through one global clip; ``global`` clips the sum.
+    """
+
     epochs: int = 100
+    steps_per_epoch: int = 250
     batch_size: int = 2
     lr: float = 3e-4
+    log_var_lr: float = 0.05
     weight_decay: float = 1e-4
     warmup_epochs: int = 2
     grad_clip: float = 1.0
+    grad_clip_mode: Literal["per_task", "global"] = "per_task"
+    # After training, fit the σ-scaling factor on the validation cases (Laves et al. 2020).
+    recalibrate: bool = True
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     val_every: int = 5
     best_metric: str = "val_mae_hu"
@@ -176,6 +204,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("loss.log_var_min: must be below loss.log_var_max")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.val_every < 1:
         raise ConfigError("train.epochs, train.batch_size and train.val_every must be >= 1")
+    if cfg.train.steps_per_epoch < 0:
+        raise ConfigError(f"train.steps_per_epoch: must be >= 0 (0 = one pass over the cases), "
+                          f"got {cfg.train.steps_per_epoch}")
+    if not cfg.train.log_var_lr > 0:
+        raise ConfigError(f"train.log_var_lr: must be > 0, got {cfg.train.log_var_lr}")
+    if not cfg.train.grad_clip > 0:
+        raise ConfigError(f"train.grad_clip: must be > 0, got {cfg.train.grad_clip}")
     if cfg.infer.mc_samples < 1:
         raise ConfigError(f"infer.mc_samples: must be >= 1, got {cfg.infer.mc_samples}")
     if not 0.0 <= cfg.infer.overlap < 1.0:
@@ -267,6 +302,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     model_raw = dict(raw.get("model") or {})
     for key, value in required_heads(loss).items():
         model_raw.setdefault(key, list(value) if isinstance(value, tuple) else value)
+    model_raw.setdefault("sct_log_var_init", DEFAULT_SCT_LOG_VAR_INIT[loss.likelihood])
     raw["model"] = model_raw
     return _build(Config, raw)
 

@@ -5,7 +5,9 @@ Every uncertainty head or parameter predicts ``s = log σ²`` (for the Laplace l
 
 - Gaussian heteroscedastic NLL: ``0.5·exp(−s)·(y−μ)² + 0.5·s`` (no ½·log 2π).
 - Laplace heteroscedastic NLL: ``exp(−s_b)·|y−μ| + s_b`` (no log 2).
-- Homoscedastic regression weight: ``0.5·exp(−s)·L + 0.5·s``, optimum ``s = log L``.
+- Homoscedastic regression weight: ``0.5·exp(−s)·L + 0.5·s``, optimum ``s = log L`` (Gaussian,
+  L = MSE); for the Laplace likelihood ``exp(−s_b)·L + s_b`` with ``s_b = log b``, optimum
+  ``s_b = log L`` (L = MAE), the scalar form of the Laplace NLL.
 - Homoscedastic classification weight: ``exp(−s)·L + 0.5·s``, optimum ``s = log 2L``.
 - Heteroscedastic segmentation (Bragman et al. 2018, M4): per voxel ``exp(−s(x))·CE(x) + 0.5·s(x)``.
 
@@ -143,6 +145,12 @@ def homoscedastic_regression(task_loss: Tensor, log_var: Tensor) -> Tensor:
     return 0.5 * torch.exp(-log_var) * task_loss + 0.5 * log_var
 
 
+def homoscedastic_laplace(task_loss: Tensor, log_b: Tensor) -> Tensor:
+    """``exp(−s_b)·L + s_b`` with ``s_b = log b``: the Laplace NLL with one scalar b, L = MAE;
+    minimised at s_b = log L."""
+    return torch.exp(-log_b) * task_loss + log_b
+
+
 def homoscedastic_classification(task_loss: Tensor, log_var: Tensor) -> Tensor:
     """``exp(−s)·L + 0.5·s`` (Kendall et al. 2018); minimised at s = log 2L."""
     return torch.exp(-log_var) * task_loss + 0.5 * log_var
@@ -205,8 +213,8 @@ class MultiTaskLoss(nn.Module):
     Weighting (``cfg.weighting``), applied per task present in ``cfg.tasks``:
 
     - ``fixed``: ``w_sct·L_sct + w_seg·L_seg``.
-    - ``homoscedastic``: learned scalar s per task, regression form for sCT, classification form
-      for segmentation.
+    - ``homoscedastic``: learned scalar s per task, regression form for sCT (Gaussian on the MSE,
+      or Laplace on the MAE, following ``cfg.likelihood``), classification form for segmentation.
     - ``hetero_homo`` (default): per-voxel Gaussian/Laplace NLL for the sCT, scalar s for segmentation.
     - ``hetero``: per-voxel s(x) for both tasks.
 
@@ -223,7 +231,11 @@ class MultiTaskLoss(nn.Module):
       softmax, foreground classes only, pooled over the batch (patches missing an organ do not
       dominate). In ``fixed``/``homoscedastic`` modes the weight (w_seg or exp(−s)) multiplies the
       whole of CE + Dice; in ``hetero`` Dice has no per-voxel form, so it is added unweighted next
-      to the per-voxel σ-weighted CE. Every CE (raw, scalar-σ, per-voxel σ) is a mean over voxels,
+      to the per-voxel σ-weighted CE. That unweighted Dice is also the remedy for M4's
+      background-voxel effect: the per-voxel σ learns that the many easy background voxels are
+      certain (small s, weight exp(−s) > 1) and organ borders uncertain (weight < 1), so in a
+      voxel-mean CE the organs' share of the gradient shrinks as σ(x) is learned; Dice is a ratio
+      over the organ voxels and keeps their share whatever σ(x) does. Every CE (raw, scalar-σ, per-voxel σ) is a mean over voxels,
       never a sum, so the sCT/segmentation balance does not depend on the patch size.
 
     Learned scalars ``log_var_sct``/``log_var_seg`` start at ``cfg.init_log_var``; every s is put
@@ -297,13 +309,31 @@ class MultiTaskLoss(nn.Module):
             ``log_var_seg``/``sigma_seg`` for learned scalars, ``mean_sigma_sct`` (and
             ``mean_sigma_seg``) for per-voxel heads.
         """
-        cfg = self.cfg
-        total = torch.zeros((), device=next(iter(outputs.values())).device)
+        terms, logged = self.task_terms(outputs, batch)
+        return self.combine(terms, logged)
+
+    def task_terms(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Each task's weighted term (what it contributes to the total) and the tensors to log.
+
+        The training step back-propagates the terms one by one to measure and clip the gradient
+        each task sends into the shared encoder; their sum is the total of :meth:`forward`.
+        """
+        terms: dict[str, Tensor] = {}
         logged: dict[str, Tensor] = {}
         if "sct" in self.tasks:
-            total = total + self._sct_term(outputs, batch, logged)
+            terms["sct"] = self._sct_term(outputs, batch, logged)
         if "seg" in self.tasks:
-            total = total + self._seg_term(outputs, batch, logged)
+            terms["seg"] = self._seg_term(outputs, batch, logged)
+        return terms, logged
+
+    def combine(
+        self, terms: dict[str, Tensor], logged: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Sum the task terms; float components for logging (one device sync)."""
+        cfg = self.cfg
+        total = sum(terms.values(), torch.zeros((), device=next(iter(terms.values())).device))
         logged = {"loss_total": total, **logged}
         # one device sync for all components
         values = torch.stack([v.detach().float().reshape(()) for v in logged.values()]).tolist()
@@ -326,9 +356,12 @@ class MultiTaskLoss(nn.Module):
             logged["loss_sct"] = loss
             logged["mean_sigma_sct"] = masked_mean(sigma2_from_log_var(log_var, cfg.likelihood).sqrt(), mask)
             return loss
-        raw = logged["mae_sct"] if cfg.likelihood == "laplace" else masked_mean(abs_error.square(), mask)
+        if cfg.likelihood == "laplace":
+            raw, form = logged["mae_sct"], homoscedastic_laplace
+        else:
+            raw, form = masked_mean(abs_error.square(), mask), homoscedastic_regression
         logged["loss_sct"] = raw
-        return self._scalar_weighted("sct", raw, logged, homoscedastic_regression)
+        return self._scalar_weighted("sct", raw, logged, form)
 
     def _seg_term(
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor], logged: dict[str, Tensor]
@@ -354,22 +387,30 @@ class MultiTaskLoss(nn.Module):
             return getattr(self.cfg, f"fixed_weight_{task}") * raw
         log_var = self._clamp(getattr(self, f"log_var_{task}"))
         logged[f"log_var_{task}"] = log_var
-        logged[f"sigma_{task}"] = torch.exp(0.5 * log_var)
+        # σ of the task's scalar likelihood: exp(s/2) for s = log σ², √2·b for the Laplace s_b
+        laplace = form is homoscedastic_laplace
+        logged[f"sigma_{task}"] = math.sqrt(2.0) * torch.exp(log_var) if laplace else torch.exp(0.5 * log_var)
         return form(raw, log_var)
 
 
-def parameter_groups(model: nn.Module, loss_fn: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(
+    model: nn.Module, loss_fn: nn.Module, weight_decay: float, log_var_lr: float | None = None
+) -> list[dict]:
     """AdamW parameter groups.
 
     ``weights``: the model's conv/linear weights (ndim > 1), decayed. ``biases_norms``: biases and
     norm affine parameters (ndim <= 1), not decayed, as is usual. ``log_vars``: every learned
     parameter of ``loss_fn`` (the homoscedastic s), never decayed — decay would pull s toward 0,
-    i.e. σ toward 1, biasing the task weighting. Empty groups are left out.
+    i.e. σ toward 1, biasing the task weighting — and with their own learning rate: Adam moves a
+    parameter by about its learning rate per step, and s must travel several units to its optimum.
+    A per-voxel s(x) head is an ordinary output layer of the network and stays in the network's
+    groups. Empty groups are left out.
 
     Args:
         model: the network.
         loss_fn: the loss module holding learned s parameters.
         weight_decay: decay for the ``weights`` group, >= 0.
+        log_var_lr: learning rate of the ``log_vars`` group; None = the optimiser's default.
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay: must be >= 0, got {weight_decay}")
@@ -381,6 +422,7 @@ def parameter_groups(model: nn.Module, loss_fn: nn.Module, weight_decay: float) 
     groups = [
         {"name": "weights", "params": decayed, "weight_decay": float(weight_decay)},
         {"name": "biases_norms", "params": not_decayed, "weight_decay": 0.0},
-        {"name": "log_vars", "params": log_vars, "weight_decay": 0.0},
+        {"name": "log_vars", "params": log_vars, "weight_decay": 0.0}
+        | ({"lr": float(log_var_lr)} if log_var_lr is not None else {}),
     ]
     return [group for group in groups if group["params"]]

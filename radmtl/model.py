@@ -266,7 +266,10 @@ class MultiTaskUNet(nn.Module):
 
     def _decode(self, features: list[Tensor], crop: tuple[slice, ...]) -> dict[str, Tensor]:
         decoded = {task: decoder(features) for task, decoder in self.decoders.items()}
-        return {key: head(decoded[self._head_source[key]])[crop] for key, head in self.heads.items()}
+        # The 1×1×1 heads run in float32 outside autocast: a bf16 sCT would be rounded to steps of
+        # ≈8 HU at 1000-2000 HU, and a bf16 s(x) to steps of ≈3 % in σ, before any .float().
+        with torch.autocast(device_type=features[0].device.type, enabled=False):
+            return {key: head(decoded[self._head_source[key]].float())[crop] for key, head in self.heads.items()}
 
     def forward(self, mr: Tensor) -> dict[str, Tensor]:
         """Args:

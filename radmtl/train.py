@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader
+from torch.utils.data import RandomSampler
 
 from radmtl.checkpoint import BEST, LATEST, load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from radmtl.config import Config, config_from_dict, dump_config, flatten, load_config
@@ -31,6 +32,7 @@ from radmtl.losses import MultiTaskLoss, parameter_groups
 from radmtl.model import build_model
 from radmtl.environment import run_tags
 from radmtl.tracking import NullTracker, Tracker, start_tracking
+from radmtl.train_step import forward_losses, optimise
 from radmtl.transforms import case_dicts, data_keys, eval_transforms, training_transforms
 from radmtl.validation import validate
 
@@ -53,7 +55,11 @@ class TrainState:
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up to the base LR, then cosine decay to 5 % of it, stepped per optimiser step."""
+    """Linear warm-up to the base LR, then cosine decay to 5 % of it, stepped per optimiser step.
+
+    Applies to the network's groups only: the ``log_vars`` group keeps its own constant rate, so
+    the learned task weights are neither starved during warm-up nor frozen by the decay.
+    """
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -61,7 +67,11 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def constant(step: int) -> float:
+        return 1.0
+
+    lambdas = [constant if group.get("name") == "log_vars" else factor for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 def resolve_labels(index: DatasetIndex, cfg: Config) -> dict[str, int]:
@@ -167,8 +177,9 @@ def _train(cfg, data_dir, out_dir, resume, tracking_uri, experiment, device_name
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
     loss_fn = MultiTaskLoss(cfg.loss).to(device)
-    optimizer = torch.optim.AdamW(parameter_groups(model, loss_fn, cfg.train.weight_decay), lr=cfg.train.lr)
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.train.batch_size)
+    optimizer = torch.optim.AdamW(parameter_groups(model, loss_fn, cfg.train.weight_decay, cfg.train.log_var_lr),
+                                  lr=cfg.train.lr)
+    steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(len(train_ds) / cfg.train.batch_size)
     scheduler = warmup_cosine(optimizer, cfg.train.warmup_epochs * steps_per_epoch,
                               cfg.train.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -205,9 +216,7 @@ def _train(cfg, data_dir, out_dir, resume, tracking_uri, experiment, device_name
             t0 = time.perf_counter()
             epoch_seed = seed_epoch(cfg.seed, epoch)
             train_tf.set_random_state(seed=epoch_seed)
-            loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True,
-                                num_workers=cfg.data.num_workers,
-                                generator=torch.Generator().manual_seed(epoch_seed))
+            loader = _epoch_loader(train_ds, cfg, epoch_seed)
             step_metrics, epoch_metrics, n_patches = _train_epoch(
                 model, loss_fn, optimizer, scheduler, scaler, loader, cfg, state, device, amp_dtype,
                 epoch, progress, out_dir)
@@ -260,11 +269,21 @@ def _flush_pending(tracker: Tracker, pending: list, epoch: int) -> None:
         _send(tracker, [(int(step), dict(metrics)) for step, metrics in pending])
 
 
+def _epoch_loader(train_ds, cfg: Config, epoch_seed: int) -> DataLoader:
+    """``steps_per_epoch`` batches of cases drawn with replacement (0: one shuffled pass)."""
+    generator = torch.Generator().manual_seed(epoch_seed)
+    sampler = None
+    if cfg.train.steps_per_epoch:
+        sampler = RandomSampler(train_ds, replacement=True, generator=generator,
+                                num_samples=cfg.train.steps_per_epoch * cfg.train.batch_size)
+    return DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, shuffle=sampler is None,
+                      num_workers=cfg.data.num_workers, generator=generator)
+
+
 def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, state, device, amp_dtype,
                  epoch, progress, out_dir):
     model.train()
     loss_fn.train()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     sums: dict[str, float] = {}
     step_metrics: list[tuple[int, dict[str, float]]] = []
     n_steps = n_patches = 0
@@ -272,22 +291,14 @@ def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, stat
     t0 = time.perf_counter()
     for batch in loader:
         batch = to_device(batch, device)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = model(batch["mr"])
-        # The loss runs in float32: exp(−s) of a bf16 log-variance loses too much precision.
-        loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, batch)
-        if not torch.isfinite(loss):
+        terms, loss, parts = forward_losses(model, loss_fn, batch, amp_dtype)
+        if not math.isfinite(parts["loss_total"]):
             last = out_dir / LATEST
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at step {state.global_step + 1} (epoch {epoch}); last good "
                 f"checkpoint: {last if last.exists() else 'none yet'}; lower train.lr or check the data"
             )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        grad_norms = optimise(terms, model, loss_fn, optimizer, scaler, cfg.train)
         scheduler.step()
         state.global_step += 1
         n_steps += 1
@@ -297,7 +308,8 @@ def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, stat
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + float(value)
         if state.global_step % cfg.train.log_every == 0:
-            step_metrics.append((state.global_step, {f"step_{k}": float(v) for k, v in parts.items()}
+            norms = dict(zip(grad_norms, torch.stack(list(grad_norms.values())).tolist()))
+            step_metrics.append((state.global_step, {f"step_{k}": float(v) for k, v in (parts | norms).items()}
                                  | {"lr": scheduler.get_last_lr()[0]}))
         rate = n_patches / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{loss.item():.4f}", patches_s=f"{rate:.1f}", refresh=False)

@@ -44,7 +44,7 @@ MAY_DIFFER = {"loss.tasks", "loss.weighting", "model.tasks", "model.sct_log_var"
 # Per mode: phantom grid, case counts, and overrides applied identically to every model.
 MODES = {
     "tiny": dict(shape=(32, 32, 24), n_train=2, n_val=1, n_test=1, mc=2, overrides=[
-        "train.epochs=1", "train.val_every=1", "model.channels=[4,8]", "model.strides=[2]",
+        "train.epochs=1", "train.steps_per_epoch=2", "train.val_every=1", "model.channels=[4,8]", "model.strides=[2]",
         "data.spacing=[12.0,9.0,8.0]", "data.patch_size=[16,16,16]", "data.patches_per_volume=1",
         "train.warmup_epochs=0", "data.cache=false"]),
     "budget": dict(shape=(64, 64, 40), n_train=8, n_val=2, n_test=3, mc=10, overrides=[]),

@@ -54,7 +54,7 @@ def make_run(tmp_path: Path) -> dict:
     db_uri = f"sqlite:///{store / 'mlflow.db'}"
     cfg = load_config(ROOT / "configs" / "smoke.yaml", [
         "data.spacing=[12.0, 12.0, 12.0]", "data.patch_size=[16, 16, 16]", "model.channels=[4, 8]",
-        "model.strides=[2]", "train.epochs=2", "train.val_every=1",
+        "model.strides=[2]", "train.epochs=2", "train.steps_per_epoch=2", "train.val_every=1",
     ])  # fmt: skip
     state = train(cfg, ROOT / "data_samples", tmp_path / RUN_NAME, tracking_uri=db_uri,
                   experiment=EXPERIMENT, progress=False)

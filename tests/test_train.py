@@ -29,6 +29,7 @@ TINY = [
     "model.strides=[2]",
     "model.dropout=0.1",
     "train.epochs=2",
+    "train.steps_per_epoch=2",
     "train.val_every=1",
     "train.log_every=1",
     "train.lr=0.003",
@@ -89,15 +90,17 @@ def test_checkpoint_is_self_describing(phantom_data, tmp_path):
 def test_nan_loss_stops_with_step_and_checkpoint(phantom_data, tmp_path, monkeypatch):
     from radmtl import losses
 
-    real_forward = losses.MultiTaskLoss.forward
+    real_terms = losses.MultiTaskLoss.task_terms
     calls = {"n": 0}
 
     def poisoned(self, outputs, batch):
-        total, parts = real_forward(self, outputs, batch)
+        terms, logged = real_terms(self, outputs, batch)
         calls["n"] += 1
-        return (total * float("nan") if calls["n"] == 3 else total), parts
+        if calls["n"] == 3:
+            terms["sct"] = terms["sct"] * float("nan")
+        return terms, logged
 
-    monkeypatch.setattr(losses.MultiTaskLoss, "forward", poisoned)
+    monkeypatch.setattr(losses.MultiTaskLoss, "task_terms", poisoned)
     cfg = load_config(None, TINY + ["train.epochs=3"])
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 \(epoch \d\); last good checkpoint"):
         train(cfg, phantom_data, tmp_path / "run", progress=False, tracker=NullTracker())

@@ -1,0 +1,116 @@
+"""One optimisation step of the multi-task network, task by task.
+
+Each task's weighted loss term is back-propagated on its own (``torch.autograd.grad``), so the step
+can (a) measure the gradient norm that each task sends into the shared encoder, which is what
+decides whether one task starves the other, and (b) clip each task's gradient separately
+(``train.grad_clip_mode = per_task``) before the gradients are summed. The objective is unchanged:
+without clipping the summed gradients equal those of the total loss. The cost is one extra
+backward pass through the shared encoder per extra task (the decoders are each traversed once,
+since a task's term does not depend on the other task's decoder).
+
+The learned scalar log-variances of the loss are in their own optimiser group and are never
+clipped: their gradient is a scalar that Adam normalises anyway, and clipping it together with
+the network would tie how fast the task weights move to the network's gradient scale.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from radmtl.config import TrainConfig
+
+# Added to a norm before dividing by it (clip factors, ratios), so a zero gradient gives no NaN.
+_NORM_EPS = 1e-12
+
+
+def _norm(grads: list[Tensor]) -> Tensor:
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+def forward_losses(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    batch: dict[str, Tensor],
+    amp_dtype: torch.dtype | None,
+) -> tuple[dict[str, Tensor], Tensor, dict[str, float]]:
+    """Run the network and the loss: the per-task terms, the total and the logged components."""
+    device_type = batch["mr"].device.type
+    with torch.autocast(device_type=device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        outputs = model(batch["mr"])
+    # The loss runs in float32: exp(−s) of a bf16 log-variance loses too much precision.
+    terms, logged = loss_fn.task_terms({k: v.float() for k, v in outputs.items()}, batch)
+    total, parts = loss_fn.combine(terms, logged)
+    return terms, total, parts
+
+
+def optimise(
+    terms: dict[str, Tensor],
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    train_cfg: TrainConfig,
+) -> dict[str, Tensor]:
+    """Back-propagate the task terms, clip, and take one optimiser step.
+
+    Args:
+        terms: task name → that task's weighted loss term (from ``MultiTaskLoss.task_terms``).
+        model: the network (or a wrapper with ``.module``); its ``encoder`` is the shared part.
+        loss_fn: the loss module; its parameters are the learned log-variances.
+        optimizer: holds the network's and the loss's parameters.
+        scaler: the AMP grad scaler (disabled unless fp16).
+        train_cfg: ``grad_clip`` and ``grad_clip_mode``.
+
+    Returns:
+        Gradient norms (0-dim tensors, before clipping and in unscaled units):
+        ``grad_norm_encoder_<task>`` (the task's gradient on the shared encoder),
+        ``grad_norm_<task>`` (on the whole network) and, with two tasks,
+        ``grad_ratio_encoder_sct_seg``.
+    """
+    net = getattr(model, "module", model)
+    net_params = [p for p in net.parameters() if p.requires_grad]
+    encoder_ids = {id(p) for p in net.encoder.parameters()}
+    log_vars = [p for p in loss_fn.parameters() if p.requires_grad]
+    inv_scale = 1.0 / scaler.get_scale() if scaler.is_enabled() else 1.0
+    per_task = train_cfg.grad_clip_mode == "per_task"
+
+    optimizer.zero_grad(set_to_none=True)
+    summed: list[Tensor | None] = [None] * len(net_params)
+    log_var_grads: list[Tensor | None] = [None] * len(log_vars)
+    norms: dict[str, Tensor] = {}
+    tasks = list(terms)
+    for i, task in enumerate(tasks):
+        grads = torch.autograd.grad(scaler.scale(terms[task]), net_params + log_vars,
+                                    retain_graph=i < len(tasks) - 1, allow_unused=True)
+        net_grads, lv_grads = grads[: len(net_params)], grads[len(net_params):]
+        present = [g for g in net_grads if g is not None]
+        encoder = [g for p, g in zip(net_params, net_grads) if g is not None and id(p) in encoder_ids]
+        norms[f"grad_norm_encoder_{task}"] = (_norm(encoder) * inv_scale).detach()
+        task_norm = (_norm(present) * inv_scale).detach()
+        norms[f"grad_norm_{task}"] = task_norm
+        factor = (train_cfg.grad_clip / (task_norm + _NORM_EPS)).clamp(max=1.0) if per_task else None
+        for j, g in enumerate(net_grads):
+            if g is None:
+                continue
+            g = g * factor.to(g.device) if factor is not None else g
+            summed[j] = g if summed[j] is None else summed[j] + g
+        for j, g in enumerate(lv_grads):
+            if g is not None:
+                log_var_grads[j] = g if log_var_grads[j] is None else log_var_grads[j] + g
+    for p, g in zip(net_params + log_vars, summed + log_var_grads):
+        p.grad = g
+    if len(tasks) == 2:
+        norms["grad_ratio_encoder_sct_seg"] = norms["grad_norm_encoder_sct"] / (
+            norms["grad_norm_encoder_seg"] + _NORM_EPS)
+    scaler.unscale_(optimizer)
+    if not per_task:
+        torch.nn.utils.clip_grad_norm_(net_params, train_cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return norms
+
+
+__all__ = ["forward_losses", "optimise"]
