@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import nibabel as nib
@@ -37,6 +38,39 @@ def _checkpoint(path: Path, overrides: list[str] = ()) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return _checkpoint(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+S0 = -3.1  # bias of a zero-weight sct_log_var head: s = log σ² (Gaussian) or log b (Laplace)
+CT_SCALE_HU = 1000.0  # cfg.data.ct_scale_hu of TINY
+
+
+def _constant_sigma_checkpoint(path: Path, overrides: list[str] = (), sigma_factor: float | None = None,
+                               sct_scaled: float | None = None) -> Path:
+    """A checkpoint whose σ head outputs S0 at every voxel (and the sCT head ``sct_scaled``, if given)."""
+    cfg = load_config(None, TINY + list(overrides))
+    assert cfg.data.ct_scale_hu == CT_SCALE_HU
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    heads = {"sct_log_var": S0} if sct_scaled is None else {"sct_log_var": S0, "sct": sct_scaled}
+    with torch.no_grad():
+        for key, bias in heads.items():
+            model.heads[key].conv.weight.zero_()
+            model.heads[key].conv.bias.fill_(bias)
+    payload = make_payload(cfg=cfg, label_names=dict(PHANTOM_LABELS), model=model, with_rng=False)
+    if sigma_factor is not None:
+        payload["sigma_scaling"] = {"factor": sigma_factor}
+    return save_checkpoint(path, payload)
+
+
+def _sigma0_hu(likelihood: str) -> float:
+    """σ in HU of a head that outputs S0: exp(S0/2) (σ² = e^s) or √2·exp(S0) (σ = √2·b), × ct_scale_hu."""
+    sigma = math.exp(S0 / 2) if likelihood == "gaussian" else math.sqrt(2.0) * math.exp(S0)
+    return sigma * CT_SCALE_HU
+
+
+@pytest.fixture(scope="module")
+def constant_sigma_checkpoint(tmp_path_factory) -> Path:
+    return _constant_sigma_checkpoint(tmp_path_factory.mktemp("model") / "constant_sigma.pt")
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +130,11 @@ def test_network_grid_round_trip_is_exact_for_a_world_linear_image(tmp_path, kin
 
 
 @pytest.mark.parametrize("kind", ["ras", "lps", "oblique", "permuted"])
-def test_outputs_land_on_the_input_grid(tmp_path, checkpoint, mr_ras, kind):
+def test_outputs_land_on_the_input_grid(tmp_path, constant_sigma_checkpoint, mr_ras, kind):
     affine = _affine(kind)
     # Codes that differ from the default, to see they are copied rather than reset.
     mr_path = _write_mr(tmp_path / "in" / "pt 7.nii.gz", mr_ras, affine, qform_code=2, sform_code=4)
-    assert _infer(checkpoint, mr_path, tmp_path / "out", "--mc-samples", "1") == 0
+    assert _infer(constant_sigma_checkpoint, mr_path, tmp_path / "out", "--mc-samples", "1") == 0
     case = tmp_path / "out" / "pt 7"
     expected = {"sct.nii.gz": np.float32, "sct_sigma_aleatoric.nii.gz": np.float32, "seg.nii.gz": np.uint8}
     assert {p.name for p in case.iterdir()} == set(expected) | {"provenance.json"}
@@ -114,7 +148,8 @@ def test_outputs_land_on_the_input_grid(tmp_path, checkpoint, mr_ras, kind):
     labels = np.asanyarray(nib.load(str(case / "seg.nii.gz")).dataobj)
     assert labels.max() < len(PHANTOM_LABELS)
     sigma = nib.load(str(case / "sct_sigma_aleatoric.nii.gz")).get_fdata()
-    assert sigma.min() > 0  # σ = exp(s/2)·1000 HU from a random head: positive, in HU
+    # the σ head outputs s = S0 everywhere: σ = exp(S0/2)·ct_scale_hu HU at every input voxel
+    np.testing.assert_allclose(sigma, _sigma0_hu("gaussian"), rtol=1e-5)
     assert not list(tmp_path.glob("out/.*")), "hidden temporary folders left behind"
 
 
@@ -179,6 +214,62 @@ def test_mc_outputs_are_present_and_consistent(tmp_path, checkpoint, mr_ras):
     assert set(prov["outputs"]) == {"sct", "sct_sigma_aleatoric", "sct_sigma_epistemic", "sct_sigma_total",
                                     "seg_entropy", "seg_mutual_info", "seg", "seg_probabilities"}
     assert prov["timings_s"]["total_s"] > 0
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "laplace"])
+def test_sigma_maps_are_in_hu_and_follow_the_checkpoint_scaling(tmp_path, mr_ras, likelihood):
+    """End to end: a head that outputs s = S0 everywhere gives σ = σ0 HU at every input voxel; a
+    checkpoint σ-scaling factor multiplies σ_aleatoric (and enters σ_total) unless switched off."""
+    from radmtl.infer import InferOptions, run_inference
+
+    overrides = [f"loss.likelihood={likelihood}"]
+    sigma0 = _sigma0_hu(likelihood)
+    mr_path = _write_mr(tmp_path / "in" / "x.nii.gz", mr_ras, _affine("oblique"))
+    plain = _constant_sigma_checkpoint(tmp_path / "plain.pt", overrides, sct_scaled=0.05)
+    scaled = _constant_sigma_checkpoint(tmp_path / "scaled.pt", overrides, sigma_factor=1.7, sct_scaled=0.05)
+
+    def run(model: Path, name: str, **options) -> tuple[dict[str, np.ndarray], dict]:
+        results = run_inference(str(model), mr_path, tmp_path / name, InferOptions(device="cpu", **options))
+        assert [r.error for r in results] == [None]
+        case = tmp_path / name / "x"
+        maps = {p.name.removesuffix(".nii.gz"): nib.load(str(p)).get_fdata(dtype=np.float32)
+                for p in case.glob("*.nii.gz")}
+        return maps, json.loads((case / "provenance.json").read_text())["inference"]["sigma_scaling"]
+
+    maps, prov = run(plain, "plain", mc_samples=1)
+    np.testing.assert_allclose(maps["sct_sigma_aleatoric"], sigma0, rtol=1e-5)
+    np.testing.assert_allclose(maps["sct"], 50.0, rtol=1e-5)  # sCT head 0.05 scaled units = 50 HU
+    assert prov == {"applied": False, "factor": 1.0, "fitted": None}
+
+    maps, prov = run(scaled, "scaled", mc_samples=1)
+    np.testing.assert_allclose(maps["sct_sigma_aleatoric"], 1.7 * sigma0, rtol=1e-5)
+    assert prov == {"applied": True, "factor": 1.7, "fitted": {"factor": 1.7}}
+
+    maps, prov = run(scaled, "off", mc_samples=1, sigma_scaling=False)
+    np.testing.assert_allclose(maps["sct_sigma_aleatoric"], sigma0, rtol=1e-5)
+    assert prov["applied"] is False and prov["factor"] == 1.0
+
+    # T > 1: the head has no weights, so dropout leaves σ_aleatoric constant; the scaled aleatoric
+    # variance and the epistemic variance add up to the total.
+    maps, prov = run(scaled, "mc", mc_samples=3)
+    np.testing.assert_allclose(maps["sct_sigma_aleatoric"], 1.7 * sigma0, rtol=1e-5)
+    np.testing.assert_allclose(maps["sct_sigma_epistemic"], 0.0, atol=1e-2)  # constant sCT head too
+    np.testing.assert_allclose(maps["sct_sigma_total"] ** 2 - maps["sct_sigma_epistemic"] ** 2,
+                               (1.7 * sigma0) ** 2, rtol=1e-4)
+    assert prov["factor"] == 1.7
+
+
+def test_no_sigma_scaling_flag(tmp_path, mr_ras):
+    model = _constant_sigma_checkpoint(tmp_path / "scaled.pt", sigma_factor=1.7)
+    mr_path = _write_mr(tmp_path / "x.nii.gz", mr_ras, _affine("lps"))
+    for name, flags in (("on", []), ("off", ["--no-sigma-scaling"])):
+        assert _infer(model, mr_path, tmp_path / name, "--mc-samples", "1", *flags) == 0
+    on = nib.load(str(tmp_path / "on" / "x" / "sct_sigma_aleatoric.nii.gz")).get_fdata()
+    off = nib.load(str(tmp_path / "off" / "x" / "sct_sigma_aleatoric.nii.gz")).get_fdata()
+    np.testing.assert_allclose(on, 1.7 * _sigma0_hu("gaussian"), rtol=1e-5)
+    np.testing.assert_allclose(off, _sigma0_hu("gaussian"), rtol=1e-5)
+    prov = json.loads((tmp_path / "off" / "x" / "provenance.json").read_text())
+    assert prov["inference"]["sigma_scaling"] == {"applied": False, "factor": 1.0, "fitted": {"factor": 1.7}}
 
 
 @pytest.mark.parametrize("tasks, expected", [
