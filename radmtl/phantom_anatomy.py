@@ -22,6 +22,9 @@ TISSUE_NAMES = {
     RECTAL_GAS: "rectal_gas",
 }
 
+# Least muscle (mm) between any bone surface and the subcutaneous fat.
+BONE_MUSCLE_MM = 6.0
+
 # Organ labels (Bragman et al. 2018 numbering); phantom.py exposes them as PHANTOM_LABELS.
 BLADDER, RECTUM, PROSTATE_LABEL, FEMORAL_HEAD_LEFT, FEMORAL_HEAD_RIGHT = 1, 2, 3, 4, 5
 
@@ -48,6 +51,10 @@ class Anatomy:
     rectum_curve: float
     gas_pockets: np.ndarray  # (n, 7): z offset, x frac, y frac, radii (3), present flag
     symphysis_y: float
+    # Proximal femur (both sides, mirrored): the neck leaves the head laterally and inferiorly.
+    neck_angle: float  # neck axis from the downward vertical (neck-shaft angle ≈ 180° − this)
+    femoral_offset: float  # lateral distance from the head centre to the shaft axis
+    anteversion: float  # the neck points anteriorly from its base towards the head
 
 
 def sample_anatomy(rng: np.random.Generator) -> Anatomy:
@@ -86,6 +93,11 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         rectum_curve=u(0.002, 0.006),
         gas_pockets=gas,
         symphysis_y=u(52.0, 64.0),
+        # Drawn last so that adding the femur left every earlier draw (and so the rest of the
+        # anatomy of a seed) unchanged.
+        neck_angle=np.deg2rad(u(48.0, 58.0)),
+        femoral_offset=u(36.0, 44.0),
+        anteversion=np.deg2rad(u(5.0, 20.0)),
     )
 
 
@@ -144,12 +156,32 @@ def _hemipelvis(p, head: np.ndarray, side: float, anatomy: Anatomy, joint_gap: f
     ischium = sd_capsule(p, (hx - side * 15.0, hy - 14.0, hz - 5.0), tuberosity, 12.0)
     inferior_ramus = sd_capsule(p, (side * 10.0, sy - 6.0, pz - 18.0), tuberosity, 8.0)
     symphysis = sd_ellipsoid(p, (side * 9.0, sy, pz - 4.0), (8.0, 10.0, 22.0))
-    femur_head = sd_sphere(p, head, r)
-    trochanter = (hx + side * 32.0, hy - 4.0, hz - 22.0)
-    neck = sd_capsule(p, head, trochanter, 0.62 * r)
-    shaft = sd_capsule(p, trochanter, (hx + side * 26.0, hy + 6.0, hz - 220.0), 15.0)
     return np.minimum.reduce([cup, ilium_column, wing, superior_ramus, ischium, inferior_ramus,
-                              symphysis, femur_head, neck, shaft])
+                              symphysis, _proximal_femur(p, head, side, anatomy)])
+
+
+def _proximal_femur(p, head: np.ndarray, side: float, anatomy: Anatomy) -> np.ndarray:
+    """Signed distance of the femoral head, neck, trochanters and proximal shaft of one side.
+
+    The neck runs from the head centre laterally, inferiorly and slightly posteriorly to the shaft
+    axis (the femoral offset); the greater trochanter rises superolaterally at its base, the lesser
+    trochanter posteromedially below it, and the shaft descends slightly medially. A femoral head
+    therefore looks different from its mirror image, so its side can be read locally.
+    """
+    hx, hy, hz = (float(v) for v in head)
+    r = anatomy.head_radius
+    offset = anatomy.femoral_offset
+    # Base of the neck on the shaft axis.
+    bx = hx + side * offset
+    by = hy - offset * float(np.tan(anatomy.anteversion))
+    bz = hz - offset / float(np.tan(anatomy.neck_angle))
+    femur_head = sd_sphere(p, head, r)
+    neck = sd_capsule(p, head, (bx, by, bz), 0.62 * r)
+    greater = sd_ellipsoid(p, (bx + side * 5.0, by - 4.0, bz + 13.0), (11.0, 14.0, 18.0))
+    lesser = sd_sphere(p, (bx - side * 11.0, by - 9.0, bz - 30.0), 8.0)
+    # The anatomical shaft axis is adducted ~7° from the vertical: it runs medially downwards.
+    shaft = sd_capsule(p, (bx, by, bz + 6.0), (bx - side * 25.0, by + 4.0, bz - 200.0), 13.5)
+    return np.minimum.reduce([femur_head, neck, greater, lesser, shaft])
 
 
 def _rotate_z(p, center, angle: float) -> tuple[np.ndarray, ...]:
@@ -172,33 +204,13 @@ def build_tissue_map(
 
     Returns:
         ``tissue`` (X, Y, Z) uint8 tissue classes, ``labels`` (X, Y, Z) uint8 organ labels, and
-        ``extras``: ``lateral`` and ``ap`` (body-normalised coordinates, 0 at the centre, ±1 at the
-        skin) used for the CT noise model.
+        ``extras``: ``body`` (X, Y, Z) bool, the body outline (it contains every bone).
     """
     shape = np.broadcast_shapes(*(c.shape for c in coords_mm))
     # The whole anatomy is rotated/shifted, so evaluate shapes at the inversely mapped coordinates.
     p = _rotate_z(coords_mm, anatomy.shift, anatomy.rotation_z)
     p = tuple(np.broadcast_to(c, shape).astype(np.float32) for c in p)
     x, y, z = p
-
-    a, b_ant, b_post = anatomy.body_axes
-    # Hips are widest around the femoral heads; the outline narrows a little above and below.
-    taper = 1.0 - 0.08 * ((z - float(anatomy.head_center[2])) / 100.0) ** 2
-    b = np.where(y >= 0, b_ant, b_post)
-    theta = np.arctan2(y / b, x / a)
-    lobes = 1.0 + anatomy.body_lobes[0] * np.cos(2.0 * theta + anatomy.body_lobes[1])
-    radius = np.sqrt((x / (a * taper)) ** 2 + (y / (b * taper)) ** 2) / lobes  # 1 at the skin
-    body = radius <= 1.0
-    # Mean radius in mm turns the fat thickness (mm) into the normalised radius of the muscle wall.
-    inner = radius <= 1.0 - anatomy.fat_thickness / (0.5 * (a + 0.5 * (b_ant + b_post)))
-
-    tissue = np.full(shape, AIR, dtype=np.uint8)
-    tissue[body] = FAT
-    tissue[inner] = MUSCLE
-
-    pc, pa = _floats(anatomy.prostate_center), _floats(anatomy.prostate_axes)
-    fat_pad = sd_ellipsoid(p, (0.0, pc[1] - 8.0, pc[2] + 30.0), (58.0, 62.0, 95.0)) <= 0
-    tissue[fat_pad & inner] = PELVIC_FAT
 
     # Bones: left hemipelvis + femur, mirrored right (with a small asymmetry), and the sacrum.
     head_left = anatomy.head_center
@@ -215,6 +227,29 @@ def build_tissue_map(
         sd_ellipsoid(p, (0.0, -74.0, hz + 85.0), (62.0, 16.0, 22.0)),
     ])
     sd_bone = np.minimum(sd_bone, sacrum)
+
+    a, b_ant, b_post = anatomy.body_axes
+    # Hips are widest around the femoral heads; the outline narrows a little above and below.
+    taper = 1.0 - 0.08 * ((z - float(anatomy.head_center[2])) / 100.0) ** 2
+    b = np.where(y >= 0, b_ant, b_post)
+    theta = np.arctan2(y / b, x / a)
+    lobes = 1.0 + anatomy.body_lobes[0] * np.cos(2.0 * theta + anatomy.body_lobes[1])
+    radius = np.sqrt((x / (a * taper)) ** 2 + (y / (b * taper)) ** 2) / lobes  # 1 at the skin
+    # Mean radius in mm turns the fat thickness (mm) into the normalised radius of the muscle wall.
+    inner = radius <= 1.0 - anatomy.fat_thickness / (0.5 * (a + 0.5 * (b_ant + b_post)))
+    # Bone is always wrapped in muscle and then skin: where a greater trochanter or an iliac crest
+    # reaches past the ellipse, the outline bulges over it (as hips do) instead of cutting the bone.
+    inner |= sd_bone <= BONE_MUSCLE_MM
+    body = (radius <= 1.0) | (sd_bone <= BONE_MUSCLE_MM + max(0.5 * anatomy.fat_thickness, 5.0))
+
+    tissue = np.full(shape, AIR, dtype=np.uint8)
+    tissue[body] = FAT
+    tissue[inner] = MUSCLE
+
+    pc, pa = _floats(anatomy.prostate_center), _floats(anatomy.prostate_axes)
+    fat_pad = sd_ellipsoid(p, (0.0, pc[1] - 8.0, pc[2] + 30.0), (58.0, 62.0, 95.0)) <= 0
+    tissue[fat_pad & inner] = PELVIC_FAT
+
     bone = (sd_bone <= 0) & inner
     tissue[bone] = TRABECULAR
     tissue[bone & (sd_bone > -anatomy.cortex_mm)] = CORTICAL
@@ -258,5 +293,5 @@ def build_tissue_map(
     labels[(sd_sphere(p, head_right, anatomy.head_radius) <= 0) & is_bone] = FEMORAL_HEAD_RIGHT
     # Organs are painted inside the muscle wall by construction; enforce it so a label never leaks.
     labels[~body] = 0
-    extras = {"lateral": x / a, "ap": y / b, "body": body}
+    extras = {"body": body}
     return tissue, labels, extras
