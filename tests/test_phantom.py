@@ -7,9 +7,11 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from radmtl import phantom_anatomy as anat
 from radmtl.phantom import (
+    CASE_FILES,
     PHANTOM_LABELS,
     PhantomError,
     case_seed,
@@ -20,6 +22,8 @@ from radmtl.phantom import (
 
 SHAPE = (48, 48, 32)
 SPACING = (8.0, 6.0, 6.0)
+SOFT_TISSUES = (anat.FAT, anat.MUSCLE, anat.PELVIC_FAT, anat.URINE, anat.BLADDER_WALL,
+                anat.PROSTATE, anat.RECTAL_WALL, anat.RECTAL_CONTENT)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +130,80 @@ def test_ct_noise_matches_the_sd_map(case):
     assert lateral.max() > centre
 
 
+def _soft_noise_percentiles(c, q=(5, 50, 95)):
+    soft = np.isin(c.tissue, SOFT_TISSUES) & (c.mask == 1)
+    return np.percentile(c.ct_noise_sd_hu[soft], q)
+
+
+def test_soft_tissue_noise_varies_strongly_and_differs_per_case(case):
+    p5, p50, p95 = _soft_noise_percentiles(case)
+    # Enough spread for "does σ rank voxels by their true noise" to mean something.
+    assert p95 / p5 >= 3.0
+    assert 5.0 < p5 < p50 < p95 < 150.0
+    other = _soft_noise_percentiles(generate_case(4, SHAPE, SPACING))
+    assert not np.allclose(other, (p5, p50, p95), rtol=0.02)
+
+
+def test_noise_is_higher_at_the_body_centre_than_near_the_surface(case):
+    sd, body = case.ct_noise_sd_hu, case.mask == 1
+    z = SHAPE[2] // 2  # mid-height, about the level of the femoral heads
+    xs, ys = np.nonzero(body[:, :, z])
+    cx, cy = int(round(xs.mean())), int(round(ys.mean()))
+    row, column = np.nonzero(body[:, cy, z])[0], np.nonzero(body[cx, :, z])[0]
+    centre = sd[cx, cy, z]
+    # One voxel inside the skin: left, right and anterior surface.
+    assert centre > sd[row.max() - 1, cy, z]
+    assert centre > sd[row.min() + 1, cy, z]
+    assert centre > 2.0 * sd[cx, column.max() - 1, z]
+
+
+def _world(c):
+    index = np.indices(c.labels.shape).reshape(3, -1).T
+    return (index @ c.affine[:3, :3].T + c.affine[:3, 3]).reshape(*c.labels.shape, 3)
+
+
+def test_femoral_necks_point_laterally_and_inferiorly(case):
+    bone = (case.tissue == anat.CORTICAL) | (case.tissue == anat.TRABECULAR)
+    world = _world(case)
+    for label, side in ((PHANTOM_LABELS["femoral_head_left"], 1.0),
+                        (PHANTOM_LABELS["femoral_head_right"], -1.0)):
+        head = case.labels == label
+        centre = world[head].mean(0)
+        radius = (head.sum() * np.prod(SPACING) * 3.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+        d = world - centre
+        lateral_inferior = ((side * d[..., 0] > radius) & (side * d[..., 0] < radius + 50.0)
+                            & (d[..., 2] < -5.0) & (d[..., 2] > -60.0) & (np.abs(d[..., 1]) < 40.0))
+        # Neck, trochanter and shaft: bone, lateral and below the head centre, not head label.
+        neck = bone & lateral_inferior
+        assert neck.sum() >= 30, label
+        assert np.all(case.labels[neck] == 0)
+        # RAS: the left femur's neck is on the patient's left (+x), the right one's on −x.
+        assert side * world[neck][:, 0].mean() > side * centre[0] > 40.0
+
+
+def test_femoral_head_labels_are_the_heads_only(case):
+    bone = (case.tissue == anat.CORTICAL) | (case.tissue == anat.TRABECULAR)
+    world = _world(case)
+    half_diagonal = 0.5 * float(np.linalg.norm(SPACING))
+    for label in (PHANTOM_LABELS["femoral_head_left"], PHANTOM_LABELS["femoral_head_right"]):
+        head = case.labels == label
+        assert np.all(bone[head])
+        # A sphere of the head radius (22-26 mm): the neck stays out of the label.
+        distance = np.linalg.norm(world[head] - world[head].mean(0), axis=1)
+        assert distance.max() <= 26.0 + half_diagonal
+        volume = head.sum() * np.prod(SPACING)
+        assert 0.7 * 4 / 3 * np.pi * 22.0**3 < volume < 1.3 * 4 / 3 * np.pi * 26.0**3
+        # Unlabelled bone (the neck) touches the head.
+        assert np.any(ndimage.binary_dilation(head) & bone & (case.labels == 0))
+
+
+def test_bones_lie_inside_the_body_wrapped_in_soft_tissue():
+    for seed in range(4):
+        c = generate_case(seed, SHAPE, SPACING)
+        bone = (c.tissue == anat.CORTICAL) | (c.tissue == anat.TRABECULAR)
+        assert np.all(c.mask[ndimage.binary_dilation(bone)] == 1), seed
+
+
 def test_labels_present_inside_body_and_in_anatomical_order():
     for seed in (0, 1, 2):
         c = generate_case(seed, SHAPE, SPACING)
@@ -147,8 +225,16 @@ def test_cases_differ_in_anatomy():
     assert len(set(volumes)) == 4
 
 
-def test_case_seed_does_not_depend_on_case_count():
-    assert case_seed(5, 2) == case_seed(5, 2) != case_seed(5, 1)
+def test_case_seed_does_not_depend_on_case_count(dataset, tmp_path):
+    out, _ = dataset  # 3 cases, seed 5
+    generate_dataset(tmp_path, cases=2, seed=5, shape=SHAPE, spacing=SPACING)
+    three, two = (json.loads((d / "dataset.json").read_text()) for d in (out, tmp_path))
+    assert two["case_seeds"] == three["case_seeds"][:2]
+    assert len(set(three["case_seeds"])) == 3
+    for name in CASE_FILES:  # every file of the shared case_002, bit for bit
+        a, b = (np.asanyarray(nib.load(d / "case_002" / f"{name}.nii.gz").dataobj)
+                for d in (out, tmp_path))
+        np.testing.assert_array_equal(a, b, err_msg=name)
     assert case_seed(5, 0) != case_seed(6, 0)
 
 
