@@ -145,6 +145,71 @@ def prepare_output_root(output: str | Path) -> Path:
 # --- one case ----------------------------------------------------------------------------------
 
 
+def predict_on_network_grid(
+    loaded: Any,
+    mr_path: Path,
+    *,
+    mc_samples: int,
+    overlap: float,
+    sw_batch_size: int,
+    device: Any,
+    amp_dtype: Any,
+    sigma_scale: float = 1.0,
+    timings: dict[str, float] | None = None,
+) -> tuple[dict[str, Any], np.ndarray, tuple[int, ...]]:
+    """The training preprocessing of one MR file, then the network on its grid.
+
+    Shared by ``radmtl infer`` and the σ recalibration after training, so that the factor is
+    fitted on exactly what infer produces.
+
+    Returns:
+        (maps of :func:`radmtl.predict.predict_volume` in scaled units, network-grid affine,
+        network-grid shape).
+    """
+    import torch
+
+    from radmtl.predict import predict_volume
+    from radmtl.transforms import eval_transforms
+
+    cfg = loaded.cfg
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    try:
+        net_mr = eval_transforms(cfg.data, ["mr"])({"mr": str(mr_path)})["mr"]
+    except Exception as err:  # MONAI wraps reader/transform errors in RuntimeError chains
+        raise VolumeError(f"{mr_path}: preprocessing failed ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); check the file") from err
+    net_affine = np.asarray(net_mr.affine, np.float64)
+    net_shape = tuple(int(s) for s in net_mr.shape[1:])
+    timings["preprocess_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)  # MC dropout masks: the same outputs for the same case and model
+    maps = predict_volume(
+        loaded.model, net_mr.as_tensor()[None], cfg.data.patch_size, overlap=overlap,
+        sw_batch_size=sw_batch_size, mc_samples=mc_samples, likelihood=cfg.loss.likelihood,
+        device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale,
+    )
+    timings["predict_s"] = time.perf_counter() - t0
+    return maps, net_affine, net_shape
+
+
+def map_to_input_grid(key: str, network_map: Any, net_affine: np.ndarray, volume: Volume,
+                      ct_scale_hu: float) -> np.ndarray:
+    """One (1, 1, x, y, z) network-grid map → (X, Y, Z) float32 on the input grid, in HU if an sCT/σ map."""
+    from radmtl.resample import resample_to_grid
+
+    # Resample in network units; HU scaling is linear so it commutes with interpolation.
+    as_variance = key in VARIANCE_MAPS
+    values = network_map[0] ** 2 if as_variance else network_map[0]
+    array = resample_to_grid(values, net_affine, volume.affine, volume.shape)[0]
+    if as_variance:
+        array = np.sqrt(np.clip(array, 0.0, None))
+    if MAP_OUTPUTS[key][2]:
+        array *= ct_scale_hu
+    return array
+
+
 def _progress_bar(enabled: bool, total: int, desc: str):
     from tqdm.auto import tqdm
 
@@ -177,12 +242,8 @@ def infer_case(
         RadmtlError: the MR cannot be used or an output cannot be written; nothing is left under
             ``output/<case_id>`` from this attempt.
     """
-    import torch
-
     from radmtl.config import to_dict
-    from radmtl.predict import predict_volume
-    from radmtl.resample import argmax_labels_on_grid, resample_to_grid
-    from radmtl.transforms import eval_transforms
+    from radmtl.resample import argmax_labels_on_grid
 
     if mr_path is None:
         raise VolumeError(f"case {case_id}: has no mr file; add mr.nii.gz to the case folder")
@@ -203,28 +264,11 @@ def infer_case(
     bar = _progress_bar(options.progress, total=3 + n_maps, desc=case_id)
     tmp_dir = output / f".{case_id}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        t0 = time.perf_counter()
-        try:
-            net_mr = eval_transforms(cfg.data, ["mr"])({"mr": str(mr_path)})["mr"]
-        except Exception as err:  # MONAI wraps reader/transform errors in RuntimeError chains
-            raise VolumeError(f"{mr_path}: preprocessing failed ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}); check the file") from err
-        net_affine = np.asarray(net_mr.affine, np.float64)
-        net_shape = tuple(int(s) for s in net_mr.shape[1:])
-        timings["preprocess_s"] = time.perf_counter() - t0
-        bar.update(1)
-
-        t0 = time.perf_counter()
         sigma_scale = sigma_scale_of(loaded.payload) if options.sigma_scaling else 1.0
-        torch.manual_seed(cfg.seed)  # MC dropout masks: the same outputs for the same case and model
-        maps = predict_volume(
-            loaded.model, net_mr.as_tensor()[None], cfg.data.patch_size, overlap=overlap,
-            sw_batch_size=sw_batch_size, mc_samples=mc_samples, likelihood=cfg.loss.likelihood,
-            device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale,
-        )
-        del net_mr
-        timings["predict_s"] = time.perf_counter() - t0
-        bar.update(1)
+        maps, net_affine, net_shape = predict_on_network_grid(
+            loaded, mr_path, mc_samples=mc_samples, overlap=overlap, sw_batch_size=sw_batch_size,
+            device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale, timings=timings)
+        bar.update(2)
 
         t0 = time.perf_counter()
         tmp_dir.mkdir()
@@ -233,14 +277,7 @@ def infer_case(
             network_map = maps.pop(key, None)
             if network_map is None or (needs_mc and mc_samples <= 1):
                 continue
-            # Resample in network units; HU scaling is linear so it commutes with interpolation.
-            as_variance = key in VARIANCE_MAPS
-            values = network_map[0] ** 2 if as_variance else network_map[0]
-            array = resample_to_grid(values, net_affine, volume.affine, volume.shape)[0]
-            if as_variance:
-                array = np.sqrt(np.clip(array, 0.0, None))
-            if to_hu:
-                array *= cfg.data.ct_scale_hu
+            array = map_to_input_grid(key, network_map, net_affine, volume, cfg.data.ct_scale_hu)
             write_like(array, volume, tmp_dir / f"{stem}{SUFFIX}", dtype)
             written[stem] = {"file": f"{stem}{SUFFIX}", "dtype": np.dtype(dtype).name,
                              "units": "HU" if to_hu else "nats"}

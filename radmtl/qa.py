@@ -314,6 +314,7 @@ def _panels(records: list[dict[str, float]]) -> dict[str, tuple[list[str], str]]
                        and "over" not in k}, prefer_epoch=False),
         "hu": pick({k for k in keys if k.endswith("_hu")}, prefer_epoch=True),
         "dice": pick({k for k in keys if "dice" in k}, prefer_epoch=True),
+        "gradients": pick({k for k in keys if "grad_norm_encoder" in k or "grad_ratio" in k}, prefer_epoch=False),
     }
 
 
@@ -322,7 +323,8 @@ def training_curves(metrics_jsonl: Path, out_png: Path) -> Path | None:
 
     Panels (each only when its metrics exist): loss components (``*loss*``) and learned σ /
     ``log_var`` against step; MAE and mean σ in HU (``*_hu``, train and validation) and Dice
-    (``*dice*``) against epoch (the ``epoch`` field of the record).
+    (``*dice*``) against epoch (the ``epoch`` field of the record); the per-task gradient norms on
+    the shared encoder and their ratio against step.
 
     Returns:
         ``out_png``, or None when the file is missing or holds nothing to draw.
@@ -342,6 +344,7 @@ def training_curves(metrics_jsonl: Path, out_png: Path) -> Path | None:
         "sigma": ("learned uncertainty", "σ / log σ²"),
         "hu": ("MAE and mean σ (HU)", "HU"),
         "dice": ("Dice", "Dice"),
+        "gradients": ("gradient each task sends into the shared encoder", "norm / ratio"),
     }
     columns = min(2, len(groups))
     rows = math.ceil(len(groups) / columns)
@@ -357,7 +360,7 @@ def training_curves(metrics_jsonl: Path, out_png: Path) -> Path | None:
             all_y.extend(ys)
         finite = [y for y in all_y if math.isfinite(y)]
         # Losses span decades; a log axis shows the late training, but only for positive values.
-        if group == "losses" and finite and min(finite) > 0 and max(finite) / min(finite) > 50:
+        if group in ("losses", "gradients") and finite and min(finite) > 0 and max(finite) / min(finite) > 50:
             ax.set_yscale("log")
         if group == "dice":
             ax.set_ylim(0.0, 1.0)

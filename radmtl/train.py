@@ -246,6 +246,8 @@ def _train(cfg, data_dir, out_dir, resume, tracking_uri, experiment, device_name
             for path in qa_paths:
                 tracker.log_artifact(path, artifact_path="qa")
             log.info(_summary_line(epoch, cfg.train.epochs, epoch_metrics, elapsed, improved))
+        if cfg.train.recalibrate:
+            _recalibrate(out_dir, val_cases, device, tracker, state.epoch)
         _finish(model, cfg, out_dir, tracker)
         status = "FINISHED"
         return state
@@ -350,6 +352,26 @@ def _summary_line(epoch: int, epochs: int, m: dict[str, float], seconds: float, 
             parts.append(fmt.format(m[key]))
     parts.append(f"{seconds:.0f} s" + ("  *best*" if improved else ""))
     return "  ".join(parts)
+
+
+def _recalibrate(out_dir: Path, val_cases: list, device: torch.device, tracker: Tracker, epoch: int) -> None:
+    """Fit the σ-scaling factor into the best checkpoint and log it (DESIGN.md section 1)."""
+    from radmtl.recalibration import recalibrate
+
+    best = out_dir / BEST
+    if not best.exists():
+        return
+    try:
+        record = recalibrate(best, val_cases, device)
+    except (ValueError, RadmtlError) as err:
+        log.warning("σ recalibration failed (%s); %s keeps the uncalibrated σ", err, best)
+        return
+    if record is None:
+        return
+    metrics = {"sigma_scale": record["factor"]}
+    for when in ("before", "after"):
+        metrics |= {f"val_{k}_{when}_recalibration": v for k, v in record[when].items()}
+    tracker.log_metrics(metrics, step=epoch)
 
 
 def _finish(model: torch.nn.Module, cfg: Config, out_dir: Path, tracker: Tracker) -> None:
