@@ -103,9 +103,10 @@ def case_residuals(loaded: Any, case: Case, mc_samples: int, device: Any) -> Cas
 
 def calibration_summary(res: list[CaseResiduals], scale: float) -> dict[str, float]:
     """Pooled z mean/SD and 95 % coverage over the validation voxels with σ_aleatoric × ``scale``."""
-    r = np.concatenate([c.residual_hu for c in res])
+    # The metrics take (x, y, z) volumes; pooled voxels are a (n, 1, 1) one.
+    r = np.concatenate([c.residual_hu for c in res])[:, None, None]
     total = np.sqrt((scale * np.concatenate([c.sigma_aleatoric_hu for c in res])) ** 2
-                    + np.concatenate([c.sigma_epistemic_hu for c in res]) ** 2)
+                    + np.concatenate([c.sigma_epistemic_hu for c in res]) ** 2)[:, None, None]
     inside = np.ones(r.shape, bool)
     z_mean, z_sd = zscore_stats(r, np.zeros_like(r), total, inside)
     return {"zscore_mean": z_mean, "zscore_sd": z_sd, "coverage_95": coverage(r, np.zeros_like(r), total, inside)}

@@ -62,6 +62,13 @@ def test_same_seed_same_losses(phantom_data, tmp_path):
     assert [{k: v for k, v in r.items() if k not in drop} for r in a] == \
            [{k: v for k, v in r.items() if k not in drop} for r in b]
     assert any("step_loss_total" in r for r in a) and any("val_mae_hu" in r for r in a)
+    # train.steps_per_epoch = 2 for 2 epochs, log_every 1: exactly steps 1-4 carry step metrics
+    assert [r["step"] for r in a if "step_loss_total" in r] == [1, 2, 3, 4]
+    # the gradient each task sends into the shared encoder, and their ratio, every log_every steps
+    for r in (r for r in a if "step_loss_total" in r):
+        assert r["step_grad_norm_encoder_sct"] > 0 and r["step_grad_norm_encoder_seg"] > 0
+        assert r["step_grad_ratio_encoder_sct_seg"] == pytest.approx(
+            r["step_grad_norm_encoder_sct"] / r["step_grad_norm_encoder_seg"], rel=1e-5)
     # A different seed must change the trajectory (else the test above proves nothing).
     other = load_config(None, TINY + ["seed=1"])
     train(other, phantom_data, tmp_path / "c", progress=False,
@@ -78,6 +85,10 @@ def test_checkpoint_is_self_describing(phantom_data, tmp_path):
     assert payload["label_names"]["femoral_head_left"] == 4
     assert payload["config"]["data"]["spacing"] == [12.0, 12.0, 12.0]
     assert payload["optimizer_state"] is not None and payload["rng"] is not None
+    # σ recalibration ran on the validation case and left its factor in the best checkpoint
+    scaling = load_checkpoint(tmp_path / "run" / BEST)["sigma_scaling"]
+    assert scaling["factor"] > 0 and scaling["cases"] and scaling["voxels"] > 0
+    assert np.hypot(scaling["after"]["zscore_mean"], scaling["after"]["zscore_sd"]) == pytest.approx(1.0, abs=1e-3)
     loaded = model_from_checkpoint(tmp_path / "run" / BEST)
     assert loaded.cfg.model.channels == (4, 8)
     mr = torch.randn(1, 1, 16, 16, 16)
