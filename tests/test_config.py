@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,33 @@ def test_smoke_config_is_small():
     assert cfg.model.strides == (2, 2)
     assert cfg.train.epochs == 3
     assert cfg.loss.weighting == "hetero_homo"
+
+
+def _demo_grid() -> tuple[list[int], list[float]]:
+    text = (ROOT / "scripts" / "demo.sh").read_text()
+    shape = re.search(r"^SHAPE=\(([^)]*)\)", text, re.M).group(1).split()
+    spacing = re.search(r"^SPACING=\(([^)]*)\)", text, re.M).group(1).split()
+    return [int(v) for v in shape], [float(v) for v in spacing]
+
+
+def test_demo_phantom_lives_on_the_grid_where_sigma_is_learned(tmp_path):
+    # The noise-recovery check compares σ with the phantom's true noise SD: the demo must generate
+    # the phantom at the recipe's training spacing so both live on one grid (DESIGN.md section 1).
+    import nibabel as nib
+    import numpy as np
+
+    from radmtl.phantom import generate_dataset
+    from radmtl.transforms import eval_transforms
+
+    cfg = load_config(ROOT / "configs" / "quick.yaml")
+    shape, spacing = _demo_grid()
+    assert list(cfg.data.spacing) == spacing
+    generate_dataset(tmp_path, cases=1, seed=0, shape=tuple(shape), spacing=tuple(spacing))
+    case = tmp_path / "case_001"
+    net = eval_transforms(cfg.data, ["mr"])({"mr": str(case / "mr.nii.gz")})["mr"]
+    truth = nib.load(case / "ct_noise_sd.nii.gz")
+    assert tuple(net.shape[1:]) == truth.shape == tuple(shape)
+    np.testing.assert_allclose(np.asarray(net.affine), truth.affine, atol=1e-4)
 
 
 def test_override_nested_values_parsed_as_yaml():
