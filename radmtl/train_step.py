@@ -68,7 +68,7 @@ def optimise(
         Gradient norms (0-dim tensors, before clipping and in unscaled units):
         ``grad_norm_encoder_<task>`` (the task's gradient on the shared encoder),
         ``grad_norm_<task>`` (on the whole network) and, with two tasks,
-        ``grad_ratio_encoder_sct_seg``.
+        ``grad_ratio_encoder_sct_seg`` and ``grad_ratio_encoder_sct_seg_applied`` (after clipping).
     """
     net = getattr(model, "module", model)
     net_params = [p for p in net.parameters() if p.requires_grad]
@@ -81,6 +81,7 @@ def optimise(
     summed: list[Tensor | None] = [None] * len(net_params)
     log_var_grads: list[Tensor | None] = [None] * len(log_vars)
     norms: dict[str, Tensor] = {}
+    applied: dict[str, Tensor] = {}
     tasks = list(terms)
     for i, task in enumerate(tasks):
         grads = torch.autograd.grad(scaler.scale(terms[task]), net_params + log_vars,
@@ -92,6 +93,7 @@ def optimise(
         task_norm = (_norm(present) * inv_scale).detach()
         norms[f"grad_norm_{task}"] = task_norm
         factor = (train_cfg.grad_clip / (task_norm + _NORM_EPS)).clamp(max=1.0) if per_task else None
+        applied[task] = norms[f"grad_norm_encoder_{task}"] * (factor if factor is not None else 1.0)
         for j, g in enumerate(net_grads):
             if g is None:
                 continue
@@ -105,6 +107,9 @@ def optimise(
     if len(tasks) == 2:
         norms["grad_ratio_encoder_sct_seg"] = norms["grad_norm_encoder_sct"] / (
             norms["grad_norm_encoder_seg"] + _NORM_EPS)
+        # after per-task clipping: the balance the encoder is actually updated with (a global
+        # clip scales both tasks alike and leaves the ratio as it was)
+        norms["grad_ratio_encoder_sct_seg_applied"] = applied["sct"] / (applied["seg"] + _NORM_EPS)
     scaler.unscale_(optimizer)
     if not per_task:
         torch.nn.utils.clip_grad_norm_(net_params, train_cfg.grad_clip)

@@ -148,6 +148,9 @@ def test_optimise_logs_encoder_norms_and_clips_as_configured(mode):
         assert float(norms[f"grad_norm_{task}"]) == pytest.approx(norm(grads[task]), rel=1e-4)
     assert float(norms["grad_ratio_encoder_sct_seg"]) == pytest.approx(
         norm(grads["sct"], True) / norm(grads["seg"], True), rel=1e-4)
+    clipped = {t: clip / norm(grads[t]) if mode == "per_task" else 1.0 for t in ("sct", "seg")}
+    assert float(norms["grad_ratio_encoder_sct_seg_applied"]) == pytest.approx(
+        norm(grads["sct"], True) * clipped["sct"] / (norm(grads["seg"], True) * clipped["seg"]), rel=1e-4)
     if mode == "per_task":
         expected = [gs * clip / norm(grads["sct"]) + gg * clip / norm(grads["seg"])
                     for gs, gg in zip(grads["sct"], grads["seg"])]
