@@ -1,0 +1,237 @@
+"""Mutation check: deliberate bugs the test suite must catch (issue 14). Not part of CI.
+
+Each mutant is one or more exact text replacements in the library. For each, ``radmtl/``,
+``tests/`` and ``pyproject.toml`` are copied into a temporary folder, the copy is patched, and
+``python -m pytest -x -q <tests>`` runs there with ``PYTHONPATH`` pointing at the copy, so the
+patched copy is imported rather than the installed package (checked before any mutant runs, and
+again by the ``sanity`` mutant, a blatant bug that must be caught).
+
+A mutant is *caught* when pytest reports failing tests (exit status 1), *MISSED* when the tests
+pass, *ERROR* for any other status (a collection error usually means the replacement broke the
+syntax, which proves nothing about the tests). An original text that is not found exactly once
+in the current library is *STALE*: edit the table when the library changes, so the check cannot
+silently stop testing anything. The unmutated copy must pass the same tests first.
+
+To add a mutant, append a row to ``MUTANTS``: a short name, the test files that should catch
+it, and its replacements ``(file, original text, mutated text)``.
+
+Usage: python scripts/mutants.py [--only NAME ...] [--list] [--keep]
+Exit status: 0 when every mutant is caught; 1 otherwise (missed, stale, error or failing baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    tests: tuple[str, ...]
+    edits: tuple[tuple[str, str, str], ...]  # (file relative to the repository, original, mutated)
+
+
+PREDICT, INFER, LOSSES, RESAMPLE = "radmtl/predict.py", "radmtl/infer.py", "radmtl/losses.py", "radmtl/resample.py"
+
+MUTANTS: list[Mutant] = [
+    Mutant("sanity: the patched copy is imported (sCT mean + 1)", ("tests/test_predict.py",), (
+        (PREDICT, 'out["sct"] = stats["sct"]', 'out["sct"] = stats["sct"] + 1.0'),
+    )),
+    Mutant("epistemic variance as E[x²] (−E[x]² dropped)", ("tests/test_predict.py",), (
+        (PREDICT, 'stats["var_epistemic"] = sct.var(0, unbiased=False)',
+         'stats["var_epistemic"] = sct.square().mean(0)'),
+    )),
+    Mutant("aleatoric σ from the mean σ, not the mean σ²", ("tests/test_predict.py",), (
+        (PREDICT, 'sigma2_from_log_var(samples["sct_log_var"].float(), likelihood).mean(0)',
+         'sigma2_from_log_var(samples["sct_log_var"].float(), likelihood).sqrt().mean(0).square()'),
+    )),
+    Mutant("mutual information = expected entropy", ("tests/test_predict.py",), (
+        (PREDICT, 'out["seg_mutual_info"] = (entropy - stats["seg_expected_entropy"]).clamp_min(0.0)',
+         'out["seg_mutual_info"] = stats["seg_expected_entropy"]'),
+    )),
+    Mutant("window disagreement counted as epistemic (variance after blending)", ("tests/test_predict.py",), (
+        (PREDICT, 'stats["var_epistemic"] = sct.var(0, unbiased=False)',
+         'stats["var_epistemic"] = sct.square().mean(0)'),
+        (PREDICT, 'var_epistemic = stats["var_epistemic"].clamp_min(0.0)',
+         'var_epistemic = (stats["var_epistemic"] - stats["sct"] ** 2).clamp_min(0.0)'),
+    )),
+    Mutant("σ-scaling applied to σ_total as a whole", ("tests/test_predict.py",), (
+        (PREDICT, 'out["sigma_total"] = total.sqrt()',
+         'out["sigma_total"] = (var_epistemic + stats["var_aleatoric"]).sqrt() * sigma_scale'),
+    )),
+    Mutant("Laplace σ = b (√2 dropped)", ("tests/test_predict.py", "tests/test_losses.py"), (
+        (LOSSES, "return 2.0 * torch.exp(2.0 * log_var)", "return torch.exp(2.0 * log_var)"),
+    )),
+    Mutant("σ maps written in scaled units (×ct_scale_hu dropped)", ("tests/test_infer.py",), (
+        (INFER, "    if MAP_OUTPUTS[key][2]:\n        array *= ct_scale_hu",
+         "    if MAP_OUTPUTS[key][2] and not as_variance:\n        array *= ct_scale_hu"),
+    )),
+    Mutant("checkpoint σ-scaling factor ignored", ("tests/test_infer.py",), (
+        (INFER, "sigma_scale = sigma_scale_of(loaded.payload) if options.sigma_scaling else 1.0",
+         "sigma_scale = 1.0"),
+    )),
+    Mutant("segmentation CE averaged over the body mask", ("tests/test_losses.py",), (
+        (LOSSES, "raw = ce_voxel.mean() if dice is None else ce_voxel.mean() + dice",
+         'raw = masked_mean(ce_voxel, batch["mask"]) if dice is None '
+         'else masked_mean(ce_voxel, batch["mask"]) + dice'),
+    )),
+    Mutant("slab offset negated (z0 → −z0)", ("tests/test_resample.py",), (
+        (RESAMPLE, "shift[2, 3] = z0", "shift[2, 3] = -z0"),
+    )),
+    Mutant("slab shift in world mm, not voxels", ("tests/test_resample.py",), (
+        (RESAMPLE, "torch.as_tensor(dst_affine @ shift)", "torch.as_tensor(shift @ dst_affine)"),
+    )),
+]
+
+REPO = Path(__file__).resolve().parents[1]
+COPIED = ("radmtl", "tests", "pyproject.toml")
+
+
+def stale_edits(mutant: Mutant) -> list[str]:
+    """Why the mutant cannot be applied to the current library (empty when it can)."""
+    problems = []
+    for file, old, _ in mutant.edits:
+        path = REPO / file
+        count = path.read_text(encoding="utf-8").count(old) if path.is_file() else 0
+        if count != 1:
+            problems.append(f"{file}: original text found {count} times, expected once: {old!r}")
+    return problems
+
+
+def make_copy(dest: Path) -> None:
+    dest.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+
+
+def apply(mutant: Mutant, root: Path) -> None:
+    for file, old, new in mutant.edits:
+        path = root / file
+        text = path.read_text(encoding="utf-8")
+        assert text.count(old) == 1, f"{file}: {old!r} (checked before copying; changed since?)"
+        path.write_text(text.replace(old, new), encoding="utf-8")
+
+
+def environment(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def imported_from(root: Path) -> Path:
+    """Where ``import radmtl`` resolves with the environment the tests run in."""
+    out = subprocess.run([sys.executable, "-c", "import radmtl; print(radmtl.__file__)"], cwd=root,
+                         env=environment(root), capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip()).resolve()
+
+
+def run_tests(root: Path, tests: tuple[str, ...]) -> tuple[int, str, float]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=root, env=environment(root), capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start
+
+
+def first_failure(output: str) -> str:
+    """The first ``FAILED path::test`` of pytest's short summary, as ``file::test``."""
+    for line in output.splitlines():
+        if line.startswith("FAILED "):
+            return line.split()[1].removeprefix("tests/")
+    return ""
+
+
+def tail(text: str, lines: int = 25) -> str:
+    return "\n".join("    " + line for line in text.rstrip().splitlines()[-lines:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run mutants whose name contains NAME")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary copies")
+    args = parser.parse_args(argv)
+
+    mutants = [m for m in MUTANTS if not args.only or any(s in m.name for s in args.only)]
+    if args.list:
+        for m in mutants:
+            print(f"{m.name}  [{', '.join(sorted({f for f, _, _ in m.edits}))}]  -> {' '.join(m.tests)}")
+        return 0
+    if not mutants:
+        print(f"no mutant matches {args.only}", file=sys.stderr)
+        return 1
+
+    tmp = Path(tempfile.mkdtemp(prefix="radmtl-mutants-"))
+    rows: list[tuple[str, str, str, str]] = []
+    failed = False
+    try:
+        baseline = tmp / "baseline"
+        make_copy(baseline)
+        where = imported_from(baseline)
+        if not where.is_relative_to(baseline.resolve()):
+            print(f"import radmtl resolves to {where}, not the copy under {baseline}; "
+                  "mutants would test the installed package", file=sys.stderr)
+            return 1
+        all_tests = tuple(sorted({t for m in mutants for t in m.tests}))
+        rc, output, seconds = run_tests(baseline, all_tests)
+        print(f"baseline (unmutated copy, {len(all_tests)} test files): rc={rc} in {seconds:.0f} s")
+        if rc != 0:
+            print("the unmutated copy fails its tests; a mutant's failure would prove nothing:\n"
+                  + tail(output), file=sys.stderr)
+            return 1
+
+        for i, mutant in enumerate(mutants):
+            files = ", ".join(sorted({f for f, _, _ in mutant.edits}))
+            problems = stale_edits(mutant)
+            if problems:
+                rows.append((mutant.name, files, "STALE", ""))
+                print(f"STALE {mutant.name}:\n" + "\n".join("    " + p for p in problems), file=sys.stderr)
+                failed = True
+                continue
+            root = tmp / f"mutant_{i:02d}"
+            make_copy(root)
+            apply(mutant, root)
+            rc, output, seconds = run_tests(root, mutant.tests)
+            if rc == 1:
+                result = "caught"
+            else:
+                result = "MISSED" if rc == 0 else f"ERROR (pytest rc={rc})"
+                failed = True
+                print(f"{result} {mutant.name} ({' '.join(mutant.tests)}):\n" + tail(output), file=sys.stderr)
+            rows.append((mutant.name, files, result, first_failure(output) if rc == 1 else ""))
+            print(f"  {result:<8} {mutant.name} ({seconds:.0f} s)", flush=True)
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+    finally:
+        if args.keep:
+            print(f"copies kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    header = ("mutant", "file", "result", "caught by (first failing test)")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print()
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    caught = sum(r[2] == "caught" for r in rows)
+    print(f"\n{caught} of {len(rows)} mutants caught")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
