@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,16 +17,24 @@ def _load_script():
     return module
 
 
-def test_ablation_configs_differ_only_in_the_loss():
+def test_ablation_models_differ_only_in_the_loss():
+    from radmtl.config import flatten
+
     ablation = _load_script()
-    names = [name for name, _ in ablation.MODELS]
-    assert sorted(p.stem for p in (ROOT / "configs" / "ablation").glob("*.yaml")) == sorted(names)
-    cfgs = ablation.load_configs(names, [])  # raises SystemExit when settings differ
+    names = [name for name, _, _ in ablation.MODELS]
+    cfgs = ablation.load_configs(names, "quick.yaml", [])
+    may_differ = {"loss.tasks", "loss.weighting", "model.tasks", "model.sct_log_var", "model.seg_log_var",
+                  "train.best_metric", "train.best_mode", "train.grad_clip_mode"}
+    reference = flatten(cfgs["hetero_homo"])
+    for name in names:
+        differ = {k for k, v in flatten(cfgs[name]).items() if v != reference[k]}
+        assert differ <= may_differ, (name, differ)
     assert cfgs["m1_seg"].train.best_metric == "val_dice_mean"
     assert cfgs["m1_seg"].train.best_mode == "max"
     assert {cfgs[n].loss.weighting for n in names} == {"fixed", "homoscedastic", "hetero_homo", "hetero"}
-    raw = yaml.safe_load((ROOT / "configs" / "ablation" / "m2b_sct_hetero.yaml").read_text())
-    assert raw["loss"]["tasks"] == ["sct"] and cfgs["m2b_sct_hetero"].model.sct_log_var
+    assert cfgs["m2b_sct_hetero"].loss.tasks == ("sct",) and cfgs["m2b_sct_hetero"].model.sct_log_var
+    assert cfgs["hetero_homo_global_clip"].train.grad_clip_mode == "global"
+    assert cfgs["hetero_homo"].train.grad_clip_mode == "per_task"
 
 
 @pytest.mark.slow
@@ -46,9 +53,26 @@ def test_ablation_tiny_end_to_end(tmp_path, monkeypatch):
     results = out / "docs" / "results.md"
     text = results.read_text()
     assert "tiny mode" in text and "python scripts/ablation.py --mode tiny" in text
-    for name, _ in ablation.MODELS:
+    for name, _, _ in ablation.MODELS:
         assert f"| {name} |" in text
+    # the report's numbers are the evaluations' numbers
+    import json
+
+    results_json = json.loads((out / "results.json").read_text())
+    for name in ("m1_sct", "hetero_homo", "m4_hetero"):
+        mae = results_json[name]["eval"]["summary"]["mae_hu"]["mean"]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} | ") and " HU" not in line)
+        assert f"{mae:.1f}" in row
+    # calibration before → after: the σ models were also run without their σ-scaling factor
+    raw = results_json["hetero_homo"]["eval_raw"]["summary"]["zscore_sd"]["mean"]
+    scaled = results_json["hetero_homo"]["eval"]["summary"]["zscore_sd"]["mean"]
+    assert f"{raw:.3f} → {scaled:.3f}" in text
+    assert "eval_raw" not in results_json["m1_sct"]  # no σ head, nothing to rescale
+    # M3's learned s starts at init_log_var = 0 and is reported next to its analytic optimum
+    assert "| m3_homoscedastic | sct | 0.00 |" in text and "| m3_homoscedastic | seg | 0.00 |" in text
+    assert "| hetero_homo | applied |" in text and "| hetero_homo_global_clip | raw |" in text
     figures = {p.name for p in (out / "docs" / "figures").glob("*.png")}
+    assert "log_var_trajectory_m3_homoscedastic.png" in figures
     assert "calibration.png" in figures
     assert any(f.startswith("error_vs_sigma_") for f in figures)
     assert any(f.startswith("qa_") for f in figures)
@@ -59,7 +83,7 @@ def test_ablation_tiny_end_to_end(tmp_path, monkeypatch):
     runs = client.search_runs([experiments[0].experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 7
+    assert len(parents) == 1 and len(children) == len(ablation.MODELS)
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert all(r.info.status == "FINISHED" for r in runs)
     for run in children:
