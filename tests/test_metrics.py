@@ -266,9 +266,15 @@ def test_uncertainty_metrics_with_true_noise(gaussian_case):
     assert set(result) == {
         "zscore_mean", "zscore_sd", "coverage_95", "spearman_error_sigma",
         "spearman_sigma_true_noise", "ratio_sigma_true_noise",
+        "spearman_sigma_true_noise_soft_tissue", "soft_tissue_low_bias_fraction",
     }  # fmt: skip
     assert result["ratio_sigma_true_noise"] == pytest.approx(2.0)
     assert result["spearman_sigma_true_noise"] == pytest.approx(1.0)
+    # σ_aleatoric = 2·true SD ranks perfectly on any subset, the soft-tissue one included
+    assert result["spearman_sigma_true_noise_soft_tissue"] == pytest.approx(1.0)
+    # the subset is soft tissue on the CT (≈ 55 % of N(0, 300²) HU) less the few biased voxels
+    soft = float(np.mean((ct > calibration.SOFT_TISSUE_HU[0]) & (ct < calibration.SOFT_TISSUE_HU[1])))
+    assert 0.8 * soft < result["soft_tissue_low_bias_fraction"] <= soft
     assert result["coverage_95"] == pytest.approx(0.95, abs=0.01)
     # |error| grows with σ, so the rank correlation is clearly positive (≈ 0.3 for this σ range).
     assert 0.15 < result["spearman_error_sigma"] < 0.6
