@@ -65,7 +65,8 @@ MUTANTS: list[Mutant] = [
     )),
     Mutant("σ-scaling applied to σ_total as a whole", ("tests/test_predict.py",), (
         (PREDICT, 'out["sigma_total"] = total.sqrt()',
-         'out["sigma_total"] = (var_epistemic + stats["var_aleatoric"]).sqrt() * sigma_scale'),
+         'out["sigma_total"] = (total - var_aleatoric + var_aleatoric / sigma_scale**2).sqrt() * sigma_scale'
+         ' if var_aleatoric is not None else total.sqrt()'),
     )),
     Mutant("Laplace σ = b (√2 dropped)", ("tests/test_predict.py", "tests/test_losses.py"), (
         (LOSSES, "return 2.0 * torch.exp(2.0 * log_var)", "return torch.exp(2.0 * log_var)"),
