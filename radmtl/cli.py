@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from radmtl.phantom import generate_dataset
+    from radmtl.data.phantom import generate_dataset
 
     kwargs = {}
     if args.shape is not None:
@@ -126,7 +126,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from radmtl.check import check_dataset
+    from radmtl.data.check import check_dataset
 
     require = ("mr", "ct") if args.purpose == "train" else ("mr",)
     index, problems = check_dataset(args.data, require=require)
@@ -145,19 +145,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from radmtl.train import train_from_cli
+    from radmtl.training.train import train_from_cli
 
     return train_from_cli(args)
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from radmtl.infer import infer_from_cli
+    from radmtl.inference.infer import infer_from_cli
 
     return infer_from_cli(args)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from radmtl.evaluate import evaluate_from_cli
+    from radmtl.evaluation.evaluate import evaluate_from_cli
 
     return evaluate_from_cli(args)
 

@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_data(data_dir: Path, mode: dict) -> tuple[Path, Path]:
     """Phantom train/val dataset (fixed split in dataset.json) and a disjoint test dataset."""
-    from radmtl.phantom import generate_dataset
+    from radmtl.data.phantom import generate_dataset
 
     test_dir = data_dir / "test"
     if (data_dir / "dataset.json").is_file() and test_dir.is_dir():
@@ -104,8 +104,8 @@ def run_model(name: str, cfg, data_dir: Path, test_dir: Path, out: Path, uri: st
               parent_id: str | None, mc: int) -> dict:
     """Train, infer (MC dropout) and evaluate one model; returns ids, timings and the evaluation."""
     from radmtl.cli import main as radmtl
-    from radmtl.tracking import start_tracking
-    from radmtl.train import train
+    from radmtl.tracking.tracker import start_tracking
+    from radmtl.training.train import train
 
     run_dir = out / "runs" / name
     if run_dir.exists():
@@ -207,7 +207,7 @@ def gradient_balance(results: dict) -> list[list[str]]:
 
 def voxels(pred: Path, test_dir: Path) -> dict[str, np.ndarray] | None:
     """Body voxels of all test cases: ct, sct, σ_total (or None without an sCT)."""
-    from radmtl.io import read_volume
+    from radmtl.data.io import read_volume
 
     out: dict[str, list] = {"ct": [], "sct": [], "sigma": []}
     for case in sorted(p for p in pred.iterdir() if p.is_dir()):
@@ -223,10 +223,10 @@ def voxels(pred: Path, test_dir: Path) -> dict[str, np.ndarray] | None:
 
 
 def figures(results: dict, test_dir: Path, fig_dir: Path) -> list[Path]:
-    from radmtl import calibration as C
-    from radmtl.io import read_volume
-    from radmtl.plots import calibration_plot, error_vs_sigma_plot
-    from radmtl.qa import qa_images
+    from radmtl.evaluation import calibration as C
+    from radmtl.data.io import read_volume
+    from radmtl.evaluation.plots import calibration_plot, error_vs_sigma_plot
+    from radmtl.evaluation.qa import qa_images
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     written, curves = [], {}
@@ -297,7 +297,7 @@ def write_results(path: Path, results: dict, cfgs: dict, info: dict, figs: list[
               "σ recalibration, and σ_aleatoric vs the phantom's true noise SD", "",
               "'before' is the same checkpoint run with `radmtl infer --no-sigma-scaling`. Spearman (soft "
               "tissue) ranks σ_aleatoric against the true SD over soft-tissue voxels where the model is "
-              "accurate (|3×3×3 mean error| < true SD; `radmtl.calibration.uncertainty_metrics`).", ""]
+              "accurate (|3×3×3 mean error| < true SD; `radmtl.evaluation.calibration.uncertainty_metrics`).", ""]
     rows = []
     for n in sct:
         hetero = cfgs[n].model.sct_log_var
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     data_dir, test_dir = make_data(args.data.resolve() if args.data else out / "data", mode)
 
-    from radmtl.tracking import start_tracking
+    from radmtl.tracking.tracker import start_tracking
 
     experiment = cfgs[names[0]].tracking.experiment + f"-{args.mode}"
     parent = start_tracking(uri, experiment, f"ablation-{args.mode}", out / "parent")

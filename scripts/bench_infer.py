@@ -21,11 +21,11 @@ def _make_inputs(folder: Path, shape: tuple[int, int, int], spacing: tuple[float
     import numpy as np
     import torch
 
-    from radmtl.checkpoint import make_payload, save_checkpoint
+    from radmtl.nn.checkpoint import make_payload, save_checkpoint
     from radmtl.config import load_config
-    from radmtl.io import write_volume
-    from radmtl.model import build_model
-    from radmtl.phantom import PHANTOM_LABELS
+    from radmtl.data.io import write_volume
+    from radmtl.nn.model import build_model
+    from radmtl.data.phantom import PHANTOM_LABELS
 
     # An elliptical "body" with a smooth interior pattern and noise, in float32, built slice by slice.
     x = (np.arange(shape[0], dtype=np.float32) - shape[0] / 2) / (0.42 * shape[0])
@@ -47,7 +47,7 @@ def _make_inputs(folder: Path, shape: tuple[int, int, int], spacing: tuple[float
 
 
 def _child(model: str, mr: str, out: str, t: int) -> None:
-    from radmtl.infer import InferOptions, run_inference
+    from radmtl.inference.infer import InferOptions, run_inference
 
     t0 = time.perf_counter()
     results = run_inference(model, mr, out, InferOptions(mc_samples=t, device="cpu"))

@@ -16,7 +16,7 @@ import time
 import torch
 
 from radmtl.config import ModelConfig
-from radmtl.model import build_model
+from radmtl.nn.model import build_model
 
 
 def best_time(fn, repeats: int) -> float:

@@ -39,7 +39,7 @@ class Mutant:
     edits: tuple[tuple[str, str, str], ...]  # (file relative to the repository, original, mutated)
 
 
-PREDICT, INFER, LOSSES, RESAMPLE = "radmtl/predict.py", "radmtl/infer.py", "radmtl/losses.py", "radmtl/resample.py"
+PREDICT, INFER, LOSSES, RESAMPLE = "radmtl/inference/predict.py", "radmtl/inference/infer.py", "radmtl/nn/losses.py", "radmtl/inference/resample.py"
 
 MUTANTS: list[Mutant] = [
     Mutant("sanity: the patched copy is imported (sCT mean + 1)", ("tests/test_predict.py",), (

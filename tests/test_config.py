@@ -49,8 +49,8 @@ def test_demo_phantom_lives_on_the_grid_where_sigma_is_learned(tmp_path):
     import nibabel as nib
     import numpy as np
 
-    from radmtl.phantom import generate_dataset
-    from radmtl.transforms import eval_transforms
+    from radmtl.data.phantom import generate_dataset
+    from radmtl.data.transforms import eval_transforms
 
     cfg = load_config(ROOT / "configs" / "quick.yaml")
     shape, spacing = _demo_grid()

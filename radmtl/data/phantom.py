@@ -1,0 +1,368 @@
+"""Synthetic male pelvis phantom: paired T2-like MR, CT (HU), body mask, organ labels, CT noise SD.
+
+The CT carries Gaussian noise of a known, spatially varying standard deviation (``ct_noise_sd``), so a
+network's predicted aleatoric σ can be compared with the truth. The MR deliberately shows cortical
+bone and air both dark, the ambiguity that makes MR→CT hard.
+
+Geometry: arrays are (X, Y, Z) with a RAS affine (axis 0 → +x = patient left, axis 1 → +y = anterior,
+axis 2 → +z = superior), diagonal spacing and the origin placed so the grid is centred on (0, 0, 0).
+Anatomy is defined in millimetres (:mod:`radmtl.data.phantom_anatomy`), so any shape/spacing samples the
+same case, coarser or finer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from radmtl.data import phantom_anatomy as anat
+from radmtl.errors import RadmtlError
+from radmtl.data.io import atomic_path, write_volume
+
+log = logging.getLogger(__name__)
+
+PHANTOM_LABELS: dict[str, int] = {
+    "background": 0,
+    "bladder": anat.BLADDER,
+    "rectum": anat.RECTUM,
+    "prostate": anat.PROSTATE_LABEL,
+    "femoral_head_left": anat.FEMORAL_HEAD_LEFT,
+    "femoral_head_right": anat.FEMORAL_HEAD_RIGHT,
+}
+
+DEFAULT_SHAPE = (96, 96, 64)
+# Field of view (mm) covering a male pelvis: ~380 left-right, ~260 antero-posterior (plus air margin),
+# ~190 cranio-caudal. With the default shape this gives 4.0 × 3.0 × 3.0 mm voxels.
+DEFAULT_FOV_MM = (384.0, 288.0, 192.0)
+# Partial-volume blur of the MR tissue maps (mm), applied before the bias field and noise.
+MR_PARTIAL_VOLUME_SIGMA_MM = 1.5
+# The CT noise SD varies smoothly: scanner noise follows attenuation paths, not tissue borders.
+CT_NOISE_SMOOTHING_MM = 3.0
+# CT noise model: water attenuation at a ~70 keV effective energy (1/mm), views over 180°, and the
+# extra weight of bone's HU in attenuation (its photoelectric part grows at the lower energies of
+# the spectrum).
+MU_WATER_PER_MM = 0.0193
+CT_VIEWS = 48
+CT_BONE_ATTENUATION_WEIGHT = 1.4
+CASE_FILES = ("mr", "ct", "mask", "labels", "ct_noise_sd")
+
+
+class PhantomError(RadmtlError, ValueError):
+    """Invalid phantom arguments; the message names the argument and its value."""
+
+
+@dataclass(frozen=True, eq=False)
+class PhantomCase:
+    """One synthetic case; every array is (X, Y, Z) on the grid of ``affine``.
+
+    Attributes:
+        mr: T2-weighted-like MR, float32, arbitrary units (urine ≈ 1000 before gain and bias).
+        ct_hu: noisy CT in HU, float32: ``ct_clean_hu + N(0, ct_noise_sd_hu²)``.
+        mask: body outline, uint8 0/1.
+        labels: organ labels (:data:`PHANTOM_LABELS`), uint8.
+        ct_noise_sd_hu: the exact per-voxel SD (HU) of the noise added to the CT, float32.
+        affine: 4×4 voxel→RAS world (mm).
+        ct_clean_hu: the CT before noise, float32 (for tests and noise checks).
+        tissue: tissue classes of :mod:`radmtl.data.phantom_anatomy` (``TISSUE_NAMES``), uint8.
+        seed: the seed the case was generated from.
+    """
+
+    mr: np.ndarray
+    ct_hu: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray
+    ct_noise_sd_hu: np.ndarray
+    affine: np.ndarray
+    ct_clean_hu: np.ndarray
+    tissue: np.ndarray
+    seed: int
+
+
+def default_spacing(shape: tuple[int, int, int]) -> tuple[float, float, float]:
+    """Voxel size (mm) at which ``shape`` covers the default pelvis field of view."""
+    return tuple(fov / n for fov, n in zip(DEFAULT_FOV_MM, shape))
+
+
+def phantom_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
+    """RAS affine with diagonal ``spacing`` whose grid centre is the world origin."""
+    affine = np.diag([*map(float, spacing), 1.0])
+    affine[:3, 3] = [-(n - 1) / 2.0 * s for n, s in zip(shape, spacing)]
+    return affine
+
+
+def case_seed(seed: int, index: int) -> int:
+    """Seed of case ``index`` (0-based) of a dataset; independent of how many cases are made."""
+    state = np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1, dtype=np.uint64)
+    return int(state[0] >> np.uint64(1))  # 63 bits keep it a non-negative int64 everywhere
+
+
+def _check_grid(shape, spacing) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    try:
+        shape = tuple(int(n) for n in shape)
+    except (TypeError, ValueError) as err:
+        raise PhantomError(f"shape must be three integers, got {shape!r}") from err
+    if len(shape) != 3 or min(shape) < 8:
+        raise PhantomError(f"shape must be three integers ≥ 8, got {shape!r}")
+    if spacing is None:
+        spacing = default_spacing(shape)
+    try:
+        spacing = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError) as err:
+        raise PhantomError(f"spacing must be three numbers in mm, got {spacing!r}") from err
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise PhantomError(f"spacing must be three positive numbers in mm, got {spacing!r}")
+    return shape, spacing
+
+
+def _check_seed(seed, name: str = "seed") -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise PhantomError(f"{name} must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _tissue_properties(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per-case CT HU and MR intensity of every tissue class (lookup tables indexed by class)."""
+    u = rng.uniform
+    n = len(anat.TISSUE_NAMES)
+    hu, mr = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    # Denser trabecular bone holds less fatty marrow, so its T2 signal is lower: this ties part of
+    # the bone HU to something the MR shows. Cortical density follows loosely.
+    density = u(0.0, 1.0)
+    cortical_density = 0.6 * density + 0.4 * u(0.0, 1.0)
+    table = {
+        anat.AIR: (-1000.0, 0.0),
+        anat.FAT: (u(-110.0, -90.0), 720.0),
+        anat.MUSCLE: (u(35.0, 50.0), 170.0),
+        anat.PELVIC_FAT: (u(-105.0, -85.0), 660.0),
+        anat.CORTICAL: (850.0 + 500.0 * cortical_density, 15.0),
+        anat.TRABECULAR: (170.0 + 200.0 * density, 420.0 - 220.0 * density),
+        anat.URINE: (u(5.0, 15.0), 1000.0),
+        anat.BLADDER_WALL: (u(35.0, 45.0), 230.0),
+        anat.PROSTATE: (u(35.0, 45.0), 460.0),
+        anat.RECTAL_WALL: (u(35.0, 45.0), 330.0),
+        anat.RECTAL_CONTENT: (u(10.0, 30.0), 250.0),
+        anat.RECTAL_GAS: (-1000.0, 0.0),
+    }
+    for tissue, (hu_value, mr_value) in table.items():
+        hu[tissue] = hu_value
+        mr[tissue] = mr_value
+    # Tissue contrast varies between scanners and patients; the relative order stays.
+    mr *= u(0.9, 1.1, size=n).astype(np.float32)
+    return hu, mr
+
+
+def _bias_field(rng: np.random.Generator, coords_mm) -> np.ndarray:
+    """Smooth multiplicative receive-coil bias: exp of a random 2nd-order polynomial (≈ ±25 %)."""
+    x, y, z = (c / 200.0 for c in coords_mm)  # ~±1 over the pelvis
+    terms = (x, y, z, x * x, y * y, z * z, x * y, x * z, y * z)
+    coefficients = rng.normal(0.0, 0.12, size=len(terms))
+    log_field = sum(float(c) * t for c, t in zip(coefficients, terms))
+    return np.exp(log_field).astype(np.float32)
+
+
+def _mean_view_variance(mu, coords_mm, spacing, electronic_margin: float) -> np.ndarray:
+    """Relative CT noise variance of every voxel from the attenuation along the rays through it.
+
+    A filtered back-projection voxel collects the noise of every view's ray through it. The log
+    measurement of a ray with attenuation line integral ``L`` has variance ∝ ``exp(L)`` (fewer
+    photons) plus an electronic-noise term ∝ ``exp(2L)`` that takes over on photon-starved rays.
+    Automatic exposure control raises the tube current for larger patients, so the two terms are
+    set equal at ``L = L_max − electronic_margin``, ``L_max`` being the case's most attenuated
+    ray. Returns the mean over views, up to a constant factor. Parallel-beam geometry, one axial
+    slice at a time, views over 180°.
+
+    Args:
+        mu: linear attenuation (1/mm), (X, Y, Z).
+        coords_mm: world x, y (and z) voxel-centre coordinates, broadcastable to ``mu``.
+        spacing: voxel size (mm).
+        electronic_margin: how far (in line-integral units) below the most attenuated ray the
+            electronic noise equals the quantum noise.
+    """
+    nx, ny, nz = mu.shape
+    x = np.broadcast_to(coords_mm[0], (nx, ny, 1))[:, :, 0].astype(np.float64).ravel()
+    y = np.broadcast_to(coords_mm[1], (nx, ny, 1))[:, :, 0].astype(np.float64).ravel()
+    # Projections are binned at half the in-plane voxel size (linear splatting), then smoothed by
+    # about half a voxel so that oblique views do not alias into ripples that exp() would amplify.
+    width = 0.5 * min(spacing[0], spacing[1])
+    reach = float(np.sqrt(x**2 + y**2).max()) + 2.0 * width
+    n_bins = int(np.ceil(2.0 * reach / width)) + 2
+    mass = mu.reshape(nx * ny, nz).astype(np.float64) * (spacing[0] * spacing[1] / width)
+    slice_offset = (np.arange(nz) * n_bins)[None, :]
+    smoothing = 0.5 * max(spacing[0], spacing[1]) / width
+    views = []
+    for angle in np.pi * np.arange(CT_VIEWS) / CT_VIEWS:
+        s = (x * np.cos(angle) + y * np.sin(angle) + reach) / width
+        i0 = np.floor(s).astype(np.int64)
+        frac = (s - i0)[:, None]
+        index = i0[:, None] + slice_offset
+        line = np.bincount(index.ravel(), (mass * (1.0 - frac)).ravel(), minlength=n_bins * nz)
+        line += np.bincount((index + 1).ravel(), (mass * frac).ravel(), minlength=n_bins * nz)
+        line = ndimage.gaussian_filter1d(line.reshape(nz, n_bins), smoothing, axis=1,
+                                         mode="constant")
+        views.append((line, i0, frac))
+    electronic_path = max(float(line.max()) for line, _, _ in views) - electronic_margin
+    total = np.zeros((nx * ny, nz), np.float64)
+    for line, i0, frac in views:
+        # Relative to exp(electronic_path), which keeps exp() finite for any patient.
+        quantum = np.exp(line - electronic_path)
+        variance = quantum * (1.0 + quantum)
+        total += variance[:, i0].T * (1.0 - frac) + variance[:, i0 + 1].T * frac
+    return (total / CT_VIEWS).reshape(nx, ny, nz)
+
+
+def _ct_noise_sd(
+    rng: np.random.Generator, ct_clean_hu, tissue, body, coords_mm, spacing
+) -> np.ndarray:
+    """Per-voxel CT noise SD (HU) from the attenuation paths through each voxel.
+
+    Noise is highest where every view crosses much tissue (the body centre) and along the lateral
+    rays through both femoral heads (a photon-starved horizontal band at their level); it is lower
+    near the skin, where some views cross little tissue. Attenuation comes from the clean CT
+    (μ = μ_water·(1 + HU/1000), bone weighted up as at a lower effective energy). The exposure
+    control sets the median soft-tissue noise of the case. Bone voxels get extra noise (a sharper
+    bone kernel), air outside the body a small constant level. The map is smoothed, since noise
+    follows attenuation paths, not tissue borders.
+    """
+    # Scanner and patient draws; a fixed number whatever the grid.
+    mu_scale = rng.uniform(1.12, 1.2)  # effective beam energy below 70 keV (kVp, filtration)
+    electronic_margin = rng.uniform(1.3, 1.8)
+    median_sd = rng.uniform(15.0, 21.0)  # HU, the exposure control's noise target
+    bone_factor = rng.uniform(1.5, 1.8)
+    is_bone = (tissue == anat.CORTICAL) | (tissue == anat.TRABECULAR)
+    relative = np.where(is_bone, CT_BONE_ATTENUATION_WEIGHT, 1.0) * ct_clean_hu / 1000.0
+    mu = (mu_scale * MU_WATER_PER_MM) * np.clip(1.0 + relative, 0.0, None)
+    variance = _mean_view_variance(mu, coords_mm, spacing, electronic_margin)
+    soft = body & ~is_bone & (ct_clean_hu > -500.0)
+    reference = np.median(variance[soft]) if soft.any() else np.median(variance)
+    sd = median_sd * np.sqrt(variance / reference)
+    sd = np.where(is_bone, bone_factor * sd, sd)
+    # Air outside the body keeps a small, finite noise level, as on a real scanner.
+    sd = np.where(body, sd, 0.25 * median_sd).astype(np.float32)
+    sigma_vox = [CT_NOISE_SMOOTHING_MM / s for s in spacing]
+    return ndimage.gaussian_filter(sd, sigma_vox, mode="nearest").astype(np.float32)
+
+
+def generate_case(
+    seed: int,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    spacing: tuple[float, float, float] | None = None,
+) -> PhantomCase:
+    """Generate one synthetic pelvis case.
+
+    Args:
+        seed: non-negative integer; the same seed, shape and spacing give bitwise identical arrays,
+            and the same seed gives the same anatomy on any grid.
+        shape: grid size (X, Y, Z) in voxels.
+        spacing: voxel size (mm); None chooses the spacing at which ``shape`` covers
+            :data:`DEFAULT_FOV_MM` (4.0 × 3.0 × 3.0 mm for 96 × 96 × 64).
+
+    Returns:
+        The case, arrays (X, Y, Z).
+    """
+    seed = _check_seed(seed)
+    shape, spacing = _check_grid(shape, spacing)
+    rng = np.random.default_rng(seed)
+    # Draw everything that does not depend on the grid first, so anatomy is grid-independent.
+    anatomy = anat.sample_anatomy(rng)
+    hu_table, mr_table = _tissue_properties(rng)
+    mr_gain = rng.uniform(0.8, 1.25)  # arbitrary scanner scale
+    mr_noise_fraction = rng.uniform(0.015, 0.03)
+    noise_rng = np.random.default_rng(rng.integers(2**63))
+
+    affine = phantom_affine(shape, spacing)
+    coords = tuple(
+        (affine[i, 3] + spacing[i] * np.arange(shape[i], dtype=np.float32)).reshape(
+            [-1 if j == i else 1 for j in range(3)]
+        ).astype(np.float32)
+        for i in range(3)
+    )
+    tissue, labels, extras = anat.build_tissue_map(coords, anatomy)
+    bias = _bias_field(rng, coords)
+    mask = extras["body"].astype(np.uint8)
+
+    ct_clean = hu_table[tissue]
+    noise_sd = _ct_noise_sd(rng, ct_clean, tissue, extras["body"], coords, spacing)
+    ct = ct_clean + noise_rng.standard_normal(shape, dtype=np.float32) * noise_sd
+
+    pv_sigma = [MR_PARTIAL_VOLUME_SIGMA_MM / s for s in spacing]
+    signal = ndimage.gaussian_filter(mr_table[tissue], pv_sigma, mode="nearest") * bias
+    signal *= np.float32(mr_gain)
+    mr_noise_sd = np.float32(mr_noise_fraction * mr_gain * mr_table[anat.URINE])
+    # Magnitude of a complex signal with Gaussian noise in both channels: Rician, as in MR.
+    real = signal + mr_noise_sd * noise_rng.standard_normal(shape, dtype=np.float32)
+    imag = mr_noise_sd * noise_rng.standard_normal(shape, dtype=np.float32)
+    mr = np.hypot(real, imag).astype(np.float32)
+
+    return PhantomCase(
+        mr=mr, ct_hu=ct.astype(np.float32), mask=mask, labels=labels,
+        ct_noise_sd_hu=noise_sd, affine=affine, ct_clean_hu=ct_clean.astype(np.float32),
+        tissue=tissue, seed=seed,
+    )
+
+
+def generate_dataset(
+    out_dir: str | Path,
+    cases: int,
+    seed: int = 0,
+    shape: tuple[int, int, int] = DEFAULT_SHAPE,
+    spacing: tuple[float, float, float] | None = None,
+) -> list[str]:
+    """Write ``cases`` phantom cases and ``dataset.json`` in the radmtl dataset layout.
+
+    Case ``i`` (``case_{i+1:03d}``) uses :func:`case_seed` ``(seed, i)``, so it is the same whatever
+    ``cases`` is.
+
+    Args:
+        out_dir: dataset folder (created if missing).
+        cases: number of cases (≥ 1).
+        seed: dataset seed (non-negative integer).
+        shape: grid size (X, Y, Z) in voxels.
+        spacing: voxel size (mm); None covers :data:`DEFAULT_FOV_MM` with ``shape``.
+
+    Returns:
+        The case ids, e.g. ``["case_001", ...]``.
+    """
+    if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
+        raise PhantomError(f"cases must be a positive integer, got {cases!r}")
+    seed = _check_seed(seed)
+    shape, spacing = _check_grid(shape, spacing)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    entries, seeds = [], []
+    for index in range(int(cases)):
+        case_id = f"case_{index + 1:03d}"
+        seeds.append(case_seed(seed, index))
+        case = generate_case(seeds[-1], shape, spacing)
+        folder = out_dir / case_id
+        arrays = {"mr": (case.mr, np.float32), "ct": (case.ct_hu, np.float32),
+                  "mask": (case.mask, np.uint8), "labels": (case.labels, np.uint8),
+                  "ct_noise_sd": (case.ct_noise_sd_hu, np.float32)}
+        entry = {"case": case_id}
+        for name in CASE_FILES:
+            array, dtype = arrays[name]
+            write_volume(array, case.affine, folder / f"{name}.nii.gz", dtype)
+            entry[name] = f"{case_id}/{name}.nii.gz"
+        entries.append(entry)
+        log.info("phantom %s (%d/%d) written to %s", case_id, index + 1, cases, folder)
+
+    dataset = {
+        "name": "radmtl-phantom",
+        "description": "Synthetic male pelvis: T2-like MR, CT in HU with Gaussian noise of known SD "
+                       "(ct_noise_sd, HU), body mask and organ labels; generated by radmtl.data.phantom.",
+        "labels": dict(PHANTOM_LABELS),
+        "spacing_mm": [float(s) for s in spacing],
+        "shape": list(shape),
+        "seed": seed,
+        "case_seeds": seeds,
+        "training": entries,
+        "validation": [],
+    }
+    with atomic_path(out_dir / "dataset.json") as tmp:
+        tmp.write_text(json.dumps(dataset, indent=2) + "\n")
+    return [entry["case"] for entry in entries]

@@ -1,0 +1,269 @@
+"""``radmtl evaluate``: metrics of ``radmtl infer`` outputs against a reference dataset.
+
+Per case: image metrics (SynthRAD2023 + Bragman region MAE) when ``sct`` exists, Dice/HD95 when
+``seg`` and reference labels exist, calibration metrics when a σ map exists (``sct_sigma_total``,
+else ``sct_sigma_aleatoric``) and σ-vs-true-noise when the reference has ``ct_noise_sd``. Then
+mean ± SD over cases (:func:`radmtl.evaluation.metrics.summarise`), a CSV, a JSON, a calibration plot and,
+with ``--run-id``, the same logged to an MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radmtl.evaluation import calibration as C
+from radmtl.evaluation import metrics as M
+from radmtl.errors import RadmtlError
+from radmtl.data.io import Volume, VolumeError, atomic_path, grid_mismatch, read_volume
+
+log = logging.getLogger(__name__)
+
+PRED_FILES = ("sct", "seg", "sct_sigma_total", "sct_sigma_aleatoric")
+CALIBRATION_PNG = "calibration.png"
+# Columns of the compact per-case table printed to the terminal (when present).
+KEY_METRICS = ("mae_hu", "psnr", "ssim", "mae_bone_hu", "dice_mean", "coverage_95", "zscore_sd")
+
+
+@dataclass
+class Evaluation:
+    """Per-case metric rows, their summary and the cases that could not be evaluated."""
+
+    rows: dict[str, dict[str, float]]
+    summary: dict[str, tuple[float, float]]
+    failures: dict[str, str] = field(default_factory=dict)
+    calibration: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+def _pred_file(folder: Path, stem: str) -> Path | None:
+    for suffix in (".nii.gz", ".nii"):
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
+    return None
+
+
+def _read_on_grid(path: Path, reference: Volume, case_id: str, what: str) -> np.ndarray:
+    volume = read_volume(path)
+    problem = grid_mismatch(volume.grid, reference.grid)
+    if problem is not None:
+        raise VolumeError(
+            f"case {case_id}: {what} {path.name} is not on the reference grid of {reference.path} "
+            f"({problem}); run radmtl infer on this dataset's mr files so outputs land on its grid"
+        )
+    return volume.array
+
+
+def evaluate_case(case_id: str, pred_dir: Path, ref_paths: dict[str, Path],
+                  label_names: dict[str, int] | None) -> tuple[dict[str, float], Any]:
+    """Metrics of one case; also the calibration curve (or None).
+
+    Raises:
+        RadmtlError: missing reference/prediction files or grids that do not match.
+    """
+    from radmtl.data.transforms import derive_body_mask
+
+    preds = {stem: _pred_file(pred_dir, stem) for stem in PRED_FILES}
+    if preds["sct"] is None and preds["seg"] is None:
+        raise VolumeError(f"case {case_id}: {pred_dir} holds neither sct.nii.gz nor seg.nii.gz")
+    grid_key = "ct" if "ct" in ref_paths else "labels" if "labels" in ref_paths else "mr"
+    if grid_key not in ref_paths:
+        raise VolumeError(f"case {case_id}: reference has no ct, labels or mr file")
+    reference = read_volume(ref_paths[grid_key])
+    row: dict[str, float] = {}
+    curve = None
+    mask = None
+    if "mask" in ref_paths:
+        mask = _read_on_grid(ref_paths["mask"], reference, case_id, "reference mask") != 0
+    elif "mr" in ref_paths:
+        mask = derive_body_mask(_read_on_grid(ref_paths["mr"], reference, case_id, "reference mr")) != 0
+    labels = (np.rint(_read_on_grid(ref_paths["labels"], reference, case_id, "reference labels")).astype(np.int64)
+              if "labels" in ref_paths else None)
+
+    if preds["sct"] is not None:
+        if "ct" not in ref_paths:
+            raise VolumeError(f"case {case_id}: reference has no ct file to compare sct.nii.gz with")
+        if mask is None:
+            raise VolumeError(f"case {case_id}: reference has no mask (or mr to derive one); add mask.nii.gz")
+        ct = reference.array
+        sct = _read_on_grid(preds["sct"], reference, case_id, "prediction")
+        row.update(M.image_metrics(ct, sct, mask, labels, label_names))
+        sigma_path = preds["sct_sigma_total"] or preds["sct_sigma_aleatoric"]
+        if sigma_path is not None:
+            sigma = _read_on_grid(sigma_path, reference, case_id, "prediction")
+            aleatoric = (_read_on_grid(preds["sct_sigma_aleatoric"], reference, case_id, "prediction")
+                         if preds["sct_sigma_aleatoric"] is not None else None)
+            true_sd = (_read_on_grid(ref_paths["ct_noise_sd"], reference, case_id, "reference ct_noise_sd")
+                       if "ct_noise_sd" in ref_paths else None)
+            row.update(C.uncertainty_metrics(ct, sct, sigma, mask, aleatoric, true_sd))
+            curve = C.calibration_curve(ct, sct, sigma, mask)
+    if preds["seg"] is not None and labels is not None:
+        seg = np.rint(_read_on_grid(preds["seg"], reference, case_id, "prediction")).astype(np.int64)
+        seg_metrics = M.segmentation_metrics(seg, labels, label_names, reference.grid.spacing)
+        row.update(seg_metrics)
+        dices = [v for k, v in seg_metrics.items() if k.startswith("dice_") and not math.isnan(v)]
+        row["dice_mean"] = float(np.mean(dices)) if dices else math.nan
+    return row, curve
+
+
+def evaluate(pred: str | Path, ref: str | Path) -> Evaluation:
+    """Evaluate every case that has both a prediction folder and a reference case.
+
+    Raises:
+        RadmtlError: no case in common, or the folders do not exist.
+    """
+    from radmtl.data.discovery import discover
+
+    pred = Path(pred).expanduser()
+    if not pred.is_dir():
+        raise RadmtlError(f"{pred}: prediction folder not found; pass the --output folder of radmtl infer")
+    index = discover(ref)
+    ref_cases = {case.case_id: case for case in index.cases}
+    pred_cases = sorted(p.name for p in pred.iterdir() if p.is_dir() and not p.name.startswith("."))
+    common = [c for c in pred_cases if c in ref_cases]
+    if not common:
+        raise RadmtlError(
+            f"{pred}: no case folder matches a case of {index.root} (predictions: "
+            f"{', '.join(pred_cases[:5]) or 'none'}; reference: {', '.join(list(ref_cases)[:5])})"
+        )
+    missing = [c for c in ref_cases if c not in pred_cases]
+    if missing:
+        log.warning("%d reference case(s) have no prediction: %s", len(missing), ", ".join(missing))
+    result = Evaluation(rows={}, summary={})
+    for case_id in common:
+        try:
+            row, curve = evaluate_case(case_id, pred / case_id, ref_cases[case_id].paths, index.labels)
+        except RadmtlError as err:
+            result.failures[case_id] = str(err)
+            continue
+        result.rows[case_id] = row
+        if curve is not None:
+            result.calibration[case_id] = curve
+    result.summary = M.summarise(list(result.rows.values()))
+    return result
+
+
+# --- writing and printing ----------------------------------------------------------------------
+
+
+def _json_number(value: float) -> float | str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"  # JSON has no infinity; PSNR of identical images is +inf
+    return value
+
+
+def write_reports(result: Evaluation, csv_path: Path, json_path: Path, pred: Path, ref: Path) -> list[Path]:
+    """CSV (one row per case, then ``mean`` and ``sd``), JSON, and the calibration PNG."""
+    from radmtl.evaluation.plots import calibration_plot
+
+    names: dict[str, None] = {}
+    for row in result.rows.values():
+        names.update(dict.fromkeys(row))
+    columns = list(names)
+    written = []
+    try:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(csv_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(["case", *columns])
+            for case_id, row in result.rows.items():
+                writer.writerow([case_id, *(row.get(c, math.nan) for c in columns)])
+            for i, label in enumerate(("mean", "sd")):
+                writer.writerow([label, *(result.summary[c][i] for c in columns)])
+        written.append(csv_path)
+        document = {
+            "pred": str(pred.resolve()), "ref": str(Path(ref).resolve()),
+            "n_cases": len(result.rows),
+            "cases": {case_id: {k: _json_number(v) for k, v in row.items()} for case_id, row in result.rows.items()},
+            "summary": {k: {"mean": _json_number(m), "sd": _json_number(s)} for k, (m, s) in result.summary.items()},
+            "failed": result.failures,
+        }
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(json_path) as tmp:
+            tmp.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        written.append(json_path)
+        if result.calibration:
+            written.append(calibration_plot(result.calibration, pred / CALIBRATION_PNG))
+    except OSError as err:
+        raise RadmtlError(f"cannot write evaluation reports ({err.strerror}: {err.filename}); "
+                          "check --out/--json and permissions") from err
+    return written
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+
+
+def format_tables(result: Evaluation) -> str:
+    """A compact per-case table of key metrics, then every metric as mean ± SD."""
+    keys = [k for k in KEY_METRICS if k in result.summary]
+    lines = []
+    if keys:
+        header = ["case", *keys]
+        rows = [[c, *(_fmt(r.get(k, math.nan)) for k in keys)] for c, r in result.rows.items()]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        lines.append("")
+    width = max((len(k) for k in result.summary), default=6)
+    lines.append(f"{'metric'.ljust(width)}  mean ± sd (n = {len(result.rows)} case(s))")
+    for name, (mean, sd) in result.summary.items():
+        lines.append(f"{name.ljust(width)}  {_fmt(mean)} ± {_fmt(sd)}")
+    return "\n".join(lines)
+
+
+def log_to_mlflow(result: Evaluation, files: list[Path], run_id: str, tracking_uri: str | None) -> None:
+    """Log mean metrics as ``eval_<name>`` and the report files as artifacts of an existing run."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from radmtl.tracking.tracker import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    timestamp = int(time.time() * 1000)
+    entries = [Metric(f"eval_{name}", float(mean), timestamp, 0)
+               for name, (mean, _) in result.summary.items() if math.isfinite(mean)]
+    try:
+        client.get_run(run_id)
+        for start in range(0, len(entries), 500):
+            client.log_batch(run_id, metrics=entries[start:start + 500])
+        for path in files:
+            client.log_artifact(run_id, str(path), artifact_path="evaluation")
+    except Exception as err:  # noqa: BLE001 - MlflowException, connection and store errors alike
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RadmtlError(f"--run-id {run_id}: cannot log to MLflow at {uri} ({first_line}); check the "
+                          "run id and --tracking-uri") from err
+
+
+def evaluate_from_cli(args: argparse.Namespace) -> int:
+    """``radmtl evaluate``: print tables, write CSV/JSON/PNG, optionally log to MLflow."""
+    result = evaluate(args.pred, args.ref)
+    csv_path = args.out if args.out is not None else args.pred / "metrics.csv"
+    json_path = args.json if args.json is not None else args.pred / "metrics.json"
+    files = write_reports(result, csv_path, json_path, args.pred, args.ref)
+    print(format_tables(result))
+    print(f"wrote {', '.join(str(p) for p in files)}")
+    if args.run_id:
+        log_to_mlflow(result, files, args.run_id, args.tracking_uri)
+        print(f"logged {len(result.summary)} metric(s) to MLflow run {args.run_id}")
+    for case_id, message in result.failures.items():
+        print(f"radmtl evaluate: error: {message if message.startswith('case ') else f'case {case_id}: {message}'}",
+              file=sys.stderr)
+    return 1 if result.failures else 0

@@ -1,0 +1,437 @@
+"""``radmtl infer``: MR volumes → sCT, segmentation and uncertainty maps on each input's own grid.
+
+Per case: read and check the MR → the training preprocessing (:func:`radmtl.data.transforms.eval_transforms`:
+RAS, model spacing, MR normalisation) → :func:`radmtl.inference.predict.predict_volume` on the network grid →
+each map resampled back onto the input grid (:mod:`radmtl.inference.resample`) and written with the input's
+header geometry (:func:`radmtl.data.io.write_like`). A case is written into a hidden folder
+``OUT/.<case>.partial-*`` that is renamed to ``OUT/<case>`` only when every file is complete, so a
+killed run never leaves a half-written case under its final name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radmtl import __version__
+from radmtl.device import amp_dtype_for, resolve_device
+from radmtl.errors import RadmtlError
+from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
+from radmtl.data.io import VolumeError, Volume, Grid, has_volume_suffix, read_volume, strip_volume_suffix, write_like
+
+log = logging.getLogger(__name__)
+
+# predict_volume key -> (file stem, dtype, multiply by ct_scale_hu, written only when T > 1)
+MAP_OUTPUTS: dict[str, tuple[str, type, bool, bool]] = {
+    "sct": ("sct", np.float32, True, False),
+    "sigma_aleatoric": ("sct_sigma_aleatoric", np.float32, True, False),
+    "sigma_epistemic": ("sct_sigma_epistemic", np.float32, True, True),
+    "sigma_total": ("sct_sigma_total", np.float32, True, True),
+    "seg_entropy": ("seg_entropy", np.float32, False, True),
+    "seg_mutual_info": ("seg_mutual_info", np.float32, False, True),
+}
+# σ maps are resampled as variances: interpolation is linear, so σ_total² = σ_aleatoric² +
+# σ_epistemic² then holds exactly on the input grid, as it does on the network grid.
+VARIANCE_MAPS = ("sigma_aleatoric", "sigma_epistemic", "sigma_total")
+SUFFIX = ".nii.gz"
+PROVENANCE = "provenance.json"
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    """How to run the network; ``None`` fields fall back to the checkpoint's ``cfg.infer``."""
+
+    mc_samples: int | None = None
+    overlap: float | None = None
+    sw_batch_size: int | None = None
+    device: str = "auto"
+    save_probabilities: bool = False
+    progress: bool = False
+    # Apply the checkpoint's σ-scaling factor (fitted on the validation cases after training).
+    sigma_scaling: bool = True
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    seconds: float
+    outputs: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def find_cases(input_path: str | Path) -> list[tuple[str, Path | None]]:
+    """Cases of ``--input``: ``(case id, MR path)`` pairs, sorted as found.
+
+    One MR file → one case named after the file; a dataset folder (``dataset.json`` or case
+    sub-folders holding ``mr.*``) → its cases' ``mr``; else every volume file in the folder. A
+    dataset case without an ``mr`` entry has path None and fails on its own.
+
+    Raises:
+        RadmtlError: the input does not exist or holds no MR volume.
+    """
+    from radmtl.data.discovery import DATASET_JSON, discover, find_volumes
+
+    path = Path(input_path).expanduser()
+    if not path.exists():
+        raise VolumeError(f"{path}: input not found; pass an MR file, a folder of MR files or a dataset folder")
+    if path.is_file():
+        if not has_volume_suffix(path.name):
+            raise VolumeError(f"{path}: unsupported file type; use NIfTI (.nii/.nii.gz) or .mha/.nrrd")
+        stem = strip_volume_suffix(path.name)
+        # DATA/case_007/mr.nii.gz is case_007, as it would be when the dataset folder is given.
+        return [(path.parent.name if stem == "mr" and path.parent.name else stem, path)]
+    visible = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
+    files = [p for p in visible if p.is_file() and has_volume_suffix(p.name)]
+    is_dataset = (path / DATASET_JSON).is_file() or any(p.is_dir() and find_volumes(p, "mr") for p in visible)
+    if is_dataset:
+        if files:
+            log.warning("%s: is a dataset folder; ignoring %d volume file(s) at its top level", path, len(files))
+        cases = [(case.case_id, case.paths.get("mr")) for case in discover(path).cases]
+    elif files:
+        cases = [(strip_volume_suffix(p.name), p) for p in files]
+    else:
+        raise VolumeError(f"{path}: no MR volumes found (.nii/.nii.gz/.mha/.nrrd files or case "
+                          "sub-folders with mr.nii.gz)")
+    seen: dict[str, Path | None] = {}
+    for case_id, mr in cases:
+        if case_id in seen:
+            raise VolumeError(f"{path}: case id {case_id!r} occurs twice ({seen[case_id]} and {mr}); "
+                              "rename one of them")
+        seen[case_id] = mr
+    return cases
+
+
+def check_mr(volume: Volume) -> None:
+    """Reject MR volumes the network cannot be run on (non-finite values, degenerate geometry)."""
+    bad = int(np.size(volume.array) - np.count_nonzero(np.isfinite(volume.array)))
+    if bad:
+        raise VolumeError(f"{volume.path}: {bad} voxel(s) are NaN or Inf; fix or re-export the MR")
+    if abs(np.linalg.det(volume.affine[:3, :3])) < 1e-12:
+        raise VolumeError(f"{volume.path}: the affine is singular (zero voxel size); fix the header")
+
+
+def prepare_output_root(output: str | Path) -> Path:
+    """Create ``OUT`` and prove it writable by writing a probe file (``os.access`` lies for root)."""
+    output = Path(output).expanduser()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / f".write-test-{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise VolumeError(f"{output}: output folder is not writable ({err.strerror}); choose another "
+                          "--output") from err
+    return output
+
+
+# --- model -------------------------------------------------------------------------------------
+
+
+# --- one case ----------------------------------------------------------------------------------
+
+
+def predict_on_network_grid(
+    loaded: Any,
+    mr_path: Path,
+    *,
+    mc_samples: int,
+    overlap: float,
+    sw_batch_size: int,
+    device: Any,
+    amp_dtype: Any,
+    sigma_scale: float = 1.0,
+    timings: dict[str, float] | None = None,
+) -> tuple[dict[str, Any], np.ndarray, tuple[int, ...]]:
+    """The training preprocessing of one MR file, then the network on its grid.
+
+    Shared by ``radmtl infer`` and the σ recalibration after training, so that the factor is
+    fitted on exactly what infer produces.
+
+    Returns:
+        (maps of :func:`radmtl.inference.predict.predict_volume` in scaled units, network-grid affine,
+        network-grid shape).
+    """
+    import torch
+
+    from radmtl.inference.predict import predict_volume
+    from radmtl.data.transforms import eval_transforms
+
+    cfg = loaded.cfg
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    try:
+        net_mr = eval_transforms(cfg.data, ["mr"])({"mr": str(mr_path)})["mr"]
+    except Exception as err:  # MONAI wraps reader/transform errors in RuntimeError chains
+        raise VolumeError(f"{mr_path}: preprocessing failed ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); check the file") from err
+    net_affine = np.asarray(net_mr.affine, np.float64)
+    net_shape = tuple(int(s) for s in net_mr.shape[1:])
+    timings["preprocess_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)  # MC dropout masks: the same outputs for the same case and model
+    maps = predict_volume(
+        loaded.model, net_mr.as_tensor()[None], cfg.data.patch_size, overlap=overlap,
+        sw_batch_size=sw_batch_size, mc_samples=mc_samples, likelihood=cfg.loss.likelihood,
+        device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale,
+    )
+    timings["predict_s"] = time.perf_counter() - t0
+    return maps, net_affine, net_shape
+
+
+def map_to_input_grid(key: str, network_map: Any, net_affine: np.ndarray, volume: Volume,
+                      ct_scale_hu: float) -> np.ndarray:
+    """One (1, 1, x, y, z) network-grid map → (X, Y, Z) float32 on the input grid, in HU if an sCT/σ map."""
+    from radmtl.inference.resample import resample_to_grid
+
+    # Resample in network units; HU scaling is linear so it commutes with interpolation.
+    as_variance = key in VARIANCE_MAPS
+    values = network_map[0] ** 2 if as_variance else network_map[0]
+    array = resample_to_grid(values, net_affine, volume.affine, volume.shape)[0]
+    if as_variance:
+        array = np.sqrt(np.clip(array, 0.0, None))
+    if MAP_OUTPUTS[key][2]:
+        array *= ct_scale_hu
+    return array
+
+
+def _progress_bar(enabled: bool, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True,
+                disable=not enabled)
+
+
+def _publish(tmp_dir: Path, final_dir: Path) -> None:
+    """Rename the finished hidden folder onto ``final_dir``, replacing an older result."""
+    old = None
+    if final_dir.exists():
+        old = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final_dir, old)
+    os.replace(tmp_dir, final_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def infer_case(
+    loaded: Any,
+    source: ModelSource,
+    case_id: str,
+    mr_path: Path | None,
+    output: Path,
+    options: InferOptions,
+) -> CaseResult:
+    """Predict one case and write ``output/<case_id>/``.
+
+    Raises:
+        RadmtlError: the MR cannot be used or an output cannot be written; nothing is left under
+            ``output/<case_id>`` from this attempt.
+    """
+    from radmtl.config import to_dict
+    from radmtl.inference.resample import argmax_labels_on_grid
+
+    if mr_path is None:
+        raise VolumeError(f"case {case_id}: has no mr file; add mr.nii.gz to the case folder")
+    cfg = loaded.cfg
+    mc_samples = int(options.mc_samples if options.mc_samples is not None else cfg.infer.mc_samples)
+    overlap = float(options.overlap if options.overlap is not None else cfg.infer.overlap)
+    sw_batch_size = int(options.sw_batch_size if options.sw_batch_size is not None else cfg.infer.sw_batch_size)
+    device = resolve_device(options.device)
+    amp_dtype = amp_dtype_for(cfg.train.amp, device, fp16_fallback=False)
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    volume = read_volume(mr_path)
+    check_mr(volume)
+    timings["read_s"] = time.perf_counter() - t_start
+
+    n_maps = len(MAP_OUTPUTS) + 1
+    bar = _progress_bar(options.progress, total=3 + n_maps, desc=case_id)
+    tmp_dir = output / f".{case_id}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        sigma_scale = sigma_scale_of(loaded.payload) if options.sigma_scaling else 1.0
+        maps, net_affine, net_shape = predict_on_network_grid(
+            loaded, mr_path, mc_samples=mc_samples, overlap=overlap, sw_batch_size=sw_batch_size,
+            device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale, timings=timings)
+        bar.update(2)
+
+        t0 = time.perf_counter()
+        tmp_dir.mkdir()
+        written: dict[str, dict[str, Any]] = {}
+        for key, (stem, dtype, to_hu, needs_mc) in MAP_OUTPUTS.items():
+            network_map = maps.pop(key, None)
+            if network_map is None or (needs_mc and mc_samples <= 1):
+                continue
+            array = map_to_input_grid(key, network_map, net_affine, volume, cfg.data.ct_scale_hu)
+            write_like(array, volume, tmp_dir / f"{stem}{SUFFIX}", dtype)
+            written[stem] = {"file": f"{stem}{SUFFIX}", "dtype": np.dtype(dtype).name,
+                             "units": "HU" if to_hu else "nats"}
+            del array
+            bar.update(1)
+        if "seg_probs" in maps:
+            probs = maps.pop("seg_probs")[0]
+            labels, probs_on_input = argmax_labels_on_grid(
+                probs, net_affine, volume.affine, volume.shape, keep_probs=options.save_probabilities)
+            write_like(labels, volume, tmp_dir / f"seg{SUFFIX}", np.uint8)
+            written["seg"] = {"file": f"seg{SUFFIX}", "dtype": "uint8", "units": "label",
+                              "labels": dict(loaded.label_names)}
+            del labels
+            if probs_on_input is not None:
+                write_like(np.moveaxis(probs_on_input, 0, -1), volume, tmp_dir / f"seg_probabilities{SUFFIX}",
+                           np.float32)
+                written["seg_probabilities"] = {"file": f"seg_probabilities{SUFFIX}", "dtype": "float32",
+                                                "units": "probability", "axis_3": "class index"}
+                del probs_on_input
+            bar.update(1)
+        timings["resample_write_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+
+        provenance = {
+            "radmtl_version": __version__,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "case": case_id,
+            "input": {
+                "path": str(Path(mr_path).resolve()),
+                "grid": volume.grid.describe(),
+                "affine": np.round(volume.affine, 6).tolist(),
+                "qform_code": int(volume.header["qform_code"]) if volume.header is not None else None,
+                "sform_code": int(volume.header["sform_code"]) if volume.header is not None else None,
+            },
+            "network_grid": Grid.from_affine(net_shape, net_affine).describe(),
+            "model": {
+                "source": source.argument,
+                "checkpoint": str(source.checkpoint.resolve()),
+                "sha256": source.sha256,
+                "epoch": loaded.payload.get("epoch"),
+                "mlflow_run_id": loaded.payload.get("mlflow_run_id"),
+                "checkpoint_radmtl_version": loaded.payload.get("radmtl_version"),
+                "label_names": dict(loaded.label_names),
+            },
+            "config": to_dict(cfg),
+            "inference": {
+                "mc_samples": mc_samples, "overlap": overlap, "sw_batch_size": sw_batch_size,
+                "device": str(device), "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
+                "seed": cfg.seed, "sliding_window": "gaussian", "roi_size": list(cfg.data.patch_size),
+                "label_resampling": "argmax of bilinearly resampled probabilities",
+                "sigma_scaling": {
+                    "applied": bool(options.sigma_scaling and "sigma_scaling" in loaded.payload),
+                    "factor": sigma_scale,
+                    "fitted": loaded.payload.get("sigma_scaling"),
+                },
+                "sigma_epistemic": "spread of the MC-dropout samples only; window overlap excluded",
+            },
+            "outputs": written,
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        }
+        try:
+            (tmp_dir / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+            _publish(tmp_dir, output / case_id)
+        except OSError as err:
+            raise VolumeError(f"{output / case_id}: cannot write ({err.strerror}); check space and "
+                              "permissions") from err
+        bar.update(1)
+    finally:
+        bar.close()
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    outputs = [info["file"] for info in written.values()] + [PROVENANCE]
+    return CaseResult(case_id=case_id, seconds=time.perf_counter() - t_start, outputs=outputs)
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def sigma_scale_of(payload: dict[str, Any]) -> float:
+    """The checkpoint's σ-scaling factor (1.0 for a checkpoint saved before recalibration)."""
+    fitted = payload.get("sigma_scaling") or {}
+    return float(fitted.get("factor", 1.0))
+
+
+def load_model(model: str, tracking_uri: str | None, device: str) -> tuple[Any, ModelSource]:
+    """Resolve ``--model``, load the network onto ``device`` and describe its source."""
+    from radmtl.nn.checkpoint import model_from_checkpoint
+
+    checkpoint = resolve_checkpoint(model, tracking_uri)
+    loaded = model_from_checkpoint(checkpoint, resolve_device(device))
+    if "seg" in loaded.cfg.model.tasks and loaded.cfg.model.num_classes > 256:
+        raise RadmtlError(f"{checkpoint}: {loaded.cfg.model.num_classes} classes do not fit uint8 labels")
+    return loaded, ModelSource(argument=model, checkpoint=checkpoint, sha256=sha256_of(checkpoint))
+
+
+def run_inference(
+    model: str,
+    input_path: str | Path,
+    output: str | Path,
+    options: InferOptions = InferOptions(),
+    tracking_uri: str | None = None,
+) -> list[CaseResult]:
+    """Run every case of ``input_path``; a failing case is recorded and the others still run.
+
+    Raises:
+        RadmtlError: problems that stop every case (model, input, output folder, options).
+    """
+    if options.mc_samples is not None and options.mc_samples < 1:
+        raise RadmtlError(f"--mc-samples: must be >= 1, got {options.mc_samples}")
+    if options.overlap is not None and not 0.0 <= options.overlap < 1.0:
+        raise RadmtlError(f"--overlap: must be in [0, 1), got {options.overlap}")
+    if options.sw_batch_size is not None and options.sw_batch_size < 1:
+        raise RadmtlError(f"--batch-size: must be >= 1, got {options.sw_batch_size}")
+    cases = find_cases(input_path)
+    output = prepare_output_root(output)
+    loaded, source = load_model(model, tracking_uri, options.device)
+    log.info("%s: %d case(s), model %s", input_path, len(cases), source.checkpoint)
+    results = []
+    for case_id, mr_path in cases:
+        t0 = time.perf_counter()
+        try:
+            results.append(infer_case(loaded, source, case_id, mr_path, output, options))
+        except RadmtlError as err:
+            log.debug("case %s failed", case_id, exc_info=True)
+            results.append(CaseResult(case_id=case_id, seconds=time.perf_counter() - t0, error=str(err)))
+    return results
+
+
+def format_summary(results: list[CaseResult]) -> str:
+    """The end-of-run table: case, seconds, outputs (file stems)."""
+    rows = [(r.case_id, f"{r.seconds:.1f}",
+             "FAILED" if r.error else ", ".join(strip_volume_suffix(f) for f in r.outputs if f != PROVENANCE))
+            for r in results]
+    header = ("case", "seconds", "outputs")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def infer_from_cli(args: argparse.Namespace) -> int:
+    """``radmtl infer``: run, print the summary table, list failures; 1 if any case failed."""
+    options = InferOptions(
+        mc_samples=args.mc_samples, overlap=args.overlap, sw_batch_size=args.batch_size, device=args.device,
+        save_probabilities=args.save_probabilities,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        sigma_scaling=not args.no_sigma_scaling,
+    )
+    results = run_inference(args.model, args.input, args.output, options, tracking_uri=args.tracking_uri)
+    failed = [r for r in results if r.error]
+    print(format_summary(results))
+    done = len(results) - len(failed)
+    print(f"{done} of {len(results)} case(s) written to {args.output}")
+    for result in failed:
+        print(f"radmtl infer: error: case {result.case_id}: {result.error}", file=sys.stderr)
+    return 1 if failed else 0

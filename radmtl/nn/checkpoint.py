@@ -1,0 +1,157 @@
+"""Self-describing checkpoints: everything ``radmtl infer`` and ``--resume`` need, in one file.
+
+A checkpoint holds only plain Python containers, numbers, strings and tensors, so it loads with
+``torch.load(..., weights_only=True)`` — no pickled code runs when a user opens a file someone
+sent them. It is written to a temporary name and renamed, so a run killed mid-save keeps the
+previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from radmtl import __version__
+from radmtl.config import Config, config_from_dict, to_dict
+from radmtl.errors import RadmtlError
+from radmtl.data.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+FORMAT = "radmtl-checkpoint/1"
+LATEST = "checkpoint_latest.pt"
+BEST = "checkpoint_best.pt"
+
+
+class CheckpointError(RadmtlError, ValueError):
+    """A file is not a usable radmtl checkpoint."""
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as weights_only-safe containers."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    # weights_only loading may turn nested tuples into lists; random.setstate needs tuples.
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Atomically write ``payload`` (see :func:`make_payload`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def make_payload(
+    *,
+    cfg: Config,
+    label_names: dict[str, int],
+    model: torch.nn.Module,
+    loss_fn: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    epoch: int = 0,
+    global_step: int = 0,
+    best_metric: float | None = None,
+    best_epoch: int | None = None,
+    run_id: str | None = None,
+    with_rng: bool = True,
+) -> dict[str, Any]:
+    """The checkpoint dictionary: weights, resolved config, labels, normalisation and state."""
+    return {
+        "format": FORMAT,
+        "radmtl_version": __version__,
+        "config": to_dict(cfg),
+        "label_names": {str(k): int(v) for k, v in label_names.items()},
+        # Intensity handling and grid are in config.data; repeated here so a reader of the file
+        # sees at once what the network expects.
+        "preprocessing": {
+            "spacing_mm": list(cfg.data.spacing),
+            "orientation": "RAS",
+            "mr": f"clip to body percentiles {list(cfg.data.mr_percentiles)}, z-score inside body",
+            "ct": f"clip to {list(cfg.data.ct_clip_hu)} HU, divide by {cfg.data.ct_scale_hu}",
+        },
+        "model_state": model.state_dict(),
+        "loss_state": loss_fn.state_dict() if loss_fn is not None else {},
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+        "scaler_state": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(epoch),
+        "global_step": int(global_step),
+        "best_metric": None if best_metric is None else float(best_metric),
+        "best_epoch": best_epoch,
+        "mlflow_run_id": run_id,
+        "rng": rng_state() if with_rng else None,
+    }
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate a radmtl checkpoint (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; pass a .pt file written by radmtl train")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle/zip errors of many kinds for a foreign or corrupt file
+        raise CheckpointError(
+            f"{path}: not a radmtl checkpoint or corrupt ({type(err).__name__}); pass a .pt file "
+            "written by radmtl train"
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a radmtl checkpoint (no '{FORMAT}' marker); pass a .pt file written by radmtl train"
+        )
+    return payload
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: torch.nn.Module
+    cfg: Config
+    label_names: dict[str, int]
+    payload: dict[str, Any]
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the network from a checkpoint alone (config, weights, labels)."""
+    from radmtl.nn.model import build_model  # torch-heavy; keeps this module light to import
+
+    payload = load_checkpoint(path)
+    try:
+        cfg = config_from_dict(payload["config"])
+        model = build_model(cfg.model)
+        model.load_state_dict(payload["model_state"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: checkpoint does not match this radmtl version ({err})") from err
+    model.to(device).eval()
+    return LoadedModel(model=model, cfg=cfg, label_names=dict(payload["label_names"]), payload=payload)

@@ -1,0 +1,374 @@
+"""MLflow behind a small interface, with a local copy of every metric.
+
+Training talks to a :class:`Tracker`; :func:`start_tracking` returns one backed by MLflow, or a
+:class:`NullTracker` (DDP rank > 0, tests, or a tracking server that cannot be reached). Whatever
+MLflow does, each ``log_metrics`` call is also appended to ``<out>/metrics.jsonl``: a dead server
+never costs data, and the training-curve PNG is drawn from that file.
+
+MLflow is imported lazily so that importing radmtl (and ``radmtl --help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from radmtl.tracking.environment import package_version, user_name
+from radmtl.errors import RadmtlError
+
+logger = logging.getLogger(__name__)
+
+# MLflow's documented limits (mlflow.utils.validation): longer values are rejected, larger
+# batches are rejected by the REST API.
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_TAG_VALUE_LENGTH = 8000
+
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+PROBE_TIMEOUT_S = 3.0
+# MLflow's client otherwise retries 7 times with exponential back-off and a 120 s timeout per
+# request: a server that dies mid-run would stall training for minutes at every call.
+_HTTP_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+
+
+def default_tracking_uri(cwd: Path | None = None) -> str:
+    """Return ``$MLFLOW_TRACKING_URI`` if set, else a SQLite store ``mlflow.db`` in ``cwd``.
+
+    The path is absolute so that the store stays the same whatever folder a later command
+    (``radmtl infer``, ``mlflow ui``) runs from.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    folder = Path(cwd) if cwd is not None else Path.cwd()
+    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(str(item) for item in value) + "]"
+    else:
+        text = str(value)
+    if len(text) > MAX_PARAM_VALUE_LENGTH:
+        text = text[: MAX_PARAM_VALUE_LENGTH - 3] + "..."
+    return text
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Tracker:
+    """What training needs from experiment tracking; this base class tracks nothing.
+
+    Attributes:
+        run_id: the MLflow run id, or None when there is no run.
+        metrics_jsonl: where every ``log_metrics`` call is also appended, or None.
+    """
+
+    run_id: str | None = None
+
+    def __init__(self, metrics_jsonl: Path | None = None) -> None:
+        self.metrics_jsonl = Path(metrics_jsonl) if metrics_jsonl is not None else None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log ``params`` (lists become strings; values longer than MLflow allows are cut)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log scalar ``metrics`` at ``step``; always appended to ``metrics_jsonl`` when set."""
+        self._append_local(metrics, step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Upload the file ``path`` into the run's artifacts under ``artifact_path``."""
+
+    def log_model(self, model: Any, checkpoint_path: Path) -> None:
+        """Log ``model`` as an MLflow model named ``model``, carrying the radmtl checkpoint."""
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set run tags."""
+
+    def metric_steps(self, key: str) -> set[int] | None:
+        """Steps at which ``key`` is already in the run (to mend a resume), or None if unknown."""
+        return None
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the run with ``status`` (FINISHED, FAILED or KILLED)."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+
+    def _append_local(self, metrics: dict[str, float], step: int) -> None:
+        if self.metrics_jsonl is None:
+            return
+        record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
+        self.metrics_jsonl.parent.mkdir(parents=True, exist_ok=True)
+        # One write of one full line per call: a crash leaves at most one truncated last line,
+        # which readers skip.
+        with self.metrics_jsonl.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+
+class NullTracker(Tracker):
+    """No MLflow at all: for tests, DDP rank > 0, and an unreachable tracking server."""
+
+    def __init__(self, metrics_jsonl: Path | None = None, run_id: str | None = None) -> None:
+        super().__init__(metrics_jsonl)
+        self.run_id = run_id
+
+
+class MlflowTracker(Tracker):
+    """A run in an MLflow store, reached through an explicit ``MlflowClient``.
+
+    The first MLflow call that fails logs one warning and turns the tracker into a local-only
+    one; training never stops because tracking did.
+    """
+
+    def __init__(self, client: Any, uri: str, experiment_id: str, run_id: str, metrics_jsonl: Path) -> None:
+        super().__init__(metrics_jsonl)
+        self.client = client
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self.run_id = run_id
+        self.disabled = False
+        self._ended = False
+        self._existing_params: dict[str, str] | None = None
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.disabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any MLflow/network/disk failure means the same
+            self.disabled = True
+            reason = f"{what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            logger.warning(_unreachable_message(self.uri, reason, self.metrics_jsonl))
+            logger.debug("MLflow failure details", exc_info=True)
+            return None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        if self._existing_params is None:
+            run = self._call("get_run", self.client.get_run, self.run_id)
+            self._existing_params = dict(run.data.params) if run is not None else {}
+        new: list[Param] = []
+        for key, value in params.items():
+            text = _param_value(value)
+            old = self._existing_params.get(key)
+            if old == text:
+                continue  # a resumed run logs its params again; MLflow rejects only changes
+            if old is not None:
+                # MLflow params are immutable; a changed value (e.g. --set on resume) is reported
+                # instead of failing the whole batch.
+                logger.warning("param %s changed from %r to %r; MLflow keeps the first value", key, old, text)
+                continue
+            new.append(Param(key, text))
+        for batch in _chunks(new, MAX_PARAMS_PER_BATCH):
+            self._call("log_params", self.client.log_batch, self.run_id, params=batch)
+            self._existing_params.update({p.key: p.value for p in batch})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        self._append_local(metrics, step)
+        now_ms = int(time.time() * 1000)
+        entries = [Metric(key, float(value), now_ms, int(step)) for key, value in metrics.items()]
+        for batch in _chunks(entries, MAX_METRICS_PER_BATCH):
+            self._call("log_metrics", self.client.log_batch, self.run_id, metrics=batch)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_model(self, model: Any, checkpoint_path: Path) -> None:
+        self._call("log_model", self._log_model, model, Path(checkpoint_path))
+
+    def _log_model(self, model: Any, checkpoint_path: Path) -> None:
+        import mlflow.pytorch
+        import torch
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+        if not checkpoint_path.is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist")
+        # The LoggedModel is created through our client so that it lands in this run's experiment;
+        # the fluent log_model would otherwise pick the globally active experiment.
+        logged = self.client.create_logged_model(
+            experiment_id=self.experiment_id, name="model", source_run_id=self.run_id
+        )
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"monai=={package_version('monai')}"]
+        # "pickle", deliberately: MLflow 3's default "pt2" format needs an input example and a
+        # torch.export-able forward, but ours returns a dict and pads inputs with data-dependent
+        # shapes. radmtl itself never unpickles this: the self-describing checkpoint travels as an
+        # extra file and `radmtl infer --model runs:/<id>/model` rebuilds the network from it with
+        # torch.load(weights_only=True). The pickled module only serves `mlflow.pytorch.load_model`.
+        with _use_tracking_uri(self.uri):
+            mlflow.pytorch.log_model(
+                model,
+                name="model",
+                serialization_format="pickle",
+                extra_files=[str(checkpoint_path)],
+                pip_requirements=requirements,
+                run_id=self.run_id,
+                model_id=logged.model_id,
+            )
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        entries = [RunTag(key, str(value)[:MAX_TAG_VALUE_LENGTH]) for key, value in tags.items()]
+        for batch in _chunks(entries, MAX_PARAMS_PER_BATCH):
+            self._call("set_tags", self.client.log_batch, self.run_id, tags=batch)
+
+    def metric_steps(self, key: str) -> set[int] | None:
+        history = self._call("metric_steps", self.client.get_metric_history, self.run_id, key)
+        return {int(m.step) for m in history} if history is not None else None
+
+    def end(self, status: str = "FINISHED") -> None:
+        super().end(status)
+        if self._ended:
+            return
+        self._ended = True
+        self._call("end", self.client.set_terminated, self.run_id, status)
+
+
+def _unreachable_message(uri: str, reason: str, metrics_jsonl: Path | None) -> str:
+    return (
+        f"MLflow tracking at {uri} unreachable ({reason}); training continues, "
+        f"metrics are kept in {metrics_jsonl}"
+    )
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def probe_http(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Return None if an MLflow server answers at ``uri``, else the reason it does not.
+
+    Any HTTP answer (even 401/404 behind a proxy) proves a server is there; only a failed
+    connection or a timeout counts as unreachable.
+    """
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        return f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
+
+
+def _sqlite_folder(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri[len("sqlite:///") :]
+    return Path(db).resolve().parent if db and db != ":memory:" else None
+
+
+def _get_or_create_experiment(client: Any, uri: str, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        folder = _sqlite_folder(uri)
+        # Without an explicit location MLflow uses ./mlruns of the *current* folder, which a later
+        # `mlflow ui` started elsewhere cannot find; beside the database it always can.
+        location = (folder / "mlartifacts").as_uri() if folder is not None else None
+        try:
+            # The kind tag makes MLflow 3's UI open the experiment as "model training" (runs,
+            # metrics, artifacts) rather than as a GenAI evaluation.
+            return client.create_experiment(
+                name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
+            )
+        except MlflowException:
+            # Another process (a second training) may have created it in between.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise RadmtlError(
+            f"MLflow experiment {name!r} at {uri} is deleted; restore it with "
+            f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` "
+            "or choose another --experiment"
+        )
+    return experiment.experiment_id
+
+
+def start_tracking(
+    uri: str | None,
+    experiment: str,
+    run_name: str | None,
+    out_dir: Path,
+    resume_run_id: str | None = None,
+) -> Tracker:
+    """Start (or, with ``resume_run_id``, continue) an MLflow run.
+
+    Args:
+        uri: tracking URI; None means :func:`default_tracking_uri`.
+        experiment: experiment name, created when missing.
+        run_name: display name of a new run (ignored on resume).
+        out_dir: training output folder; ``metrics.jsonl`` is written there.
+        resume_run_id: continue this run instead of creating one, so a resumed training stays
+            one run in the UI.
+
+    Returns:
+        An :class:`MlflowTracker`, or a :class:`NullTracker` that still writes ``metrics.jsonl``
+        when the store cannot be reached (one warning says so).
+
+    Raises:
+        RadmtlError: ``resume_run_id`` is not in a reachable store, or the experiment is deleted.
+    """
+    uri = uri or default_tracking_uri()
+    metrics_jsonl = Path(out_dir) / "metrics.jsonl"
+    if is_http(uri):
+        for key, value in _HTTP_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        reason = probe_http(uri)
+        if reason is not None:
+            logger.warning(_unreachable_message(uri, reason, metrics_jsonl))
+            return NullTracker(metrics_jsonl, run_id=resume_run_id)
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        if resume_run_id is not None:
+            try:
+                run = client.get_run(resume_run_id)
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise  # a store that fails for another reason: fall back below
+                raise RadmtlError(
+                    f"cannot resume MLflow run {resume_run_id}: not found at {uri} "
+                    "(pass the --tracking-uri the run was started with)"
+                ) from err
+            experiment_id = run.info.experiment_id
+            client.update_run(resume_run_id, status="RUNNING")
+            run_id = resume_run_id
+            logger.info("continuing MLflow run %s at %s", run_id, uri)
+        else:
+            experiment_id = _get_or_create_experiment(client, uri, experiment)
+            # The fluent API would add these; the explicit client does not, and the UI shows them.
+            tags = {"mlflow.user": user_name(), "mlflow.source.name": "radmtl train", "mlflow.source.type": "LOCAL"}
+            run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            logger.info("MLflow run %s in experiment %r at %s", run_id, experiment, uri)
+    except RadmtlError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a store we cannot use must not stop training
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        logger.warning(_unreachable_message(uri, reason, metrics_jsonl))
+        return NullTracker(metrics_jsonl, run_id=resume_run_id)
+    return MlflowTracker(client, uri, experiment_id, run_id, metrics_jsonl)

@@ -1,0 +1,155 @@
+"""σ recalibration after training: fit the σ-scaling factor on the validation cases.
+
+σ-scaling (Laves et al., MIDL 2020): one factor ``s`` multiplies the predicted aleatoric σ so that
+the validation z-scores ``(ct − sct)/σ_total`` have unit root-mean-square, where
+``σ_total² = (s·σ_aleatoric)² + σ_epistemic²``. Without epistemic variance this is the closed form
+``s² = mean(r²/σ_aleatoric²)``, the maximum-likelihood factor of the Gaussian NLL; with it, ``s`` solves
+``mean(r² / (s²·σ_al² + σ_ep²)) = 1``, which is monotone in ``s`` (solved by Brent's method). The same
+equation serves both likelihoods because every σ radmtl writes is a standard deviation (a Laplace
+head's σ = √2·b), and the z-score test is stated on standard deviations.
+
+The fit uses exactly what ``radmtl infer`` writes — the same preprocessing, sliding window, T
+MC-dropout samples and resampling onto each case's own grid — and each case's reference CT and
+body mask on that grid (DESIGN.md section 1: calibration is measured on the input grid). The factor
+is stored in the checkpoint under ``sigma_scaling``; infer applies it unless told not to.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import optimize
+
+from radmtl.evaluation.calibration import SIGMA_FLOOR_HU, coverage, zscore_stats
+from radmtl.nn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from radmtl.data.discovery import Case
+from radmtl.inference.infer import map_to_input_grid, predict_on_network_grid
+from radmtl.data.io import read_volume
+
+log = logging.getLogger(__name__)
+
+METHOD = ("σ-scaling (Laves et al. 2020): s solves mean((ct - sct)^2 / ((s*sigma_aleatoric)^2 + "
+          "sigma_epistemic^2)) = 1 over the body voxels of the validation cases, on their own grids")
+# The factor is searched in [1/1000, 1000]: outside that the σ head is broken, not miscalibrated.
+_SCALE_RANGE = (1e-3, 1e3)
+
+
+@dataclass(frozen=True)
+class CaseResiduals:
+    """Body-voxel values of one validation case on its own grid, in HU."""
+
+    case_id: str
+    residual_hu: np.ndarray
+    sigma_aleatoric_hu: np.ndarray
+    sigma_epistemic_hu: np.ndarray
+
+
+def fit_sigma_scale(residual_hu: np.ndarray, sigma_aleatoric_hu: np.ndarray,
+                    sigma_epistemic_hu: np.ndarray | None = None) -> float:
+    """The σ-scaling factor s (see the module docstring); 1-D arrays over the voxels used.
+
+    Raises:
+        ValueError: no voxels, or the epistemic σ alone already over-covers the residuals so that
+            no positive factor reaches unit z RMS.
+    """
+    r2 = np.square(np.asarray(residual_hu, np.float64))
+    a2 = np.square(np.maximum(np.asarray(sigma_aleatoric_hu, np.float64), SIGMA_FLOOR_HU))
+    if r2.size == 0:
+        raise ValueError("no voxels to fit the σ-scaling factor on")
+    if sigma_epistemic_hu is None or not np.any(sigma_epistemic_hu):
+        return float(math.sqrt(np.mean(r2 / a2)))
+    e2 = np.square(np.asarray(sigma_epistemic_hu, np.float64))
+
+    def excess(scale: float) -> float:
+        return float(np.mean(r2 / (scale * scale * a2 + e2))) - 1.0
+
+    low, high = _SCALE_RANGE
+    if excess(low) <= 0.0:
+        raise ValueError("the epistemic σ alone already exceeds the validation errors; no σ-scaling "
+                         "factor in [0.001, 1000] gives unit z RMS")
+    if excess(high) >= 0.0:
+        return high
+    return float(optimize.brentq(excess, low, high, xtol=1e-6))
+
+
+def case_residuals(loaded: Any, case: Case, mc_samples: int, device: Any) -> CaseResiduals:
+    """Run one validation case through infer's path (no σ-scaling) and keep its body voxels."""
+    from radmtl.data.transforms import derive_body_mask
+
+    cfg = loaded.cfg
+    maps, net_affine, _ = predict_on_network_grid(
+        loaded, case.paths["mr"], mc_samples=mc_samples, overlap=cfg.infer.overlap,
+        sw_batch_size=cfg.infer.sw_batch_size, device=device, amp_dtype=None)
+    ct = read_volume(case.paths["ct"])
+    on_grid = {key: map_to_input_grid(key, maps[key], net_affine, ct, cfg.data.ct_scale_hu)
+               for key in ("sct", "sigma_aleatoric", "sigma_epistemic") if key in maps}
+    if "mask" in case.paths:
+        body = read_volume(case.paths["mask"]).array != 0
+    else:
+        body = derive_body_mask(read_volume(case.paths["mr"]).array) != 0
+    zeros = np.zeros(int(body.sum()), np.float32)
+    return CaseResiduals(
+        case_id=case.case_id,
+        residual_hu=(ct.array - on_grid["sct"])[body],
+        sigma_aleatoric_hu=on_grid["sigma_aleatoric"][body],
+        sigma_epistemic_hu=on_grid["sigma_epistemic"][body] if "sigma_epistemic" in on_grid else zeros,
+    )
+
+
+def calibration_summary(res: list[CaseResiduals], scale: float) -> dict[str, float]:
+    """Pooled z mean/SD and 95 % coverage over the validation voxels with σ_aleatoric × ``scale``."""
+    # The metrics take (x, y, z) volumes; pooled voxels are a (n, 1, 1) one.
+    r = np.concatenate([c.residual_hu for c in res])[:, None, None]
+    total = np.sqrt((scale * np.concatenate([c.sigma_aleatoric_hu for c in res])) ** 2
+                    + np.concatenate([c.sigma_epistemic_hu for c in res]) ** 2)[:, None, None]
+    inside = np.ones(r.shape, bool)
+    z_mean, z_sd = zscore_stats(r, np.zeros_like(r), total, inside)
+    return {"zscore_mean": z_mean, "zscore_sd": z_sd, "coverage_95": coverage(r, np.zeros_like(r), total, inside)}
+
+
+def recalibrate(checkpoint: str | Path, val_cases: list[Case], device: Any = "cpu",
+                mc_samples: int | None = None) -> dict[str, Any] | None:
+    """Fit the σ-scaling factor on ``val_cases`` and store it in ``checkpoint`` (atomically).
+
+    Returns:
+        The ``sigma_scaling`` record written into the checkpoint, or None when there is nothing to
+        fit (no per-voxel σ head, or no validation case with a CT).
+    """
+    loaded = model_from_checkpoint(checkpoint, device)
+    cfg = loaded.cfg
+    usable = [c for c in val_cases if "ct" in c.paths and "mr" in c.paths]
+    if not cfg.model.sct_log_var or not usable:
+        log.info("σ recalibration skipped: %s", "no per-voxel σ head" if not cfg.model.sct_log_var
+                 else "no validation case with a CT")
+        return None
+    mc_samples = int(mc_samples or cfg.infer.mc_samples)
+    res = [case_residuals(loaded, case, mc_samples, device) for case in usable]
+    scale = fit_sigma_scale(np.concatenate([c.residual_hu for c in res]),
+                            np.concatenate([c.sigma_aleatoric_hu for c in res]),
+                            np.concatenate([c.sigma_epistemic_hu for c in res]))
+    before, after = calibration_summary(res, 1.0), calibration_summary(res, scale)
+    record = {
+        "factor": scale,
+        "method": METHOD,
+        "likelihood": cfg.loss.likelihood,
+        "mc_samples": mc_samples,
+        "cases": [c.case_id for c in res],
+        "voxels": int(sum(c.residual_hu.size for c in res)),
+        "before": before,
+        "after": after,
+    }
+    payload = load_checkpoint(checkpoint)
+    payload["sigma_scaling"] = record
+    save_checkpoint(checkpoint, payload)
+    log.info("σ-scaling factor %.3f on %d validation case(s): z SD %.3f → %.3f, coverage_95 %.3f → %.3f",
+             scale, len(res), before["zscore_sd"], after["zscore_sd"], before["coverage_95"],
+             after["coverage_95"])
+    return record
+
+
+__all__ = ["CaseResiduals", "calibration_summary", "case_residuals", "fit_sigma_scale", "recalibrate"]

@@ -1,0 +1,432 @@
+"""`radmtl train`: patch training with validation, atomic checkpoints, resume and MLflow tracking.
+
+Read :func:`train` top to bottom: set-up, data, model, optimisation state, the epoch loop. Each
+epoch reseeds every random source from (seed, epoch), so an epoch is the same whether the run
+went straight through or was killed and resumed; the checkpoint written after the epoch is the
+only state that matters, and per-step metrics of an unfinished epoch are never sent to MLflow,
+so a resumed run has neither duplicated nor missing epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, DataLoader
+from torch.utils.data import RandomSampler
+
+from radmtl.nn.checkpoint import BEST, LATEST, load_checkpoint, make_payload, save_checkpoint, set_rng_state
+from radmtl.config import Config, config_from_dict, dump_config, flatten, load_config
+from radmtl.device import amp_dtype_for, resolve_device
+from radmtl.data.discovery import DatasetIndex, discover, label_names as numbered_labels, split_cases
+from radmtl.errors import RadmtlError
+from radmtl.data.io import atomic_path
+from radmtl.nn.losses import MultiTaskLoss, parameter_groups
+from radmtl.nn.model import build_model
+from radmtl.tracking.environment import run_tags
+from radmtl.tracking.tracker import NullTracker, Tracker, start_tracking
+from radmtl.training.step import forward_losses, optimise
+from radmtl.data.transforms import case_dicts, data_keys, eval_transforms, training_transforms
+from radmtl.training.validation import validate
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RadmtlError):
+    """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class TrainState:
+    """What changes as training proceeds (everything else is rebuilt from the config)."""
+
+    epoch: int = 0
+    global_step: int = 0
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    run_id: str | None = None
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up to the base LR, then cosine decay to 5 % of it, stepped per optimiser step.
+
+    Applies to the network's groups only: the ``log_vars`` group keeps its own constant rate, so
+    the learned task weights are neither starved during warm-up nor frozen by the decay.
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def constant(step: int) -> float:
+        return 1.0
+
+    lambdas = [constant if group.get("name") == "log_vars" else factor for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def resolve_labels(index: DatasetIndex, cfg: Config) -> dict[str, int]:
+    names = index.labels or numbered_labels(index, max_label=cfg.model.num_classes - 1)
+    if "seg" in cfg.loss.tasks and len(names) != cfg.model.num_classes:
+        raise RadmtlError(
+            f"model.num_classes is {cfg.model.num_classes} but the dataset has {len(names)} labels "
+            f"({', '.join(names)}); set --set model.num_classes={len(names)}"
+        )
+    return names
+
+
+def check_before_training(data_dir: Path, cfg: Config) -> None:
+    from radmtl.data.check import check_dataset
+
+    require = ("mr",) + (("ct",) if "sct" in cfg.loss.tasks else ()) + (("labels",) if "seg" in cfg.loss.tasks else ())
+    _, problems = check_dataset(data_dir, require=require)
+    if problems:
+        shown = "; ".join(p.line() for p in problems[:3])
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise RadmtlError(f"{data_dir}: {len(problems)} problem(s) found before training: {shown}{more}; "
+                          f"run 'radmtl check {data_dir}' for the full list")
+
+
+def seed_epoch(seed: int, epoch: int) -> int:
+    """One seed per (run seed, epoch) for torch, NumPy and the MONAI transforms."""
+    epoch_seed = (seed * 1_000_003 + epoch) % (2**31 - 1)
+    torch.manual_seed(epoch_seed)
+    np.random.seed(epoch_seed)
+    return epoch_seed
+
+
+def to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    if "labels" in out:
+        out["labels"] = out["labels"].round().long()
+    if "mask" in out:
+        out["mask"] = (out["mask"] > 0.5).float()
+    return out
+
+
+def train(
+    cfg: Config,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    tracker: Tracker | None = None,
+) -> TrainState:
+    """Train a model; returns the final state. See the module docstring for the guarantees."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    file_log = _attach_file_log(out_dir / "train.log")
+    try:
+        return _train(cfg, Path(data_dir), out_dir, resume, tracking_uri, experiment, device, progress, tracker)
+    finally:
+        logging.getLogger("radmtl").removeHandler(file_log)
+        file_log.close()
+
+
+def _train(cfg, data_dir, out_dir, resume, tracking_uri, experiment, device_name, progress, tracker) -> TrainState:
+    # --- state to resume from --------------------------------------------------------------
+    state = TrainState()
+    payload = None
+    latest = out_dir / LATEST
+    if resume and latest.exists():
+        payload = load_checkpoint(latest)
+        cfg = _config_for_resume(cfg, config_from_dict(payload["config"]), latest)
+        state = TrainState(payload["epoch"], payload["global_step"], payload["best_metric"],
+                           payload["best_epoch"], payload["mlflow_run_id"])
+        log.info("resuming %s from epoch %d (step %d)", out_dir, state.epoch, state.global_step)
+    elif resume:
+        log.warning("--resume: %s not found; starting from epoch 1", latest)
+    elif latest.exists():
+        raise RadmtlError(f"{out_dir}: already holds a run ({LATEST}); add --resume to continue it "
+                          "or choose another --out")
+
+    # --- data ------------------------------------------------------------------------------
+    check_before_training(data_dir, cfg)
+    index = discover(data_dir)
+    labels = resolve_labels(index, cfg)
+    if index.validation:
+        train_cases, val_cases = list(index.training), list(index.validation)
+    else:
+        train_cases, val_cases = split_cases(list(index.training), cfg.data.val_fraction, cfg.seed)
+    keys = data_keys(cfg, train_cases + val_cases)
+    log.info("data: %d training and %d validation cases from %s, keys %s", len(train_cases),
+             len(val_cases), data_dir, list(keys))
+    train_tf = training_transforms(cfg.data, keys, labels)
+    cache_rate = 1.0 if cfg.data.cache else 0.0
+    train_ds = CacheDataset(case_dicts(train_cases, keys), train_tf, cache_rate=cache_rate,
+                            num_workers=None, progress=False)
+    val_ds = CacheDataset(case_dicts(val_cases, keys), eval_transforms(cfg.data, keys),
+                          cache_rate=cache_rate, num_workers=None, progress=False)
+
+    # --- model and optimisation ------------------------------------------------------------
+    device = resolve_device(device_name)
+    amp_dtype = amp_dtype_for(cfg.train.amp, device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model).to(device)
+    loss_fn = MultiTaskLoss(cfg.loss).to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(model, loss_fn, cfg.train.weight_decay, cfg.train.log_var_lr),
+                                  lr=cfg.train.lr)
+    steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(len(train_ds) / cfg.train.batch_size)
+    scheduler = warmup_cosine(optimizer, cfg.train.warmup_epochs * steps_per_epoch,
+                              cfg.train.epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    if payload is not None:
+        model.load_state_dict(payload["model_state"])
+        loss_fn.load_state_dict(payload["loss_state"])
+        optimizer.load_state_dict(payload["optimizer_state"])
+        scheduler.load_state_dict(payload["scheduler_state"])
+        scaler.load_state_dict(payload["scaler_state"])
+        set_rng_state(payload["rng"])
+
+    # --- tracking ----------------------------------------------------------------------------
+    if tracker is None:
+        tracker = start_tracking(tracking_uri, experiment or cfg.tracking.experiment, out_dir.name,
+                                 out_dir, resume_run_id=state.run_id)
+    state.run_id = tracker.run_id
+    if payload is not None and payload.get("pending_metrics"):
+        _flush_pending(tracker, payload["pending_metrics"], state.epoch)
+    if payload is None:
+        tracker.log_params(flatten(cfg) | {"data.dir": str(data_dir), "data.train_cases": len(train_cases),
+                                           "data.val_cases": len(val_cases)})
+        tracker.set_tags(run_tags(str(device)) | {"radmtl.out_dir": str(out_dir.resolve())})
+        config_path = out_dir / "config.yaml"
+        with atomic_path(config_path) as tmp:
+            tmp.write_text(dump_config(cfg))
+        tracker.log_artifact(config_path)
+    log.info("model: %d parameters on %s%s; MLflow run %s", sum(p.numel() for p in model.parameters()),
+             device, f" with {amp_dtype}" if amp_dtype else "", state.run_id or "(none)")
+
+    # --- epochs --------------------------------------------------------------------------------
+    status = "FAILED"
+    try:
+        for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
+            t0 = time.perf_counter()
+            epoch_seed = seed_epoch(cfg.seed, epoch)
+            train_tf.set_random_state(seed=epoch_seed)
+            loader = _epoch_loader(train_ds, cfg, epoch_seed)
+            step_metrics, epoch_metrics, n_patches = _train_epoch(
+                model, loss_fn, optimizer, scheduler, scaler, loader, cfg, state, device, amp_dtype,
+                epoch, progress, out_dir)
+            elapsed = time.perf_counter() - t0
+            epoch_metrics["patches_per_s"] = n_patches / max(elapsed, 1e-9)
+            if epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs:
+                val_metrics, qa_paths = validate(model, val_ds, cfg, labels, device, amp_dtype,
+                                                 qa_dir=out_dir / "qa", qa_prefix=f"epoch_{epoch:04d}")
+                epoch_metrics.update(val_metrics)
+                improved = _update_best(state, epoch, val_metrics, cfg)
+            else:
+                qa_paths, improved = [], False
+            state.epoch = epoch
+            # Checkpoint first, carrying this epoch's metrics; then send them. A kill before the
+            # save re-runs the epoch without any of its points in MLflow; a kill after it is
+            # mended on resume by _flush_pending, so every epoch is logged exactly once.
+            pending = step_metrics + [(epoch, epoch_metrics | {"epoch": epoch})]
+            ckpt = make_payload(cfg=cfg, label_names=labels, model=model, loss_fn=loss_fn,
+                                optimizer=optimizer, scheduler=scheduler, scaler=scaler, epoch=epoch,
+                                global_step=state.global_step, best_metric=state.best_metric,
+                                best_epoch=state.best_epoch, run_id=state.run_id)
+            ckpt["pending_metrics"] = pending
+            save_checkpoint(latest, ckpt)
+            if improved:
+                save_checkpoint(out_dir / BEST, ckpt)
+            _send(tracker, pending)
+            for path in qa_paths:
+                tracker.log_artifact(path, artifact_path="qa")
+            log.info(_summary_line(epoch, cfg.train.epochs, epoch_metrics, elapsed, improved))
+        if cfg.train.recalibrate:
+            _recalibrate(out_dir, val_cases, device, tracker, state.epoch)
+        _finish(model, cfg, out_dir, tracker)
+        status = "FINISHED"
+        return state
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
+
+
+def _send(tracker: Tracker, pending: list[tuple[int, dict[str, float]]]) -> None:
+    for step, metrics in pending:
+        tracker.log_metrics(metrics, step=step)
+
+
+def _flush_pending(tracker: Tracker, pending: list, epoch: int) -> None:
+    """Send the last checkpointed epoch's metrics if the killed process did not get to it."""
+    logged = tracker.metric_steps("epoch")
+    if logged is not None and epoch not in logged:
+        log.info("resume: sending the metrics of epoch %d, which the interrupted run had not logged", epoch)
+        _send(tracker, [(int(step), dict(metrics)) for step, metrics in pending])
+
+
+def _epoch_loader(train_ds, cfg: Config, epoch_seed: int) -> DataLoader:
+    """``steps_per_epoch`` batches of cases drawn with replacement (0: one shuffled pass)."""
+    generator = torch.Generator().manual_seed(epoch_seed)
+    sampler = None
+    if cfg.train.steps_per_epoch:
+        sampler = RandomSampler(train_ds, replacement=True, generator=generator,
+                                num_samples=cfg.train.steps_per_epoch * cfg.train.batch_size)
+    return DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, shuffle=sampler is None,
+                      num_workers=cfg.data.num_workers, generator=generator)
+
+
+def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, state, device, amp_dtype,
+                 epoch, progress, out_dir):
+    model.train()
+    loss_fn.train()
+    sums: dict[str, float] = {}
+    step_metrics: list[tuple[int, dict[str, float]]] = []
+    n_steps = n_patches = 0
+    bar = _progress_bar(progress, len(loader), epoch, cfg.train.epochs)
+    t0 = time.perf_counter()
+    for batch in loader:
+        batch = to_device(batch, device)
+        terms, loss, parts = forward_losses(model, loss_fn, batch, amp_dtype)
+        if not math.isfinite(parts["loss_total"]):
+            last = out_dir / LATEST
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at step {state.global_step + 1} (epoch {epoch}); last good "
+                f"checkpoint: {last if last.exists() else 'none yet'}; lower train.lr or check the data"
+            )
+        grad_norms = optimise(terms, model, loss_fn, optimizer, scaler, cfg.train)
+        scheduler.step()
+        state.global_step += 1
+        n_steps += 1
+        n_patches += int(batch["mr"].shape[0])
+        if "mae_sct" in parts:
+            parts["mae_hu"] = parts["mae_sct"] * cfg.data.ct_scale_hu
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        if state.global_step % cfg.train.log_every == 0:
+            norms = dict(zip(grad_norms, torch.stack(list(grad_norms.values())).tolist()))
+            step_metrics.append((state.global_step, {f"step_{k}": float(v) for k, v in (parts | norms).items()}
+                                 | {"lr": scheduler.get_last_lr()[0]}))
+        rate = n_patches / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{loss.item():.4f}", patches_s=f"{rate:.1f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    epoch_metrics = {f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()}
+    return step_metrics, epoch_metrics, n_patches
+
+
+def _progress_bar(enabled: bool, total: int, epoch: int, epochs: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False, file=sys.stderr,
+                dynamic_ncols=True, disable=not enabled)
+
+
+def _update_best(state: TrainState, epoch: int, val_metrics: dict[str, float], cfg: Config) -> bool:
+    name = cfg.train.best_metric
+    if name not in val_metrics:
+        raise RadmtlError(f"train.best_metric: {name!r} is not a validation metric of this run; "
+                          f"choose one of {sorted(val_metrics)}")
+    value = val_metrics[name]
+    if not math.isfinite(value):
+        return False
+    better = state.best_metric is None or (
+        value < state.best_metric if cfg.train.best_mode == "min" else value > state.best_metric)
+    if better:
+        state.best_metric, state.best_epoch = value, epoch
+    return better
+
+
+def _summary_line(epoch: int, epochs: int, m: dict[str, float], seconds: float, improved: bool) -> str:
+    parts = [f"epoch {epoch}/{epochs}", f"loss {m.get('train_loss_total', float('nan')):.4f}"]
+    for key, fmt in (("train_mae_hu", "train MAE {:.1f} HU"), ("val_mae_hu", "val MAE {:.1f} HU"),
+                     ("val_mean_sigma_hu", "val σ {:.1f} HU"), ("val_dice_mean", "val Dice {:.3f}"),
+                     ("train_sigma_seg", "σ_seg {:.3f}"), ("patches_per_s", "{:.1f} patches/s")):
+        if key in m:
+            parts.append(fmt.format(m[key]))
+    parts.append(f"{seconds:.0f} s" + ("  *best*" if improved else ""))
+    return "  ".join(parts)
+
+
+def _recalibrate(out_dir: Path, val_cases: list, device: torch.device, tracker: Tracker, epoch: int) -> None:
+    """Fit the σ-scaling factor into the best checkpoint and log it (DESIGN.md section 1)."""
+    from radmtl.training.recalibration import recalibrate
+
+    best = out_dir / BEST
+    if not best.exists():
+        return
+    try:
+        record = recalibrate(best, val_cases, device)
+    except (ValueError, RadmtlError) as err:
+        log.warning("σ recalibration failed (%s); %s keeps the uncalibrated σ", err, best)
+        return
+    if record is None:
+        return
+    metrics = {"sigma_scale": record["factor"]}
+    for when in ("before", "after"):
+        metrics |= {f"val_{k}_{when}_recalibration": v for k, v in record[when].items()}
+    tracker.log_metrics(metrics, step=epoch)
+
+
+def _finish(model: torch.nn.Module, cfg: Config, out_dir: Path, tracker: Tracker) -> None:
+    """Log the best (else latest) checkpoint, the model and the training curves."""
+    best = out_dir / BEST if (out_dir / BEST).exists() else out_dir / LATEST
+    tracker.log_artifact(best, artifact_path="checkpoints")
+    try:
+        from radmtl.nn.checkpoint import model_from_checkpoint
+
+        best_model = model_from_checkpoint(best).model
+        tracker.log_model(best_model, best)
+    except Exception as err:  # the checkpoint on disk is the source of truth; MLflow is a copy
+        log.warning("could not log the model to MLflow (%s: %s); %s has everything", type(err).__name__, err, best)
+    from radmtl.evaluation.qa import training_curves
+
+    curves = training_curves(out_dir / "metrics.jsonl", out_dir / "training_curves.png")
+    if curves is not None:
+        tracker.log_artifact(curves)
+    tracker.log_artifact(out_dir / "train.log")
+
+
+def _config_for_resume(cfg: Config, saved: Config, path: Path) -> Config:
+    """Resume with the saved config; only ``train.epochs`` may change (to extend a run)."""
+    candidate = replace(saved, train=replace(saved.train, epochs=cfg.train.epochs))
+    if candidate != cfg and cfg != Config():
+        ours, theirs = flatten(cfg), flatten(candidate)
+        key = next(k for k in theirs if ours.get(k) != theirs[k])
+        raise RadmtlError(f"--resume: {key} is {ours.get(key)!r} here but {theirs[key]!r} in {path}; "
+                          "resume with the same config (only train.epochs may change) or use a new --out")
+    return candidate if cfg != Config() else saved
+
+
+def _attach_file_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger("radmtl")
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler
+
+
+def train_from_cli(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    data_dir = args.data or Path(__file__).resolve().parents[2] / "data_samples"
+    progress = not args.no_progress and sys.stderr.isatty()
+    state = train(cfg, data_dir, args.out, resume=args.resume, tracking_uri=args.tracking_uri,
+                  experiment=args.experiment, device=args.device, progress=progress)
+    best = f"{state.best_metric:.4g} at epoch {state.best_epoch}" if state.best_metric is not None else "n/a"
+    print(f"trained {state.epoch} epochs; best {cfg.train.best_metric} {best}")
+    print(f"checkpoints: {Path(args.out) / BEST}, {Path(args.out) / LATEST}")
+    if state.run_id:
+        print(f"MLflow run: {state.run_id}")
+    return 0
+
+
+__all__ = ["NonFiniteLossError", "TrainState", "train", "train_from_cli", "NullTracker"]

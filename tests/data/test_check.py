@@ -1,0 +1,298 @@
+from __future__ import annotations
+
+import gzip
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from radmtl.data.check import Problem, check_dataset
+
+SHAPE = (12, 12, 10)
+AFFINE = np.array([[1.5, 0, 0, -9.0], [0, 1.5, 0, 4.0], [0, 0, 2.0, -10.0], [0, 0, 0, 1]])
+LABELS = {"background": 0, "bladder": 1, "rectum": 2, "prostate": 3,
+          "femoral_head_left": 4, "femoral_head_right": 5}
+CASES = ("case_001", "case_002", "case_003")
+
+
+def _save(path, array, affine=AFFINE, dtype=None):
+    array = np.asarray(array)
+    img = nib.Nifti1Image(array.astype(dtype or array.dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))
+
+
+def _phantom(seed):
+    rng = np.random.default_rng(seed)
+    x, y, _ = np.meshgrid(*(np.arange(s) for s in SHAPE), indexing="ij")
+    body = ((x - 5.5) ** 2 + (y - 5.5) ** 2) < 25
+    ct = np.where(body, 40, -1000).astype(np.int16)
+    ct[4:6, 4:6, :] = 700  # bone
+    mr = (body * 300.0 + rng.normal(0, 5, SHAPE)).astype(np.float32)
+    labels = np.zeros(SHAPE, np.uint8)
+    for k in range(1, 6):
+        labels[2 + k, 3:8, 2 * (k - 1):2 * k] = k
+    sd = np.full(SHAPE, 10.0, np.float32)
+    return {"mr": mr, "ct": ct, "mask": body.astype(np.uint8), "labels": labels, "ct_noise_sd": sd}
+
+
+def make_dataset(root, with_json=True):
+    """Three clean cases: int16 CT (air −1000, tissue 40, bone 700), mask, labels 0..5, σ map."""
+    entries = []
+    for i, case in enumerate(CASES):
+        (root / case).mkdir(parents=True)
+        entry = {"case": case}
+        for key, array in _phantom(i).items():
+            # a .nii/.nii.gz mix: the check finds files by stem, whatever the suffix
+            name = f"{key}.nii" if (key == "mask" and i == 0) else f"{key}.nii.gz"
+            _save(root / case / name, array)
+            entry[key] = f"{case}/{name}"
+        entries.append(entry)
+    if with_json:
+        spec = {"name": "tiny", "labels": LABELS, "training": entries[:2], "validation": entries[2:]}
+        (root / "dataset.json").write_text(json.dumps(spec))
+    return root
+
+
+def test_clean_dataset_has_no_problems(tmp_path):
+    make_dataset(tmp_path)
+    calls = []
+    index, problems = check_dataset(tmp_path, progress=lambda done, total: calls.append((done, total)))
+    assert problems == []
+    assert [c.case_id for c in index.cases] == list(CASES)
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_clean_dataset_without_json_and_with_mha(tmp_path):
+    make_dataset(tmp_path, with_json=False)
+    # the same mr as .mha (LPS on disk) must land on the same grid as the NIfTI files
+    mr_path = tmp_path / "case_002" / "mr.nii.gz"
+    mr = nib.load(str(mr_path)).get_fdata(dtype=np.float32)
+    img = sitk.GetImageFromArray(np.transpose(mr))
+    img.SetSpacing((1.5, 1.5, 2.0))
+    img.SetOrigin((9.0, -4.0, -10.0))
+    img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    mr_path.unlink()
+    sitk.WriteImage(img, str(tmp_path / "case_002" / "mr.mha"))
+    index, problems = check_dataset(tmp_path)
+    assert problems == []
+    assert index.labels is None
+    assert index.training[1].paths["mr"].name == "mr.mha"
+
+
+# --- one broken variant per problem ------------------------------------------------------------
+
+
+def _case(root):
+    return root / "case_002"
+
+
+def _load(path):
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj), img.affine
+
+
+def _edit(key, fn, affine=None, dtype=None):
+    """A variant that rewrites case_002's ``key`` as fn(array) (and optionally a new affine)."""
+    def apply(root):
+        path = _case(root) / f"{key}.nii.gz"
+        array, old_affine = _load(path)
+        _save(path, fn(array.copy()), old_affine if affine is None else affine, dtype)
+    return apply
+
+
+def _set(index, value):
+    def fn(a):
+        a = a.astype(np.float32)
+        a[index] = value
+        return a
+    return fn
+
+
+def _drop_from_json(root, key):
+    spec = json.loads((root / "dataset.json").read_text())
+    for entry in spec["training"]:
+        if entry["case"] == "case_002":
+            entry.pop(key)
+    (root / "dataset.json").write_text(json.dumps(spec))
+
+
+def _missing_undeclared(key):
+    def apply(root):
+        _drop_from_json(root, key)
+        (_case(root) / f"{key}.nii.gz").unlink()
+    return apply
+
+
+def _truncate(root):
+    path = _case(root) / "ct.nii.gz"
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _random_bytes(root):
+    _case(root).joinpath("labels.nii.gz").unlink()
+    _case(root).joinpath("labels.nii").write_bytes(np.random.default_rng(0).bytes(3000))
+    _drop_from_json(root, "labels")
+
+
+def _four_d(root):
+    _save(_case(root) / "mr.nii.gz", np.zeros(SHAPE + (2,), np.float32))
+
+
+def _direction(root):
+    flipped = AFFINE.copy()
+    flipped[:3, :3] = AFFINE[:3, :3] @ np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]])
+    _edit("ct", lambda a: a, affine=flipped)(root)
+
+
+def _shifted(dx):
+    a = AFFINE.copy()
+    a[0, 3] += dx
+    return a
+
+
+def _duplicate(root):
+    array, affine = _load(_case(root) / "ct.nii.gz")
+    _drop_from_json(root, "ct")
+    _save(_case(root) / "ct.nii", array, affine)
+
+
+def _gzip_garbage(root):
+    with gzip.open(_case(root) / "mask.nii.gz", "wb") as f:
+        f.write(b"not a nifti header at all" * 20)
+
+
+BROKEN = {
+    # name: (break case_002, expected file, key words of the message)
+    "ct-missing": (_missing_undeclared("ct"), "ct.*", ["ct not found", "add the ct file"]),
+    "labels-missing": (_missing_undeclared("labels"), "labels.*", ["labels not found"]),
+    "declared-missing": (lambda r: (_case(r) / "mask.nii.gz").unlink(), "mask.nii.gz", ["not found"]),
+    "ct-truncated": (_truncate, "ct.nii.gz", ["corrupt"]),
+    "labels-random-bytes": (_random_bytes, "labels.nii", ["corrupt"]),
+    "mask-gzip-garbage": (_gzip_garbage, "mask.nii.gz", ["corrupt"]),
+    "mr-4d": (_four_d, "mr.nii.gz", ["3D"]),
+    "mr-nan": (_edit("mr", _set((1, 1, 1), np.nan)), "mr.nii.gz", ["1 NaN"]),
+    "ct-inf": (_edit("ct", _set((0, 0, 0), np.inf), dtype=np.float32), "ct.nii.gz", ["1 Inf"]),
+    "ct-shape": (_edit("ct", lambda a: a[:, :, :8]), "ct.nii.gz",
+                 ["shape [12, 12, 8] differs from mr [12, 12, 10]", "resample ct onto the mr grid"]),
+    "labels-spacing": (_edit("labels", lambda a: a, affine=AFFINE @ np.diag([1, 1, 1.5, 1])),
+                       "labels.nii.gz", ["spacing", "nearest-neighbour"]),
+    "mask-origin": (_edit("mask", lambda a: a, affine=_shifted(3.0)), "mask.nii.gz", ["origin"]),
+    "ct-direction": (_direction, "ct.nii.gz", ["direction"]),
+    "sd-origin": (_edit("ct_noise_sd", lambda a: a, affine=_shifted(-1.0)), "ct_noise_sd.nii.gz",
+                  ["origin"]),
+    "labels-unknown": (_edit("labels", _set((0, 0, 0), 7)), "labels.nii.gz",
+                       ["[7] not in dataset.json"]),
+    "labels-non-integer": (_edit("labels", _set((0, 0, 0), 0.5), dtype=np.float32), "labels.nii.gz",
+                           ["non-integer"]),
+    "ct-constant": (_edit("ct", lambda a: np.full_like(a, -1000)), "ct.nii.gz", ["empty", "-1000"]),
+    "mr-constant": (_edit("mr", lambda a: np.zeros_like(a)), "mr.nii.gz", ["empty"]),
+    "mask-empty": (_edit("mask", np.zeros_like), "mask.nii.gz", ["empty mask", "no foreground"]),
+    "mask-255": (_edit("mask", lambda a: a * 255), "mask.nii.gz", ["other than 0/1", "[255]"]),
+    "ct-shifted-1024": (_edit("ct", lambda a: a + 1024), "ct.nii.gz", ["not HU", "no air", "1024"]),
+    "ct-normalised": (_edit("ct", lambda a: (a + 1000) / 1700.0, dtype=np.float32), "ct.nii.gz",
+                      ["not HU", "normalised"]),
+    "ct-max-below-100": (_edit("ct", lambda a: np.minimum(a, 50)), "ct.nii.gz", ["not HU", "max < 100"]),
+    "ct-range": (_edit("ct", _set((5, 5, 5), 6000)), "ct.nii.gz", ["not HU", "over 5000"]),
+    "sd-negative": (_edit("ct_noise_sd", _set((2, 2, 2), -1.0)), "ct_noise_sd.nii.gz", ["negative"]),
+    "ct-ambiguous": (_duplicate, "ct.nii.gz", ["ambiguous", "ct.nii"]),
+}
+
+
+@pytest.mark.parametrize("variant", list(BROKEN))
+def test_each_broken_variant_gives_exactly_its_problem(tmp_path, variant):
+    make_dataset(tmp_path)
+    breaker, file, words = BROKEN[variant]
+    breaker(tmp_path)
+    index, problems = check_dataset(tmp_path)
+    assert index is not None
+    assert len(problems) == 1, [p.line() for p in problems]
+    problem = problems[0]
+    assert problem.case_id == "case_002"
+    assert problem.file == file
+    line = problem.line()
+    for word in words:
+        assert word in line
+    assert line.startswith(f"case_002 {file}: ")
+    assert " — fix: " in line and "\n" not in line
+
+
+def test_two_broken_cases_and_unreadable_file_does_not_stop_the_case(tmp_path):
+    make_dataset(tmp_path)
+    _save(tmp_path / "case_001" / "ct.nii.gz", np.full(SHAPE, np.nan, np.float32))
+    (tmp_path / "case_003" / "mr.nii.gz").write_bytes(b"garbage")
+    mask, _ = _load(tmp_path / "case_003" / "mask.nii.gz")
+    _save(tmp_path / "case_003" / "mask.nii.gz", mask * 2)
+    _, problems = check_dataset(tmp_path)
+    found = {(p.case_id, p.file) for p in problems}
+    assert found == {("case_001", "ct.nii.gz"), ("case_003", "mr.nii.gz"), ("case_003", "mask.nii.gz")}
+    by_file = {p.file: p.line() for p in problems}
+    assert "NaN" in by_file["ct.nii.gz"]
+    assert "corrupt" in by_file["mr.nii.gz"]
+    assert "0/1" in by_file["mask.nii.gz"]
+
+
+def test_require_mr_only_and_test_split_need_no_ct(tmp_path):
+    make_dataset(tmp_path)
+    for case in ("case_002", "case_003"):
+        (tmp_path / case / "ct.nii.gz").unlink()
+    spec = json.loads((tmp_path / "dataset.json").read_text())
+    for entry in spec["training"] + spec["validation"]:
+        entry.pop("ct")
+    spec["test"] = spec.pop("validation")  # case_003 becomes a test case: only mr required
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    _, problems = check_dataset(tmp_path)
+    assert [(p.case_id, p.file) for p in problems] == [("case_002", "ct.*")]
+    _, problems = check_dataset(tmp_path, require=("mr",))
+    assert problems == []
+    with pytest.raises(ValueError, match="unknown file key"):
+        check_dataset(tmp_path, require=("mr", "pet"))
+
+
+def test_labels_required_when_any_case_has_labels_without_json(tmp_path):
+    make_dataset(tmp_path, with_json=False)
+    (tmp_path / "case_003" / "labels.nii.gz").unlink()
+    _, problems = check_dataset(tmp_path)
+    assert [(p.case_id, p.file) for p in problems] == [("case_003", "labels.*")]
+    for case in ("case_001", "case_002"):
+        (tmp_path / case / "labels.nii.gz").unlink()
+    assert check_dataset(tmp_path)[1] == []  # no case has labels: sCT-only training is fine
+
+
+def test_folder_without_mr_is_reported(tmp_path):
+    make_dataset(tmp_path, with_json=False)
+    (tmp_path / "case_002" / "mr.nii.gz").rename(tmp_path / "case_002" / "T2.nii.gz")
+    index, problems = check_dataset(tmp_path)
+    assert [c.case_id for c in index.cases] == ["case_001", "case_003"]
+    assert len(problems) == 1
+    assert problems[0].case_id == "case_002" and "no mr file" in problems[0].line()
+
+
+@pytest.mark.parametrize(("setup", "file", "word"), [
+    (lambda root: None, "missing", "not found"),
+    (lambda root: (root / "dataset.json").write_text("{oops"), "dataset.json", "not valid JSON"),
+    (lambda root: (root / "dataset.json").write_text('{"training": [{"case": "x"}]}'), "dataset.json",
+     '"mr"'),
+])
+def test_dataset_level_problem(tmp_path, setup, file, word):
+    root = tmp_path / "missing" if file == "missing" else tmp_path
+    setup(root)
+    index, problems = check_dataset(root)
+    assert index is None
+    assert len(problems) == 1
+    assert problems[0].case_id == "dataset"
+    assert problems[0].file == (str(root) if file == "missing" else file)
+    assert word in problems[0].line()
+
+
+def test_problem_line_is_one_line():
+    p = Problem("case_003", "ct.nii.gz", "shape [16, 16, 12] differs from mr [16, 16, 16]",
+                "resample ct onto the mr grid")
+    assert p.line() == ("case_003 ct.nii.gz: shape [16, 16, 12] differs from mr [16, 16, 16] "
+                        "— fix: resample ct onto the mr grid")
+    messy = Problem("case_001", "mr.nii", "cannot read\n  header\tdump", "re-export\n")
+    assert messy.line() == "case_001 mr.nii: cannot read header dump — fix: re-export"
+    assert Problem("dataset", "", "no cases", "add cases").line() == "dataset: no cases — fix: add cases"

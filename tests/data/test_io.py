@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import gzip
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from radmtl.data import io
+from radmtl.data.io import VolumeError, atomic_path, grid_mismatch, read_volume, write_like, write_volume
+
+
+def _affine(kind: str) -> np.ndarray:
+    if kind == "ras":
+        a = np.diag([1.0, 1.0, 1.0, 1.0])
+    elif kind == "lps":
+        a = np.diag([-1.0, -1.0, 1.0, 1.0])
+    elif kind == "anisotropic":
+        a = np.diag([0.7, 1.3, 3.0, 1.0])
+    elif kind == "oblique":
+        t = np.deg2rad(17.0)
+        rot = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+        a = np.eye(4)
+        a[:3, :3] = rot @ np.diag([0.9, 1.1, 2.5])
+    else:
+        raise AssertionError(kind)
+    a[:3, 3] = [-12.5, 30.25, 7.0]
+    return a
+
+
+def _write_int16_ct(path, affine, qform_code=1, sform_code=2):
+    # An int16 CT with scaling in its header: the trap write_like must not fall into.
+    data = np.arange(7 * 6 * 5, dtype=np.int16).reshape(7, 6, 5) - 100
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=qform_code)
+    img.set_sform(affine, code=sform_code)
+    img.header.set_data_dtype(np.int16)
+    img.header.set_slope_inter(2.0, -1024.0)
+    nib.save(img, str(path))
+    return data.astype(np.float32) * 2.0 - 1024.0
+
+
+@pytest.mark.parametrize("kind", ["ras", "lps", "anisotropic", "oblique"])
+def test_write_like_preserves_grid_codes_and_dtype(tmp_path, kind):
+    affine = _affine(kind)
+    expected_hu = _write_int16_ct(tmp_path / "ct.nii.gz", affine)
+    ref = read_volume(tmp_path / "ct.nii.gz")
+    np.testing.assert_allclose(ref.array, expected_hu)  # scaling applied on read
+
+    sigma = np.full(ref.shape, 12.345, dtype=np.float64)
+    write_like(sigma, ref, tmp_path / "sigma.nii.gz", np.float32)
+    labels = (np.arange(np.prod(ref.shape)) % 6).reshape(ref.shape)
+    write_like(labels, ref, tmp_path / "seg.nii.gz", np.uint8)
+
+    for name, dtype, values in (("sigma", np.float32, sigma), ("seg", np.uint8, labels)):
+        out = nib.load(str(tmp_path / f"{name}.nii.gz"))
+        assert out.shape == ref.shape
+        np.testing.assert_allclose(out.affine, affine, atol=1e-4)
+        assert int(out.header["qform_code"]) == 1
+        assert int(out.header["sform_code"]) == 2
+        assert out.get_data_dtype() == np.dtype(dtype)
+        assert out.dataobj.slope in (1.0, None) and out.dataobj.inter in (0.0, None)
+        np.testing.assert_allclose(np.asanyarray(out.dataobj), values.astype(dtype), rtol=1e-6)
+
+
+def test_write_like_rejects_wrong_shape_and_out_of_range(tmp_path):
+    ref = io.Volume(array=np.zeros((4, 4, 4), np.float32), affine=np.eye(4))
+    with pytest.raises(VolumeError, match="does not match the reference grid"):
+        write_like(np.zeros((4, 4, 3)), ref, tmp_path / "x.nii.gz", np.float32)
+    with pytest.raises(VolumeError, match="outside the range of uint8"):
+        write_like(np.full((4, 4, 4), 300), ref, tmp_path / "x.nii.gz", np.uint8)
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_write_4d_probabilities_on_grid(tmp_path):
+    affine = _affine("oblique")
+    probs = np.random.default_rng(0).random((5, 4, 3, 6)).astype(np.float32)
+    write_volume(probs, affine, tmp_path / "p.nii.gz", np.float32)
+    out = nib.load(str(tmp_path / "p.nii.gz"))
+    assert out.shape == (5, 4, 3, 6)
+    np.testing.assert_allclose(out.affine, affine, atol=1e-4)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "sct.nii.gz"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert os.listdir(tmp_path) == []
+
+
+def test_atomic_write_does_not_touch_existing_file_until_done(tmp_path):
+    target = tmp_path / "sct.nii.gz"
+    target.write_bytes(b"old")
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+        assert target.read_bytes() == b"old"
+        assert tmp.name.endswith(".nii.gz") and tmp.name.startswith(".")
+    assert target.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["sct.nii.gz"]
+
+
+def test_read_errors_are_one_line_and_name_the_file(tmp_path):
+    with pytest.raises(VolumeError, match="missing.nii.gz: file not found"):
+        read_volume(tmp_path / "missing.nii.gz")
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(gzip.compress(b"\x00" * 100))
+    with pytest.raises(VolumeError, match="corrupt.nii.gz: cannot read as NIfTI"):
+        read_volume(corrupt)
+    four_d = tmp_path / "four.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 3, 2), np.float32), np.eye(4)), str(four_d))
+    with pytest.raises(VolumeError, match=r"expected a 3D image, got 4D"):
+        read_volume(four_d)
+    with pytest.raises(VolumeError, match="unsupported file type"):
+        read_volume(_touch(tmp_path / "x.png"))
+
+
+def _touch(path):
+    path.write_bytes(b"x")
+    return path
+
+
+def test_single_volume_4d_is_accepted(tmp_path):
+    path = tmp_path / "one.nii"
+    nib.save(nib.Nifti1Image(np.ones((3, 4, 5, 1), np.float32), np.eye(4)), str(path))
+    assert read_volume(path).shape == (3, 4, 5)
+
+
+def test_mha_read_matches_nifti_world_geometry(tmp_path):
+    array_xyz = np.random.default_rng(1).random((6, 5, 4)).astype(np.float32)
+    img = sitk.GetImageFromArray(np.transpose(array_xyz))  # sitk wants (z, y, x)
+    img.SetSpacing((0.8, 1.2, 2.0))
+    img.SetOrigin((10.0, -20.0, 5.0))  # LPS
+    sitk.WriteImage(img, str(tmp_path / "mr.mha"))
+    vol = read_volume(tmp_path / "mr.mha")
+    np.testing.assert_allclose(vol.array, array_xyz)
+    # LPS origin (10, -20, 5) is RAS (-10, 20, 5); LPS identity direction flips x and y in RAS.
+    np.testing.assert_allclose(vol.affine[:3, 3], [-10.0, 20.0, 5.0])
+    np.testing.assert_allclose(np.diag(vol.affine)[:3], [-0.8, -1.2, 2.0])
+
+
+def test_grid_mismatch_names_the_difference():
+    base = io.Grid.from_affine((4, 4, 4), np.eye(4))
+    assert grid_mismatch(base, base) is None
+    assert "shape" in grid_mismatch(io.Grid.from_affine((4, 4, 5), np.eye(4)), base)
+    assert "spacing" in grid_mismatch(io.Grid.from_affine((4, 4, 4), np.diag([1, 1, 2, 1.0])), base)
+    shifted = np.eye(4)
+    shifted[:3, 3] = [0, 0, 1]
+    assert "origin" in grid_mismatch(io.Grid.from_affine((4, 4, 4), shifted), base)
+    flipped = np.diag([-1.0, 1, 1, 1])
+    assert "direction" in grid_mismatch(io.Grid.from_affine((4, 4, 4), flipped), base)

@@ -1,0 +1,129 @@
+"""radmtl evaluate on phantom references with predictions of known error."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from radmtl.cli import main
+from radmtl.data.io import read_volume, write_like, write_volume
+from radmtl.data.phantom import generate_dataset
+
+NOISE_SD_HU = 40.0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ref")
+    generate_dataset(root, cases=2, seed=5, shape=(40, 36, 24))
+    return root
+
+
+def _predict(reference: Path, pred: Path, noise_sd: float, seed: int = 0) -> None:
+    """Write a 'prediction' = reference CT + N(0, noise_sd²), σ maps = noise_sd, seg = reference labels."""
+    rng = np.random.default_rng(seed)
+    for case in ("case_001", "case_002"):
+        ct = read_volume(reference / case / "ct.nii.gz")
+        labels = read_volume(reference / case / "labels.nii.gz")
+        sct = ct.array + rng.normal(0.0, noise_sd, ct.shape).astype(np.float32) if noise_sd else ct.array
+        write_like(sct, ct, pred / case / "sct.nii.gz", np.float32)
+        write_like(labels.array, ct, pred / case / "seg.nii.gz", np.uint8)
+        if noise_sd:
+            sigma = np.full(ct.shape, noise_sd, np.float32)
+            write_like(sigma, ct, pred / case / "sct_sigma_aleatoric.nii.gz", np.float32)
+            write_like(sigma, ct, pred / case / "sct_sigma_total.nii.gz", np.float32)
+
+
+def test_known_gaussian_error_gives_calibrated_metrics(tmp_path, reference, capsys):
+    pred = tmp_path / "pred"
+    _predict(reference, pred, NOISE_SD_HU)
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference)]) == 0
+    out = capsys.readouterr().out
+    assert "mae_hu" in out and "coverage_95" in out and "±" in out
+    summary = json.loads((pred / "metrics.json").read_text())["summary"]
+    mean = {k: v["mean"] for k, v in summary.items()}
+    assert mean["mae_hu"] == pytest.approx(NOISE_SD_HU * math.sqrt(2 / math.pi), rel=0.03)
+    assert mean["coverage_95"] == pytest.approx(0.95, abs=0.01)
+    assert mean["zscore_sd"] == pytest.approx(1.0, abs=0.03)
+    assert abs(mean["zscore_mean"]) < 0.03
+    # σ is constant, the true phantom noise SD is not: per case the ratio is the median over body
+    # voxels with true SD > 0 of 40 / true SD, computed here from the reference files.
+    ratios = []
+    for case in ("case_001", "case_002"):
+        true_sd = read_volume(reference / case / "ct_noise_sd.nii.gz").array.astype(np.float64)
+        body = (read_volume(reference / case / "mask.nii.gz").array != 0) & (true_sd > 0)
+        ratios.append(float(np.median(NOISE_SD_HU / true_sd[body])))
+    assert not any(r == pytest.approx(1.0, abs=0.05) for r in ratios)  # a ratio of 1 would prove nothing
+    assert mean["ratio_sigma_true_noise"] == pytest.approx(np.mean(ratios), rel=1e-5)
+    assert mean["dice_bladder"] == 1.0 and mean["hd95_bladder_mm"] == 0.0
+    assert (pred / "calibration.png").stat().st_size > 1000
+    with open(pred / "metrics.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [r["case"] for r in rows] == ["case_001", "case_002", "mean", "sd"]
+    assert [float(r["ratio_sigma_true_noise"]) for r in rows[:2]] == pytest.approx(ratios, rel=1e-5)
+    per_case = [float(r["mae_hu"]) for r in rows[:2]]
+    assert float(rows[2]["mae_hu"]) == pytest.approx(np.mean(per_case))
+    assert float(rows[3]["mae_hu"]) == pytest.approx(np.std(per_case, ddof=1))
+
+
+def test_prediction_equal_to_reference_is_perfect(tmp_path, reference):
+    pred = tmp_path / "pred"
+    _predict(reference, pred, 0.0)
+    out_csv, out_json = tmp_path / "r" / "m.csv", tmp_path / "r" / "m.json"
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--out", str(out_csv),
+                 "--json", str(out_json)]) == 0
+    doc = json.loads(out_json.read_text())
+    assert doc["n_cases"] == 2 and doc["failed"] == {}
+    mean = {k: v["mean"] for k, v in doc["summary"].items()}
+    assert mean["mae_hu"] == 0.0 and mean["mae_bone_hu"] == 0.0
+    assert mean["psnr"] == "inf"
+    assert mean["ssim"] == pytest.approx(1.0)
+    assert all(mean[k] == 1.0 for k in mean if k.startswith("dice_"))
+    assert "coverage_95" not in mean  # no σ maps, no uncertainty metrics
+    assert out_csv.is_file()
+    assert not (pred / "calibration.png").exists()
+
+
+def test_grid_mismatch_is_reported_per_case(tmp_path, reference, capsys):
+    pred = tmp_path / "pred"
+    _predict(reference, pred, 0.0)
+    ct = read_volume(reference / "case_002" / "ct.nii.gz")
+    shifted = ct.affine.copy()
+    shifted[:3, 3] += 5.0
+    write_volume(ct.array, shifted, pred / "case_002" / "sct.nii.gz", np.float32)
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference)]) == 1
+    captured = capsys.readouterr()
+    assert "case_002" in captured.err and "not on the reference grid" in captured.err and "origin" in captured.err
+    assert "Traceback" not in captured.err
+    doc = json.loads((pred / "metrics.json").read_text())
+    assert doc["n_cases"] == 1 and "case_002" in doc["failed"]
+
+
+def test_no_matching_cases_is_one_line(tmp_path, reference, capsys):
+    (tmp_path / "pred" / "other").mkdir(parents=True)
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(reference)]) == 1
+    err = capsys.readouterr().err
+    assert "no case folder matches" in err and "Traceback" not in err
+
+
+def test_run_id_logs_metrics_and_reports_to_mlflow(tmp_path, reference):
+    import mlflow
+
+    pred = tmp_path / "pred"
+    _predict(reference, pred, NOISE_SD_HU)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("eval-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--run-id", run_id,
+                 "--tracking-uri", uri]) == 0
+    run = client.get_run(run_id)
+    assert run.data.metrics["eval_mae_hu"] == pytest.approx(NOISE_SD_HU * math.sqrt(2 / math.pi), rel=0.03)
+    assert "eval_coverage_95" in run.data.metrics
+    names = {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert names == {"evaluation/metrics.csv", "evaluation/metrics.json", "evaluation/calibration.png"}

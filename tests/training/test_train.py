@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from radmtl.nn.checkpoint import BEST, LATEST, load_checkpoint, model_from_checkpoint
+from radmtl.config import load_config
+from radmtl.errors import RadmtlError
+from radmtl.data.phantom import generate_dataset
+from radmtl.tracking.tracker import NullTracker
+from radmtl.training.train import NonFiniteLossError, train
+from radmtl.data.transforms import RandLeftRightFlipd, left_right_label_swaps
+
+TINY = [
+    "data.spacing=[12.0, 12.0, 12.0]",
+    "data.patch_size=[16, 16, 16]",
+    "data.patches_per_volume=2",
+    "model.channels=[4, 8]",
+    "model.strides=[2]",
+    "model.dropout=0.1",
+    "train.epochs=2",
+    "train.steps_per_epoch=2",
+    "train.val_every=1",
+    "train.log_every=1",
+    "train.lr=0.003",
+    "infer.overlap=0.25",
+]
+
+
+@pytest.fixture(scope="module")
+def phantom_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom")
+    generate_dataset(root, cases=4, seed=3, shape=(32, 32, 24))
+    return root
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _epoch_rows(path: Path) -> dict[int, dict]:
+    return {int(r["epoch"]): r for r in _read_jsonl(path) if "epoch" in r}
+
+
+def test_same_seed_same_losses(phantom_data, tmp_path):
+    cfg = load_config(None, TINY)
+    for name in ("a", "b"):
+        train(cfg, phantom_data, tmp_path / name, progress=False,
+              tracker=NullTracker(metrics_jsonl=tmp_path / name / "metrics.jsonl"))
+    a, b = _read_jsonl(tmp_path / "a" / "metrics.jsonl"), _read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    drop = {"time", "patches_per_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in a] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in b]
+    assert any("step_loss_total" in r for r in a) and any("val_mae_hu" in r for r in a)
+    # train.steps_per_epoch = 2 for 2 epochs, log_every 1: exactly steps 1-4 carry step metrics
+    assert [r["step"] for r in a if "step_loss_total" in r] == [1, 2, 3, 4]
+    # the gradient each task sends into the shared encoder, and their ratio, every log_every steps
+    for r in (r for r in a if "step_loss_total" in r):
+        assert r["step_grad_norm_encoder_sct"] > 0 and r["step_grad_norm_encoder_seg"] > 0
+        assert r["step_grad_ratio_encoder_sct_seg"] == pytest.approx(
+            r["step_grad_norm_encoder_sct"] / r["step_grad_norm_encoder_seg"], rel=1e-5)
+    # A different seed must change the trajectory (else the test above proves nothing).
+    other = load_config(None, TINY + ["seed=1"])
+    train(other, phantom_data, tmp_path / "c", progress=False,
+          tracker=NullTracker(metrics_jsonl=tmp_path / "c" / "metrics.jsonl"))
+    c = _read_jsonl(tmp_path / "c" / "metrics.jsonl")
+    assert c[0]["step_loss_total"] != a[0]["step_loss_total"]
+
+
+def test_checkpoint_is_self_describing(phantom_data, tmp_path):
+    cfg = load_config(None, TINY)
+    state = train(cfg, phantom_data, tmp_path / "run", progress=False, tracker=NullTracker())
+    payload = load_checkpoint(tmp_path / "run" / LATEST)
+    assert payload["epoch"] == 2 == state.epoch
+    assert payload["label_names"]["femoral_head_left"] == 4
+    assert payload["config"]["data"]["spacing"] == [12.0, 12.0, 12.0]
+    assert payload["optimizer_state"] is not None and payload["rng"] is not None
+    # σ recalibration ran on the validation case and left its factor in the best checkpoint
+    scaling = load_checkpoint(tmp_path / "run" / BEST)["sigma_scaling"]
+    assert scaling["factor"] > 0 and scaling["cases"] and scaling["voxels"] > 0
+    assert np.hypot(scaling["after"]["zscore_mean"], scaling["after"]["zscore_sd"]) == pytest.approx(1.0, abs=1e-3)
+    loaded = model_from_checkpoint(tmp_path / "run" / BEST)
+    assert loaded.cfg.model.channels == (4, 8)
+    mr = torch.randn(1, 1, 16, 16, 16)
+    assert set(loaded.model(mr)) == {"sct", "sct_log_var", "seg_logits"}
+    # Re-running into the same folder without --resume must not overwrite a run.
+    with pytest.raises(RadmtlError, match="already holds a run"):
+        train(cfg, phantom_data, tmp_path / "run", progress=False, tracker=NullTracker())
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(phantom_data, tmp_path, monkeypatch):
+    from radmtl.nn import losses
+    real_terms = losses.MultiTaskLoss.task_terms
+    calls = {"n": 0}
+
+    def poisoned(self, outputs, batch):
+        terms, logged = real_terms(self, outputs, batch)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            terms["sct"] = terms["sct"] * float("nan")
+        return terms, logged
+
+    monkeypatch.setattr(losses.MultiTaskLoss, "task_terms", poisoned)
+    cfg = load_config(None, TINY + ["train.epochs=3"])
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 \(epoch \d\); last good checkpoint"):
+        train(cfg, phantom_data, tmp_path / "run", progress=False, tracker=NullTracker())
+
+
+def test_left_right_flip_swaps_femoral_heads():
+    names = {"background": 0, "bladder": 1, "femoral_head_left": 4, "femoral_head_right": 5}
+    assert left_right_label_swaps(names) == [(4, 5)]
+    labels = torch.zeros(1, 6, 2, 2)
+    labels[0, 0] = 5  # low x = patient right in RAS
+    labels[0, 5] = 4  # high x = patient left
+    labels[0, 2] = 1
+    mr = torch.arange(6, dtype=torch.float32).view(1, 6, 1, 1).expand(1, 6, 2, 2).clone()
+    flip = RandLeftRightFlipd(keys=["mr", "labels"], label_key="labels", swaps=[(4, 5)], prob=1.0)
+    out = flip({"mr": mr, "labels": labels})
+    # The anatomy is mirrored, yet the head now on the right (low x) is still labelled right (5).
+    assert torch.equal(out["mr"][0, :, 0, 0], torch.tensor([5.0, 4, 3, 2, 1, 0]))
+    assert out["labels"][0, 0, 0, 0] == 5 and out["labels"][0, 5, 0, 0] == 4
+    assert out["labels"][0, 3, 0, 0] == 1  # bladder mirrored, value unchanged
+    never = RandLeftRightFlipd(keys=["mr", "labels"], label_key="labels", swaps=[(4, 5)], prob=0.0)
+    assert torch.equal(never({"mr": mr, "labels": labels})["labels"], labels)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_server_does_not_stop_training(phantom_data, tmp_path, caplog):
+    cfg = load_config(None, TINY)
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    t0 = time.perf_counter()
+    with caplog.at_level("WARNING"):
+        state = train(cfg, phantom_data, tmp_path / "run", progress=False, tracking_uri=uri)
+    assert time.perf_counter() - t0 < 120
+    assert state.epoch == 2
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert (tmp_path / "run" / LATEST).exists()
+    assert sorted(_epoch_rows(tmp_path / "run" / "metrics.jsonl")) == [1, 2]
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "radmtl", "-q", "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_same_run(phantom_data, tmp_path):
+    import mlflow
+
+    epochs = 5
+    sets = [a for s in TINY + [f"train.epochs={epochs}", "data.patches_per_volume=6"] for a in ("--set", s)]
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--data", str(phantom_data), "--tracking-uri", db, "--experiment", "resume-test", "--no-progress"]
+
+    straight = _cli(common + ["--out", str(tmp_path / "straight"), *sets], tmp_path)
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()
+
+    killed = _cli(common + ["--out", str(tmp_path / "killed"), *sets], tmp_path)
+    latest = tmp_path / "killed" / LATEST
+    deadline = time.time() + 240
+    while time.time() < deadline and killed.poll() is None:
+        if latest.exists() and load_checkpoint(latest)["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert killed.poll() is None, "run finished before it could be killed"
+    time.sleep(0.3)  # into the next epoch
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    done_before = load_checkpoint(latest)["epoch"]
+    assert 2 <= done_before < epochs
+
+    resumed = _cli(common + ["--out", str(tmp_path / "killed"), "--resume", *sets], tmp_path)
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
+
+    client = mlflow.MlflowClient(tracking_uri=db)
+    exp = client.get_experiment_by_name("resume-test")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {"straight", "killed"}  # resume did not open a third run
+    run = runs["killed"]
+    assert run.info.status == "FINISHED"
+    for metric in ("epoch", "val_mae_hu", "train_loss_total"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+        assert sorted(steps) == list(range(1, epochs + 1)), (metric, steps)
+    step_points = [m.step for m in client.get_metric_history(run.info.run_id, "step_loss_total")]
+    assert len(step_points) == len(set(step_points))
+    # Reseeding per epoch makes the resumed run retrace the uninterrupted one exactly.
+    straight_rows = _epoch_rows(tmp_path / "straight" / "metrics.jsonl")
+    killed_rows = _epoch_rows(tmp_path / "killed" / "metrics.jsonl")
+    assert sorted(killed_rows) == list(range(1, epochs + 1))
+    for epoch in range(1, epochs + 1):
+        assert killed_rows[epoch]["train_loss_total"] == pytest.approx(straight_rows[epoch]["train_loss_total"], rel=1e-5)
+        assert killed_rows[epoch]["val_mae_hu"] == pytest.approx(straight_rows[epoch]["val_mae_hu"], rel=1e-4)
+    assert np.isfinite(killed_rows[epochs]["val_mae_hu"])
