@@ -39,55 +39,74 @@ class Mutant:
     edits: tuple[tuple[str, str, str], ...]  # (file relative to the repository, original, mutated)
 
 
-PREDICT, INFER, LOSSES, RESAMPLE = "radmtl/inference/predict.py", "radmtl/inference/infer.py", "radmtl/nn/losses.py", "radmtl/inference/resample.py"
+PREDICT, INFER, RESAMPLE = "radmtl/inference/predict.py", "radmtl/inference/infer.py", "radmtl/inference/resample.py"
+LOSSES, LIKELIHOODS, MODEL = "radmtl/nn/losses.py", "radmtl/nn/likelihoods.py", "radmtl/nn/model.py"
+RECALIBRATION, STEP, SCHEDULE = ("radmtl/training/recalibration.py", "radmtl/training/step.py",
+                                 "radmtl/training/schedule.py")
 
 MUTANTS: list[Mutant] = [
-    Mutant("sanity: the patched copy is imported (sCT mean + 1)", ("tests/test_predict.py",), (
+    Mutant("sanity: the patched copy is imported (sCT mean + 1)", ("tests/inference/test_predict.py",), (
         (PREDICT, 'out["sct"] = stats["sct"]', 'out["sct"] = stats["sct"] + 1.0'),
     )),
-    Mutant("epistemic variance as E[x²] (−E[x]² dropped)", ("tests/test_predict.py",), (
+    Mutant("epistemic variance as E[x²] (−E[x]² dropped)", ("tests/inference/test_predict.py",), (
         (PREDICT, 'stats["var_epistemic"] = sct.var(0, unbiased=False)',
          'stats["var_epistemic"] = sct.square().mean(0)'),
     )),
-    Mutant("aleatoric σ from the mean σ, not the mean σ²", ("tests/test_predict.py",), (
+    Mutant("aleatoric σ from the mean σ, not the mean σ²", ("tests/inference/test_predict.py",), (
         (PREDICT, 'sigma2_from_log_var(samples["sct_log_var"].float(), likelihood).mean(0)',
          'sigma2_from_log_var(samples["sct_log_var"].float(), likelihood).sqrt().mean(0).square()'),
     )),
-    Mutant("mutual information = expected entropy", ("tests/test_predict.py",), (
+    Mutant("mutual information = expected entropy", ("tests/inference/test_predict.py",), (
         (PREDICT, 'out["seg_mutual_info"] = (entropy - stats["seg_expected_entropy"]).clamp_min(0.0)',
          'out["seg_mutual_info"] = stats["seg_expected_entropy"]'),
     )),
-    Mutant("window disagreement counted as epistemic (variance after blending)", ("tests/test_predict.py",), (
+    Mutant("window disagreement counted as epistemic (variance after blending)", ("tests/inference/test_predict.py",), (
         (PREDICT, 'stats["var_epistemic"] = sct.var(0, unbiased=False)',
          'stats["var_epistemic"] = sct.square().mean(0)'),
         (PREDICT, 'var_epistemic = stats["var_epistemic"].clamp_min(0.0)',
          'var_epistemic = (stats["var_epistemic"] - stats["sct"] ** 2).clamp_min(0.0)'),
     )),
-    Mutant("σ-scaling applied to σ_total as a whole", ("tests/test_predict.py",), (
+    Mutant("σ-scaling applied to σ_total as a whole", ("tests/inference/test_predict.py",), (
         (PREDICT, 'out["sigma_total"] = total.sqrt()',
          'out["sigma_total"] = (total - var_aleatoric + var_aleatoric / sigma_scale**2).sqrt() * sigma_scale'
          ' if var_aleatoric is not None else total.sqrt()'),
     )),
-    Mutant("Laplace σ = b (√2 dropped)", ("tests/test_predict.py", "tests/test_losses.py"), (
-        (LOSSES, "return 2.0 * torch.exp(2.0 * log_var)", "return torch.exp(2.0 * log_var)"),
+    Mutant("Laplace σ = b (√2 dropped)", ("tests/inference/test_predict.py", "tests/nn/test_losses.py"), (
+        (LIKELIHOODS, "return 2.0 * torch.exp(2.0 * log_var)", "return torch.exp(2.0 * log_var)"),
     )),
-    Mutant("σ maps written in scaled units (×ct_scale_hu dropped)", ("tests/test_infer.py",), (
+    Mutant("σ maps written in scaled units (×ct_scale_hu dropped)", ("tests/inference/test_infer.py",), (
         (INFER, "    if MAP_OUTPUTS[key][2]:\n        array *= ct_scale_hu",
          "    if MAP_OUTPUTS[key][2] and not as_variance:\n        array *= ct_scale_hu"),
     )),
-    Mutant("checkpoint σ-scaling factor ignored", ("tests/test_infer.py",), (
+    Mutant("checkpoint σ-scaling factor ignored", ("tests/inference/test_infer.py",), (
         (INFER, "sigma_scale = sigma_scale_of(loaded.payload) if options.sigma_scaling else 1.0",
          "sigma_scale = 1.0"),
     )),
-    Mutant("segmentation CE averaged over the body mask", ("tests/test_losses.py",), (
+    Mutant("segmentation CE averaged over the body mask", ("tests/nn/test_losses.py",), (
         (LOSSES, "raw = ce_voxel.mean() if dice is None else ce_voxel.mean() + dice",
          'raw = masked_mean(ce_voxel, batch["mask"]) if dice is None '
          'else masked_mean(ce_voxel, batch["mask"]) + dice'),
     )),
-    Mutant("slab offset negated (z0 → −z0)", ("tests/test_resample.py",), (
+    Mutant("σ-scaling factor fitted as mean |r|/σ, not the RMS z", ("tests/training/test_recalibration.py",), (
+        (RECALIBRATION, "return float(math.sqrt(np.mean(r2 / a2)))", "return float(np.mean(np.sqrt(r2 / a2)))"),
+    )),
+    Mutant("log-variances at the network's learning rate", ("tests/training/test_train_step.py",), (
+        (LOSSES, '| ({"lr": float(log_var_lr)} if log_var_lr is not None else {})', "| {}"),
+    )),
+    Mutant("log-variances under the network's warm-up", ("tests/training/test_train_step.py",), (
+        (SCHEDULE, 'constant if group.get("name") == "log_vars" else factor', "factor"),
+    )),
+    Mutant("per-task clip factor ignored", ("tests/training/test_train_step.py",), (
+        (STEP, "g = g * factor.to(g.device) if factor is not None else g", "g = g"),
+    )),
+    Mutant("output heads inside bf16 autocast", ("tests/training/test_train_step.py",), (
+        (MODEL, "with torch.autocast(device_type=features[0].device.type, enabled=False):",
+         "with torch.autocast(device_type=features[0].device.type, dtype=torch.bfloat16):"),
+    )),
+    Mutant("slab offset negated (z0 → −z0)", ("tests/inference/test_resample.py",), (
         (RESAMPLE, "shift[2, 3] = z0", "shift[2, 3] = -z0"),
     )),
-    Mutant("slab shift in world mm, not voxels", ("tests/test_resample.py",), (
+    Mutant("slab shift in world mm, not voxels", ("tests/inference/test_resample.py",), (
         (RESAMPLE, "torch.as_tensor(dst_affine @ shift)", "torch.as_tensor(shift @ dst_affine)"),
     )),
 ]

@@ -9,6 +9,6 @@ from radmtl._lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "MultiTaskUNet": "model", "build_model": "model",
-    "MultiTaskLoss": "losses", "parameter_groups": "losses", "heteroscedastic_nll": "losses", "sigma2_from_log_var": "losses",
+    "MultiTaskLoss": "losses", "parameter_groups": "losses", "heteroscedastic_nll": "likelihoods", "sigma2_from_log_var": "likelihoods",
     "make_payload": "checkpoint", "save_checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "model_from_checkpoint": "checkpoint", "LoadedModel": "checkpoint", "CheckpointError": "checkpoint",
 })

@@ -17,10 +17,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader
-from torch.utils.data import RandomSampler
+from monai.data import CacheDataset
 
 from radmtl.nn.checkpoint import BEST, LATEST, load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from radmtl.config import Config, config_from_dict, dump_config, flatten, load_config
@@ -32,6 +30,7 @@ from radmtl.nn.losses import MultiTaskLoss, parameter_groups
 from radmtl.nn.model import build_model
 from radmtl.tracking.environment import run_tags
 from radmtl.tracking.tracker import NullTracker, Tracker, start_tracking
+from radmtl.training.schedule import epoch_loader, seed_epoch, warmup_cosine
 from radmtl.training.step import forward_losses, optimise
 from radmtl.data.transforms import case_dicts, data_keys, eval_transforms, training_transforms
 from radmtl.training.validation import validate
@@ -54,26 +53,6 @@ class TrainState:
     run_id: str | None = None
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up to the base LR, then cosine decay to 5 % of it, stepped per optimiser step.
-
-    Applies to the network's groups only: the ``log_vars`` group keeps its own constant rate, so
-    the learned task weights are neither starved during warm-up nor frozen by the decay.
-    """
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    def constant(step: int) -> float:
-        return 1.0
-
-    lambdas = [constant if group.get("name") == "log_vars" else factor for group in optimizer.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-
-
 def resolve_labels(index: DatasetIndex, cfg: Config) -> dict[str, int]:
     names = index.labels or numbered_labels(index, max_label=cfg.model.num_classes - 1)
     if "seg" in cfg.loss.tasks and len(names) != cfg.model.num_classes:
@@ -94,14 +73,6 @@ def check_before_training(data_dir: Path, cfg: Config) -> None:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise RadmtlError(f"{data_dir}: {len(problems)} problem(s) found before training: {shown}{more}; "
                           f"run 'radmtl check {data_dir}' for the full list")
-
-
-def seed_epoch(seed: int, epoch: int) -> int:
-    """One seed per (run seed, epoch) for torch, NumPy and the MONAI transforms."""
-    epoch_seed = (seed * 1_000_003 + epoch) % (2**31 - 1)
-    torch.manual_seed(epoch_seed)
-    np.random.seed(epoch_seed)
-    return epoch_seed
 
 
 def to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
@@ -216,7 +187,7 @@ def _train(cfg, data_dir, out_dir, resume, tracking_uri, experiment, device_name
             t0 = time.perf_counter()
             epoch_seed = seed_epoch(cfg.seed, epoch)
             train_tf.set_random_state(seed=epoch_seed)
-            loader = _epoch_loader(train_ds, cfg, epoch_seed)
+            loader = epoch_loader(train_ds, cfg, epoch_seed)
             step_metrics, epoch_metrics, n_patches = _train_epoch(
                 model, loss_fn, optimizer, scheduler, scaler, loader, cfg, state, device, amp_dtype,
                 epoch, progress, out_dir)
@@ -269,17 +240,6 @@ def _flush_pending(tracker: Tracker, pending: list, epoch: int) -> None:
     if logged is not None and epoch not in logged:
         log.info("resume: sending the metrics of epoch %d, which the interrupted run had not logged", epoch)
         _send(tracker, [(int(step), dict(metrics)) for step, metrics in pending])
-
-
-def _epoch_loader(train_ds, cfg: Config, epoch_seed: int) -> DataLoader:
-    """``steps_per_epoch`` batches of cases drawn with replacement (0: one shuffled pass)."""
-    generator = torch.Generator().manual_seed(epoch_seed)
-    sampler = None
-    if cfg.train.steps_per_epoch:
-        sampler = RandomSampler(train_ds, replacement=True, generator=generator,
-                                num_samples=cfg.train.steps_per_epoch * cfg.train.batch_size)
-    return DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, shuffle=sampler is None,
-                      num_workers=cfg.data.num_workers, generator=generator)
 
 
 def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, state, device, amp_dtype,

@@ -11,7 +11,7 @@ from torch import nn
 from radmtl.config import LossConfig, TrainConfig, load_config
 from radmtl.nn.losses import MultiTaskLoss, homoscedastic_laplace, parameter_groups, voxel_cross_entropy
 from radmtl.nn.model import MultiTaskUNet
-from radmtl.training.train import warmup_cosine
+from radmtl.training.schedule import warmup_cosine
 from radmtl.training.step import forward_losses, optimise
 
 SHAPE = (1, 1, 8, 8, 8)
@@ -45,8 +45,8 @@ def _run_real_steps(loss_cfg: LossConfig, train_cfg: TrainConfig, steps: int) ->
     loss_fn = MultiTaskLoss(loss_cfg)
     optimizer = torch.optim.AdamW(parameter_groups(model, loss_fn, train_cfg.weight_decay, train_cfg.log_var_lr),
                                   lr=train_cfg.lr)
-    # warm-up over the whole run: the network's rate would still be tiny, the log-variances' is not
-    scheduler = warmup_cosine(optimizer, warmup_steps=steps, total_steps=10 * steps)
+    # inside a long warm-up: the network's rate stays below a tenth of lr, the log-variances' is not
+    scheduler = warmup_cosine(optimizer, warmup_steps=10 * steps, total_steps=20 * steps)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     for _ in range(steps):
         terms, _, _ = forward_losses(model, loss_fn, batch, None)

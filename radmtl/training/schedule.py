@@ -1,0 +1,59 @@
+"""What each epoch draws and how the learning rate moves: per-epoch seeding, the sampler, the schedule.
+
+An epoch is ``train.steps_per_epoch`` optimiser steps on cases drawn with replacement (nnU-Net's
+iterations, not passes over the cases), reseeded from (seed, epoch) so that an epoch is the same
+whether a run went straight through or was killed and resumed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from monai.data import DataLoader
+from torch.utils.data import RandomSampler
+
+from radmtl.config import Config
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    """Linear warm-up to the base LR, then cosine decay to 5 % of it, stepped per optimiser step.
+
+    Applies to the network's groups only: the ``log_vars`` group keeps its own constant rate, so
+    the learned task weights are neither starved during warm-up nor frozen by the decay.
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def constant(step: int) -> float:
+        return 1.0
+
+    lambdas = [constant if group.get("name") == "log_vars" else factor for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def seed_epoch(seed: int, epoch: int) -> int:
+    """One seed per (run seed, epoch) for torch, NumPy and the MONAI transforms."""
+    epoch_seed = (seed * 1_000_003 + epoch) % (2**31 - 1)
+    torch.manual_seed(epoch_seed)
+    np.random.seed(epoch_seed)
+    return epoch_seed
+
+
+def epoch_loader(train_ds, cfg: Config, epoch_seed: int) -> DataLoader:
+    """``steps_per_epoch`` batches of cases drawn with replacement (0: one shuffled pass)."""
+    generator = torch.Generator().manual_seed(epoch_seed)
+    sampler = None
+    if cfg.train.steps_per_epoch:
+        sampler = RandomSampler(train_ds, replacement=True, generator=generator,
+                                num_samples=cfg.train.steps_per_epoch * cfg.train.batch_size)
+    return DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, shuffle=sampler is None,
+                      num_workers=cfg.data.num_workers, generator=generator)
+
+
+__all__ = ["epoch_loader", "seed_epoch", "warmup_cosine"]
