@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from radmtl import __version__
@@ -28,6 +29,10 @@ def _setup_logging(verbosity: int, log_file: Path | None = None) -> None:
     # Third-party libraries are chatty at INFO (alembic migrations, MLflow tips); keep them quiet.
     for name in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "numexpr"):
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    # With pydicom installed (DICOM input), MONAI's LoadImage builds its GPU DICOM decoder and warns, on
+    # every NIfTI read, that the optional nvImageCodec is absent; radmtl decodes DICOM with SimpleITK.
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
 
 
 def _add_common_run_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid size in voxels (default 96 96 64)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"), default=None,
                    help="voxel size in mm (default: covers a pelvis at the given shape)")
+    p.add_argument("--dicom", type=Path, default=None, metavar="DIR",
+                   help="also write each case's MR as a DICOM MR series in DIR/<case>/ (to try DICOM input)")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("check", help="validate every case of a dataset folder before training",
@@ -87,7 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="checkpoint file, or an MLflow model URI (runs:/<id>/model, models:/<name>/<version>)")
     p.add_argument("--input", required=True, type=Path,
-                   help="an MR file, a folder of MR files, or a dataset folder")
+                   help="an MR file, a folder of MR files, a dataset folder, or a folder of DICOM files "
+                        "holding an MR series")
+    p.add_argument("--series", default=None, metavar="UID",
+                   help="SeriesInstanceUID of the MR series to run when the DICOM folder holds several")
+    p.add_argument("--dicom-out", action="store_true",
+                   help="also write the sCT as a DICOM CT series and the organs as an RT Structure Set in "
+                        "OUT/<case>/dicom/ (always on for DICOM input; NIfTI input gets generated identifiers)")
     p.add_argument("--output", required=True, type=Path, help="output folder (OUT/<case>/...)")
     p.add_argument("--mc-samples", type=int, default=None, help="MC dropout samples T (default from the model)")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default from the model)")
@@ -122,6 +135,11 @@ def cmd_phantom(args: argparse.Namespace) -> int:
         kwargs["spacing"] = tuple(args.spacing)
     case_ids = generate_dataset(args.out, cases=args.cases, seed=args.seed, **kwargs)
     print(f"wrote {len(case_ids)} phantom cases to {args.out}")
+    if args.dicom is not None:
+        from radmtl.data.phantom_dicom import write_dataset_mr_series
+
+        folders = write_dataset_mr_series(args.out, case_ids, args.dicom)
+        print(f"wrote {len(folders)} DICOM MR series to {args.dicom} (one folder per case)")
     return EXIT_OK
 
 

@@ -1,5 +1,5 @@
 """Inference: sliding window × MC dropout on the network grid, resampling back to the input grid,
-`radmtl infer`, and where a model comes from.
+`radmtl infer` (with its DICOM outputs), and where a model comes from.
 
 Public pieces are imported on first access (:mod:`radmtl._lazy`), so importing one module of
 this package does not import the others.
@@ -12,4 +12,5 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "resample_to_grid": "resample", "argmax_labels_on_grid": "resample",
     "run_inference": "infer", "infer_from_cli": "infer", "InferOptions": "infer", "CaseResult": "infer",
     "resolve_checkpoint": "model_uri", "ModelSource": "model_uri",
+    "write_dicom_outputs": "dicom_out",
 })

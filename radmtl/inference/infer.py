@@ -6,6 +6,11 @@ each map resampled back onto the input grid (:mod:`radmtl.inference.resample`) a
 header geometry (:func:`radmtl.data.io.write_like`). A case is written into a hidden folder
 ``OUT/.<case>.partial-*`` that is renamed to ``OUT/<case>`` only when every file is complete, so a
 killed run never leaves a half-written case under its final name.
+
+A folder of DICOM files is one case: its MR series (``--series`` picks one of several) is read with
+:mod:`radmtl.data.dicom_series` and run like a NIfTI MR; with ``--dicom-out`` (on for DICOM input) the
+sCT and the organs are also written as a CT series and an RT Structure Set in ``OUT/<case>/dicom/``
+(:mod:`radmtl.inference.dicom_out`), inside the same hidden folder.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,7 +35,9 @@ from radmtl import __version__
 from radmtl.device import amp_dtype_for, resolve_device
 from radmtl.errors import RadmtlError
 from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
-from radmtl.data.io import VolumeError, Volume, Grid, has_volume_suffix, read_volume, strip_volume_suffix, write_like
+from radmtl.data.dicom_series import SeriesInfo
+from radmtl.data.io import (VolumeError, Volume, Grid, has_volume_suffix, read_volume, strip_volume_suffix,
+                            write_like, write_volume)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,10 @@ class InferOptions:
     progress: bool = False
     # Apply the checkpoint's σ-scaling factor (fitted on the validation cases after training).
     sigma_scaling: bool = True
+    # The SeriesInstanceUID to run when a DICOM folder holds several series.
+    series: str | None = None
+    # Also write a DICOM CT series and RT Structure Set; None: only when the input is DICOM.
+    dicom_out: bool | None = None
 
 
 @dataclass
@@ -74,24 +86,37 @@ class CaseResult:
 # --- inputs ------------------------------------------------------------------------------------
 
 
-def find_cases(input_path: str | Path) -> list[tuple[str, Path | None]]:
+def find_cases(input_path: str | Path, series: str | None = None) -> list[tuple[str, Path | SeriesInfo | None]]:
     """Cases of ``--input``: ``(case id, MR path)`` pairs, sorted as found.
 
     One MR file → one case named after the file; a dataset folder (``dataset.json`` or case
     sub-folders holding ``mr.*``) → its cases' ``mr``; else every volume file in the folder. A
-    dataset case without an ``mr`` entry has path None and fails on its own.
+    dataset case without an ``mr`` entry has path None and fails on its own. A folder without volume
+    files is read as DICOM: one case named after the folder, its MR series (``series``, or the only
+    one) checked and sorted already; a single DICOM file stands for its series in its folder.
 
     Raises:
-        RadmtlError: the input does not exist or holds no MR volume.
+        RadmtlError: the input does not exist or holds no MR volume; for DICOM, also no or several MR
+            series, an unknown ``series``, or a slice geometry the network cannot be run on.
     """
+    from radmtl.data.dicom_series import is_dicom_file, select_series
     from radmtl.data.discovery import DATASET_JSON, discover, find_volumes
 
     path = Path(input_path).expanduser()
     if not path.exists():
-        raise VolumeError(f"{path}: input not found; pass an MR file, a folder of MR files or a dataset folder")
+        raise VolumeError(f"{path}: input not found; pass an MR file, a folder of MR files, a dataset folder "
+                          "or a folder of DICOM MR slices")
+    if path.is_file() and not has_volume_suffix(path.name) and is_dicom_file(path):
+        import pydicom
+
+        uid = series or str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", ""))
+        return [(path.parent.name or "dicom", select_series(path.parent, uid or None))]
+    if series is not None and (path.is_file() or any(has_volume_suffix(p.name) for p in path.iterdir())):
+        raise VolumeError(f"{path}: --series applies to a folder of DICOM files, not to volume files; drop it")
     if path.is_file():
         if not has_volume_suffix(path.name):
-            raise VolumeError(f"{path}: unsupported file type; use NIfTI (.nii/.nii.gz) or .mha/.nrrd")
+            raise VolumeError(f"{path}: unsupported file type; use NIfTI (.nii/.nii.gz), .mha/.nrrd or a "
+                              "folder of DICOM slices")
         stem = strip_volume_suffix(path.name)
         # DATA/case_007/mr.nii.gz is case_007, as it would be when the dataset folder is given.
         return [(path.parent.name if stem == "mr" and path.parent.name else stem, path)]
@@ -105,8 +130,7 @@ def find_cases(input_path: str | Path) -> list[tuple[str, Path | None]]:
     elif files:
         cases = [(strip_volume_suffix(p.name), p) for p in files]
     else:
-        raise VolumeError(f"{path}: no MR volumes found (.nii/.nii.gz/.mha/.nrrd files or case "
-                          "sub-folders with mr.nii.gz)")
+        return [(path.resolve().name or "dicom", select_series(path, series))]
     seen: dict[str, Path | None] = {}
     for case_id, mr in cases:
         if case_id in seen:
@@ -232,11 +256,13 @@ def infer_case(
     loaded: Any,
     source: ModelSource,
     case_id: str,
-    mr_path: Path | None,
+    mr_path: Path | SeriesInfo | None,
     output: Path,
     options: InferOptions,
 ) -> CaseResult:
     """Predict one case and write ``output/<case_id>/``.
+
+    ``mr_path`` is an MR volume file or a DICOM MR series chosen by :func:`find_cases`.
 
     Raises:
         RadmtlError: the MR cannot be used or an output cannot be written; nothing is left under
@@ -256,17 +282,36 @@ def infer_case(
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
 
-    volume = read_volume(mr_path)
+    from radmtl.data.dicom_common import generated_identity
+    from radmtl.data.dicom_series import read_series
+
+    is_dicom = isinstance(mr_path, SeriesInfo)
+    dicom_out = is_dicom if options.dicom_out is None else options.dicom_out
+    identity, source_series = None, None
+    if is_dicom:
+        dicom_mr = read_series(mr_path)
+        volume, identity, source_series = dicom_mr.volume, dicom_mr.identity, dicom_mr.source
+        mr_path = mr_path.folder
+    else:
+        volume = read_volume(mr_path)
     check_mr(volume)
+    if dicom_out and identity is None:
+        identity = generated_identity(case_id, mr_path)
     timings["read_s"] = time.perf_counter() - t_start
 
-    n_maps = len(MAP_OUTPUTS) + 1
+    n_maps = len(MAP_OUTPUTS) + 1 + int(dicom_out)
     bar = _progress_bar(options.progress, total=3 + n_maps, desc=case_id)
     tmp_dir = output / f".{case_id}.partial-{uuid.uuid4().hex[:8]}"
+    # The network reads a file; a DICOM MR goes to it as a NIfTI copy that is not an output.
+    scratch = tempfile.TemporaryDirectory(prefix=f".{case_id}.mr-", dir=output) if is_dicom else None
+    sct_hu, labels = None, None
     try:
+        network_input = mr_path
+        if scratch is not None:
+            network_input = write_volume(volume.array, volume.affine, Path(scratch.name) / "mr.nii.gz", np.float32)
         sigma_scale = sigma_scale_of(loaded.payload) if options.sigma_scaling else 1.0
         maps, net_affine, net_shape = predict_on_network_grid(
-            loaded, mr_path, mc_samples=mc_samples, overlap=overlap, sw_batch_size=sw_batch_size,
+            loaded, network_input, mc_samples=mc_samples, overlap=overlap, sw_batch_size=sw_batch_size,
             device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale, timings=timings)
         bar.update(2)
 
@@ -281,6 +326,8 @@ def infer_case(
             write_like(array, volume, tmp_dir / f"{stem}{SUFFIX}", dtype)
             written[stem] = {"file": f"{stem}{SUFFIX}", "dtype": np.dtype(dtype).name,
                              "units": "HU" if to_hu else "nats"}
+            if key == "sct" and dicom_out:
+                sct_hu = array
             del array
             bar.update(1)
         if "seg_probs" in maps:
@@ -290,13 +337,27 @@ def infer_case(
             write_like(labels, volume, tmp_dir / f"seg{SUFFIX}", np.uint8)
             written["seg"] = {"file": f"seg{SUFFIX}", "dtype": "uint8", "units": "label",
                               "labels": dict(loaded.label_names)}
-            del labels
+            if not dicom_out:
+                del labels
             if probs_on_input is not None:
                 write_like(np.moveaxis(probs_on_input, 0, -1), volume, tmp_dir / f"seg_probabilities{SUFFIX}",
                            np.float32)
                 written["seg_probabilities"] = {"file": f"seg_probabilities{SUFFIX}", "dtype": "float32",
                                                 "units": "probability", "axis_3": "class index"}
                 del probs_on_input
+            bar.update(1)
+        dicom_provenance = None
+        if dicom_out:
+            from radmtl.inference.dicom_out import DICOM_FOLDER, write_dicom_outputs
+
+            if sct_hu is None:
+                raise RadmtlError(f"{source.argument}: the model has no sCT task; --dicom-out needs one")
+            dicom_provenance = write_dicom_outputs(
+                tmp_dir / DICOM_FOLDER, sct_hu=sct_hu, labels=labels, label_names=loaded.label_names,
+                volume=volume, identity=identity, source=source_series, model_sha256=source.sha256)
+            written["dicom"] = {"file": f"{DICOM_FOLDER}/", "dtype": "int16 CT series + RT structure set",
+                                "units": "HU"}
+            del sct_hu, labels
             bar.update(1)
         timings["resample_write_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
@@ -307,6 +368,7 @@ def infer_case(
             "case": case_id,
             "input": {
                 "path": str(Path(mr_path).resolve()),
+                "format": "dicom" if is_dicom else "volume",
                 "grid": volume.grid.describe(),
                 "affine": np.round(volume.affine, 6).tolist(),
                 "qform_code": int(volume.header["qform_code"]) if volume.header is not None else None,
@@ -338,6 +400,8 @@ def infer_case(
             "outputs": written,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         }
+        if dicom_provenance is not None:
+            provenance["dicom"] = dicom_provenance
         try:
             (tmp_dir / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
             _publish(tmp_dir, output / case_id)
@@ -347,6 +411,8 @@ def infer_case(
         bar.update(1)
     finally:
         bar.close()
+        if scratch is not None:
+            scratch.cleanup()
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
     outputs = [info["file"] for info in written.values()] + [PROVENANCE]
@@ -391,7 +457,7 @@ def run_inference(
         raise RadmtlError(f"--overlap: must be in [0, 1), got {options.overlap}")
     if options.sw_batch_size is not None and options.sw_batch_size < 1:
         raise RadmtlError(f"--batch-size: must be >= 1, got {options.sw_batch_size}")
-    cases = find_cases(input_path)
+    cases = find_cases(input_path, options.series)
     output = prepare_output_root(output)
     loaded, source = load_model(model, tracking_uri, options.device)
     log.info("%s: %d case(s), model %s", input_path, len(cases), source.checkpoint)
@@ -426,6 +492,7 @@ def infer_from_cli(args: argparse.Namespace) -> int:
         save_probabilities=args.save_probabilities,
         progress=not args.no_progress and sys.stderr.isatty(),
         sigma_scaling=not args.no_sigma_scaling,
+        series=args.series, dicom_out=True if args.dicom_out else None,
     )
     results = run_inference(args.model, args.input, args.output, options, tracking_uri=args.tracking_uri)
     failed = [r for r in results if r.error]

@@ -1,0 +1,101 @@
+"""``--dicom-out``: one case's sCT as a DICOM CT series and its organs as an RT Structure Set, in a
+folder a treatment planning system imports as it is (``OUT/<case>/dicom/``).
+
+The sCT outside the body (derived from the MR, as for MR normalisation) is written as air, −1024 HU:
+the network is trained on body voxels only, so what it predicts in the air around the patient is
+not a CT value, and a planning system would otherwise count it as patient. The body outline is also
+written as an EXTERNAL structure, which planning systems need for dose calculation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radmtl import __version__
+from radmtl.data.dicom_common import DicomIdentity, SourceSeries
+from radmtl.data.io import Volume
+
+log = logging.getLogger(__name__)
+
+DICOM_FOLDER = "dicom"
+RTSTRUCT_FILE = "RS_radmtl.dcm"
+AIR_HU = -1024.0
+BODY_ROI = "BODY"
+
+
+def series_description(model_sha256: str) -> str:
+    """The sCT's SeriesDescription: what it is and which model made it (≤ 64 characters)."""
+    return f"radmtl synthetic CT (sCT), model {model_sha256[:12]}"
+
+
+def derivation_description(model_sha256: str, source: SourceSeries | None, mr_path: Path) -> str:
+    made = f"Synthetic CT predicted from MR by radmtl {__version__}, model sha256 {model_sha256}, "
+    if source is None:
+        return made + f"from the NIfTI MR {mr_path.name} (not a DICOM series)"
+    return made + (f"from MR series \"{source.series_description}\" (number {source.series_number}, "
+                   f"SeriesInstanceUID {source.series_instance_uid})")
+
+
+def write_dicom_outputs(
+    folder: Path,
+    *,
+    sct_hu: np.ndarray,
+    labels: np.ndarray | None,
+    label_names: Mapping[str, int],
+    volume: Volume,
+    identity: DicomIdentity,
+    source: SourceSeries | None,
+    model_sha256: str,
+) -> dict[str, Any]:
+    """Write ``folder/CT_*.dcm`` and ``folder/RS_radmtl.dcm`` for one case on the MR's grid.
+
+    Args:
+        sct_hu: (X, Y, Z) sCT in HU on the MR grid (the NIfTI sCT of the same run).
+        labels: (X, Y, Z) organ labels on the MR grid, or None for a model without segmentation.
+        label_names: organ name → label value; value 0 (background) gets no structure.
+        volume: the MR as read (grid and intensities; the body outline is derived from it).
+        identity: identifiers to carry (the MR's, or generated for a NIfTI MR).
+        source: the MR series, when the input was DICOM.
+
+    Returns:
+        The ``dicom`` entry of ``provenance.json``.
+    """
+    from radmtl.data.dicom_ct import HU_INTERCEPT, write_ct_series
+    from radmtl.data.dicom_rtstruct import Roi, write_rtstruct
+    from radmtl.data.transforms import derive_body_mask
+
+    body = derive_body_mask(volume.array).astype(bool)
+    air = int(np.count_nonzero(~body))
+    sct_for_tps = np.where(body, np.asarray(sct_hu, dtype=np.float32), np.float32(AIR_HU))
+    ct = write_ct_series(sct_for_tps, volume.affine, folder, identity,
+                         series_description=series_description(model_sha256),
+                         derivation_description=derivation_description(model_sha256, source, Path(volume.path or "")),
+                         source=source)
+    rois = [Roi(BODY_ROI, body, kind="EXTERNAL")]
+    if labels is not None:
+        rois += [Roi(name, labels == value) for name, value in sorted(label_names.items(), key=lambda kv: kv[1])
+                 if value != 0]
+    contours = write_rtstruct(rois, ct, identity, folder / RTSTRUCT_FILE,
+                              description=f"radmtl {__version__} segmentation, model {model_sha256[:12]}")
+    log.info("%s: %d CT slices (%d voxel(s) clipped to int16) and %d structures", folder, len(ct.files),
+             ct.clipped_voxels, len(rois))
+    return {
+        "folder": folder.name,
+        "ct_files": len(ct.files),
+        "ct_series_instance_uid": ct.series_instance_uid,
+        "rtstruct_file": f"{folder.name}/{RTSTRUCT_FILE}",
+        "hu_rescale_intercept": HU_INTERCEPT,
+        "hu_clipped_to_int16_voxels": ct.clipped_voxels,
+        "air_outside_body_voxels": air,
+        "air_hu": AIR_HU,
+        "contours_per_roi": contours,
+        "identifiers": identity.describe(),
+        "source_series": None if source is None else {
+            "series_instance_uid": source.series_instance_uid, "description": source.series_description,
+            "slices": len(source.sop_instance_uids)},
+    }
