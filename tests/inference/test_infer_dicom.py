@@ -1,0 +1,204 @@
+"""radmtl infer on DICOM: phantom MR series → sCT CT series + RT Structure Set, and the refusals.
+
+The round trip of issue 11: the sCT series read back with SimpleITK has the MR series' geometry, its HU
+are those of the NIfTI sCT of the same run, the structure set rasterised onto the sCT grid matches
+seg.nii.gz, the identifiers are the MR's, and every instance passes dciodvfy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import torch
+
+from radmtl.cli import main
+from radmtl.config import load_config
+from radmtl.data.dicom_common import RADMTL_UID_ROOT, SlicePlanes
+from radmtl.data.dicom_rtstruct import rasterise_rtstruct
+from radmtl.data.phantom import PHANTOM_LABELS, generate_case
+from radmtl.data.phantom_dicom import phantom_mr_series
+from radmtl.inference.model_uri import sha256_of
+from radmtl.nn.checkpoint import make_payload, save_checkpoint
+from radmtl.nn.model import build_model
+
+TINY = ["model.channels=[4,8]", "model.strides=[2]", "data.patch_size=[16,16,16]",
+        "data.spacing=[6.0,6.0,6.0]", "infer.mc_samples=1"]
+SHAPE = (28, 24, 16)
+SPACING = (5.0, 4.5, 6.5)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    cfg = load_config(None, TINY)
+    torch.manual_seed(4)  # an untrained network whose labels on this phantom include every organ
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "model.pt",
+                           make_payload(cfg=cfg, label_names=dict(PHANTOM_LABELS), model=build_model(cfg.model),
+                                        with_rng=False))
+
+
+def _infer(model: Path, inp: Path, out: Path, *extra: str) -> int:
+    return main(["infer", "--model", str(model), "--input", str(inp), "--output", str(out),
+                 "--no-progress", "--device", "cpu", *extra])
+
+
+def _planes_of(image: sitk.Image) -> SlicePlanes:
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    spacing = image.GetSpacing()
+    return SlicePlanes(row_cosines=direction[:, 0], column_cosines=direction[:, 1],
+                       pixel_spacing=(spacing[1], spacing[0]), slice_step=direction[:, 2] * spacing[2],
+                       origin=np.asarray(image.GetOrigin()))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("orientation", ["axial", "oblique"])
+def test_dicom_round_trip(tmp_path, checkpoint, orientation, dciodvfy):
+    mr_files = phantom_mr_series(tmp_path / "MR", 6, SHAPE, SPACING, orientation=orientation)
+    assert _infer(checkpoint, tmp_path / "MR", tmp_path / "out") == 0
+    case = tmp_path / "out" / "MR"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["MR"]  # no partial or scratch left
+    dicom = case / "dicom"
+    ct_files = sorted(dicom.glob("CT_*.dcm"))
+    assert len(ct_files) == SHAPE[2]
+
+    # Geometry: the sCT series has the MR series' grid.
+    mr_image = sitk.ReadImage([str(p) for p in mr_files])
+    ct_image = sitk.ReadImage([str(p) for p in ct_files])
+    np.testing.assert_allclose(ct_image.GetOrigin(), mr_image.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(ct_image.GetSpacing(), mr_image.GetSpacing(), atol=1e-3)
+    np.testing.assert_allclose(ct_image.GetDirection(), mr_image.GetDirection(), atol=1e-6)
+    assert ct_image.GetSize() == mr_image.GetSize() == SHAPE
+
+    # Organs: the structure set on the sCT grid (as read back) against seg.nii.gz, organ by organ.
+    seg_nifti = nib.load(case / "seg.nii.gz")
+    sct_nifti = nib.load(case / "sct.nii.gz")
+    seg = np.asarray(seg_nifti.dataobj)
+    rtstruct = dicom / "RS_radmtl.dcm"
+    masks = rasterise_rtstruct(rtstruct, _planes_of(ct_image), SHAPE)
+    assert list(masks) == ["BODY", *[n for n, v in PHANTOM_LABELS.items() if v]]
+    present = 0
+    for name, value in PHANTOM_LABELS.items():
+        if value:
+            present += bool((seg == value).any())
+            assert _dice(masks[name], seg == value) >= 0.95, name
+    assert present == 5  # no organ passes by being empty in both
+
+    # HU: the NIfTI sCT of the same run inside the body (the BODY structure), air outside.
+    provenance = json.loads((case / "provenance.json").read_text())
+    ct_hu = np.transpose(sitk.GetArrayFromImage(ct_image)).astype(np.float32)
+    body = masks["BODY"]
+    assert 0.2 < body.mean() < 0.9
+    assert np.max(np.abs(ct_hu[body] - sct_nifti.get_fdata()[body])) <= 1.0
+    assert np.all(ct_hu[~body] == -1024)
+    assert provenance["dicom"]["air_outside_body_voxels"] == int((~body).sum())
+    assert provenance["dicom"]["hu_clipped_to_int16_voxels"] == 0
+    assert provenance["dicom"]["identifiers"]["generated"] is False
+
+    # Identifiers: the MR's patient, study and frame of reference; new series and instances.
+    mr = pydicom.dcmread(mr_files[0])
+    written = [pydicom.dcmread(p) for p in [*ct_files, rtstruct]]
+    for ds in written:
+        assert (ds.PatientID, ds.StudyInstanceUID, ds.FrameOfReferenceUID) == (
+            mr.PatientID, mr.StudyInstanceUID, mr.FrameOfReferenceUID)
+        assert ds.SeriesInstanceUID != mr.SeriesInstanceUID and ds.SOPInstanceUID.startswith(RADMTL_UID_ROOT)
+    first = written[0]
+    assert sha256_of(checkpoint)[:12] in first.SeriesDescription and "synthetic CT" in first.SeriesDescription
+    assert mr.SeriesInstanceUID in first.DerivationDescription
+    structure_set = written[-1]
+    assert structure_set.Modality == "RTSTRUCT"
+    series_ref = structure_set.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0] \
+        .RTReferencedSeriesSequence[0]
+    assert series_ref.SeriesInstanceUID == first.SeriesInstanceUID
+    # NIfTI outputs carry the same grid as the DICOM ones.
+    np.testing.assert_allclose(seg_nifti.affine, sct_nifti.affine)
+
+    report = dciodvfy([*ct_files, rtstruct])
+    assert report.count("CTImage") == SHAPE[2] and "RTStructureSet" in report
+
+
+@pytest.mark.slow
+def test_dicom_out_from_nifti_has_generated_identifiers(tmp_path, checkpoint, dciodvfy):
+    case = generate_case(6, SHAPE, SPACING)
+    img = nib.Nifti1Image(case.mr, case.affine)
+    nib.save(img, tmp_path / "pelvis.nii.gz")
+    assert _infer(checkpoint, tmp_path / "pelvis.nii.gz", tmp_path / "a", "--dicom-out") == 0
+    assert _infer(checkpoint, tmp_path / "pelvis.nii.gz", tmp_path / "b", "--dicom-out") == 0
+
+    runs = [sorted((tmp_path / run / "pelvis" / "dicom").glob("CT_*.dcm")) for run in ("a", "b")]
+    image = sitk.ReadImage([str(p) for p in runs[0]])
+    lps = case.affine.copy()
+    lps[:2] *= -1  # RAS → LPS
+    np.testing.assert_allclose(image.GetOrigin(), lps[:3, 3], atol=1e-3)
+    np.testing.assert_allclose(np.asarray(image.GetDirection()).reshape(3, 3) * image.GetSpacing(), lps[:3, :3],
+                               atol=1e-3)
+    first, second = pydicom.dcmread(runs[0][0]), pydicom.dcmread(runs[1][0])
+    assert first.PatientID.startswith("RADMTL-") and "generated" in first.PatientComments
+    # The same MR file gives the same study and frame of reference; every run is a new series.
+    assert (first.StudyInstanceUID, first.FrameOfReferenceUID) == (second.StudyInstanceUID, second.FrameOfReferenceUID)
+    assert first.SeriesInstanceUID != second.SeriesInstanceUID
+    assert "pelvis.nii.gz" in first.DerivationDescription
+    provenance = json.loads((tmp_path / "a" / "pelvis" / "provenance.json").read_text())
+    assert provenance["dicom"]["identifiers"]["generated"] is True
+    dciodvfy([runs[0][0], tmp_path / "a" / "pelvis" / "dicom" / "RS_radmtl.dcm"])
+
+
+def test_nifti_input_writes_no_dicom_by_default(tmp_path, checkpoint):
+    case = generate_case(6, (16, 16, 12), (6.0, 6.0, 6.0))
+    nib.save(nib.Nifti1Image(case.mr, case.affine), tmp_path / "pelvis.nii.gz")
+    assert _infer(checkpoint, tmp_path / "pelvis.nii.gz", tmp_path / "out") == 0
+    assert not (tmp_path / "out" / "pelvis" / "dicom").exists()
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("radmtl infer: error: ")
+    return err[0]
+
+
+def test_two_series_give_one_line_and_series_picks(tmp_path, checkpoint, capsys):
+    phantom_mr_series(tmp_path / "in", 1, (16, 16, 12), series_description="T2 axial", series_instance_uid="1.2.3.1")
+    phantom_mr_series(tmp_path / "in" / "b", 2, (16, 16, 10), orientation="oblique",
+                      series_description="T2 oblique", series_instance_uid="1.2.3.2", series_number=2)
+    assert _infer(checkpoint, tmp_path / "in", tmp_path / "out") == 1
+    line = _one_error_line(capsys)
+    assert '"T2 axial" (MR, 12 slices, UID 1.2.3.1)' in line and '"T2 oblique" (MR, 10 slices, UID 1.2.3.2)' in line
+    assert not (tmp_path / "out").exists()
+
+    assert _infer(checkpoint, tmp_path / "in", tmp_path / "out", "--series", "1.2.3.2") == 0
+    assert len(list((tmp_path / "out" / "in" / "dicom").glob("CT_*.dcm"))) == 10
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("not_dicom", "is a DICOM image"),
+    ("single_slice", "has a single slice"),
+    ("mixed_orientation", "mixes slice orientations"),
+])
+def test_bad_dicom_folders_give_one_line_and_no_output(tmp_path, checkpoint, capsys, problem, message):
+    folder = tmp_path / "in"
+    if problem == "not_dicom":
+        folder.mkdir()
+        (folder / "readme.txt").write_text("no images here")
+    else:
+        files = phantom_mr_series(folder, 1, (16, 16, 12))
+        if problem == "single_slice":
+            for path in files[1:]:
+                path.unlink()
+        else:
+            ds = pydicom.dcmread(files[3])
+            ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+            ds.save_as(files[3])
+    assert _infer(checkpoint, folder, tmp_path / "out") == 1
+    line = _one_error_line(capsys)
+    assert message in line and str(folder) in line
+    assert not (tmp_path / "out").exists()
