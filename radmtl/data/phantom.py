@@ -43,6 +43,11 @@ DEFAULT_FOV_MM = (384.0, 288.0, 192.0)
 MR_PARTIAL_VOLUME_SIGMA_MM = 1.5
 # The CT noise SD varies smoothly: scanner noise follows attenuation paths, not tissue borders.
 CT_NOISE_SMOOTHING_MM = 3.0
+# A scanner's voxel value is the mean signal over the voxel's volume, not the tissue at its centre.
+# Both images are computed on a sub-grid of at most this spacing and averaged into each voxel, so a
+# 3 mm cortical shell in a 6 mm voxel is a partial-volume mixture in the CT and in the MR (as it is on
+# real scans) instead of a random all-or-nothing pick that no network could predict.
+SUBVOXEL_MM = 3.0
 # CT noise model: water attenuation at a ~70 keV effective energy (1/mm), views over 180°, and the
 # extra weight of bone's HU in attenuation (its photoelectric part grows at the lower energies of
 # the spectrum).
@@ -247,6 +252,29 @@ def _ct_noise_sd(
     return ndimage.gaussian_filter(sd, sigma_vox, mode="nearest").astype(np.float32)
 
 
+def _voxel_means(affine, shape, spacing, anatomy, hu_table, mr_table) -> tuple[np.ndarray, np.ndarray]:
+    """CT HU and (partial-volume blurred) MR signal averaged over each voxel's volume.
+
+    The tissue map is painted on a sub-grid of ``k`` points per voxel and axis (sub-spacing at most
+    :data:`SUBVOXEL_MM`), the MR's partial-volume blur is applied there, and both images are
+    block-averaged back to the voxel grid. Labels, mask and tissue classes stay centre-sampled.
+    """
+    k = [max(1, int(np.ceil(s / SUBVOXEL_MM))) for s in spacing]
+    fine_spacing = [s / n for s, n in zip(spacing, k)]
+    coords = tuple(
+        (affine[i, 3] + spacing[i] * (np.arange(shape[i] * k[i], dtype=np.float32) + 0.5) / k[i]
+         - 0.5 * spacing[i]).reshape([-1 if j == i else 1 for j in range(3)]).astype(np.float32)
+        for i in range(3)
+    )
+    tissue, _, _ = anat.build_tissue_map(coords, anatomy)
+    pv_sigma = [MR_PARTIAL_VOLUME_SIGMA_MM / s for s in fine_spacing]
+    mr_fine = ndimage.gaussian_filter(mr_table[tissue], pv_sigma, mode="nearest")
+    blocks = (shape[0], k[0], shape[1], k[1], shape[2], k[2])
+    ct = hu_table[tissue].reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float64)
+    mr = mr_fine.reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float64)
+    return ct.astype(np.float32), mr.astype(np.float32)
+
+
 def generate_case(
     seed: int,
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
@@ -285,12 +313,11 @@ def generate_case(
     bias = _bias_field(rng, coords)
     mask = extras["body"].astype(np.uint8)
 
-    ct_clean = hu_table[tissue]
+    ct_clean, mr_clean = _voxel_means(affine, shape, spacing, anatomy, hu_table, mr_table)
     noise_sd = _ct_noise_sd(rng, ct_clean, tissue, extras["body"], coords, spacing)
     ct = ct_clean + noise_rng.standard_normal(shape, dtype=np.float32) * noise_sd
 
-    pv_sigma = [MR_PARTIAL_VOLUME_SIGMA_MM / s for s in spacing]
-    signal = ndimage.gaussian_filter(mr_table[tissue], pv_sigma, mode="nearest") * bias
+    signal = mr_clean * bias
     signal *= np.float32(mr_gain)
     mr_noise_sd = np.float32(mr_noise_fraction * mr_gain * mr_table[anat.URINE])
     # Magnitude of a complex signal with Gaussian noise in both channels: Rician, as in MR.
