@@ -40,6 +40,7 @@ class Mutant:
 
 
 PREDICT, INFER, RESAMPLE = "radmtl/inference/predict.py", "radmtl/inference/infer.py", "radmtl/inference/resample.py"
+CASE_MAPS = "radmtl/inference/case_maps.py"
 LOSSES, LIKELIHOODS, MODEL = "radmtl/nn/losses.py", "radmtl/nn/likelihoods.py", "radmtl/nn/model.py"
 RECALIBRATION, STEP, SCHEDULE = ("radmtl/training/recalibration.py", "radmtl/training/step.py",
                                  "radmtl/training/schedule.py")
@@ -75,7 +76,7 @@ MUTANTS: list[Mutant] = [
         (LIKELIHOODS, "return 2.0 * torch.exp(2.0 * log_var)", "return torch.exp(2.0 * log_var)"),
     )),
     Mutant("σ maps written in scaled units (×ct_scale_hu dropped)", ("tests/inference/test_infer.py",), (
-        (INFER, "    if MAP_OUTPUTS[key][2]:\n        array *= ct_scale_hu",
+        (CASE_MAPS, "    if MAP_OUTPUTS[key][2]:\n        array *= ct_scale_hu",
          "    if MAP_OUTPUTS[key][2] and not as_variance:\n        array *= ct_scale_hu"),
     )),
     Mutant("checkpoint σ-scaling factor ignored", ("tests/inference/test_infer.py",), (

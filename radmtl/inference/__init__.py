@@ -13,4 +13,6 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "run_inference": "infer", "infer_from_cli": "infer", "InferOptions": "infer", "CaseResult": "infer",
     "resolve_checkpoint": "model_uri", "ModelSource": "model_uri",
     "write_dicom_outputs": "dicom_out",
+    "find_cases": "inputs", "check_mr": "inputs",
+    "predict_on_network_grid": "case_maps", "map_to_input_grid": "case_maps",
 })

@@ -36,23 +36,14 @@ from radmtl.device import amp_dtype_for, resolve_device
 from radmtl.errors import RadmtlError
 from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
 from radmtl.data.dicom_series import SeriesInfo
-from radmtl.data.io import (VolumeError, Volume, Grid, has_volume_suffix, read_volume, strip_volume_suffix,
+from radmtl.data.io import (VolumeError, Grid, read_volume, strip_volume_suffix,
                             write_like, write_volume)
+
+from radmtl.inference.case_maps import MAP_OUTPUTS, map_to_input_grid, predict_on_network_grid
+from radmtl.inference.inputs import check_mr, find_cases, prepare_output_root  # noqa: F401  (find_cases: public here too)
 
 log = logging.getLogger(__name__)
 
-# predict_volume key -> (file stem, dtype, multiply by ct_scale_hu, written only when T > 1)
-MAP_OUTPUTS: dict[str, tuple[str, type, bool, bool]] = {
-    "sct": ("sct", np.float32, True, False),
-    "sigma_aleatoric": ("sct_sigma_aleatoric", np.float32, True, False),
-    "sigma_epistemic": ("sct_sigma_epistemic", np.float32, True, True),
-    "sigma_total": ("sct_sigma_total", np.float32, True, True),
-    "seg_entropy": ("seg_entropy", np.float32, False, True),
-    "seg_mutual_info": ("seg_mutual_info", np.float32, False, True),
-}
-# σ maps are resampled as variances: interpolation is linear, so σ_total² = σ_aleatoric² +
-# σ_epistemic² then holds exactly on the input grid, as it does on the network grid.
-VARIANCE_MAPS = ("sigma_aleatoric", "sigma_epistemic", "sigma_total")
 SUFFIX = ".nii.gz"
 PROVENANCE = "provenance.json"
 
@@ -83,155 +74,7 @@ class CaseResult:
     error: str | None = None
 
 
-# --- inputs ------------------------------------------------------------------------------------
-
-
-def find_cases(input_path: str | Path, series: str | None = None) -> list[tuple[str, Path | SeriesInfo | None]]:
-    """Cases of ``--input``: ``(case id, MR path)`` pairs, sorted as found.
-
-    One MR file → one case named after the file; a dataset folder (``dataset.json`` or case
-    sub-folders holding ``mr.*``) → its cases' ``mr``; else every volume file in the folder. A
-    dataset case without an ``mr`` entry has path None and fails on its own. A folder without volume
-    files is read as DICOM: one case named after the folder, its MR series (``series``, or the only
-    one) checked and sorted already; a single DICOM file stands for its series in its folder.
-
-    Raises:
-        RadmtlError: the input does not exist or holds no MR volume; for DICOM, also no or several MR
-            series, an unknown ``series``, or a slice geometry the network cannot be run on.
-    """
-    from radmtl.data.dicom_series import is_dicom_file, select_series
-    from radmtl.data.discovery import DATASET_JSON, discover, find_volumes
-
-    path = Path(input_path).expanduser()
-    if not path.exists():
-        raise VolumeError(f"{path}: input not found; pass an MR file, a folder of MR files, a dataset folder "
-                          "or a folder of DICOM MR slices")
-    if path.is_file() and not has_volume_suffix(path.name) and is_dicom_file(path):
-        import pydicom
-
-        uid = series or str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", ""))
-        return [(path.parent.name or "dicom", select_series(path.parent, uid or None))]
-    if series is not None and (path.is_file() or any(has_volume_suffix(p.name) for p in path.iterdir())):
-        raise VolumeError(f"{path}: --series applies to a folder of DICOM files, not to volume files; drop it")
-    if path.is_file():
-        if not has_volume_suffix(path.name):
-            raise VolumeError(f"{path}: unsupported file type; use NIfTI (.nii/.nii.gz), .mha/.nrrd or a "
-                              "folder of DICOM slices")
-        stem = strip_volume_suffix(path.name)
-        # DATA/case_007/mr.nii.gz is case_007, as it would be when the dataset folder is given.
-        return [(path.parent.name if stem == "mr" and path.parent.name else stem, path)]
-    visible = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
-    files = [p for p in visible if p.is_file() and has_volume_suffix(p.name)]
-    is_dataset = (path / DATASET_JSON).is_file() or any(p.is_dir() and find_volumes(p, "mr") for p in visible)
-    if is_dataset:
-        if files:
-            log.warning("%s: is a dataset folder; ignoring %d volume file(s) at its top level", path, len(files))
-        cases = [(case.case_id, case.paths.get("mr")) for case in discover(path).cases]
-    elif files:
-        cases = [(strip_volume_suffix(p.name), p) for p in files]
-    else:
-        return [(path.resolve().name or "dicom", select_series(path, series))]
-    seen: dict[str, Path | None] = {}
-    for case_id, mr in cases:
-        if case_id in seen:
-            raise VolumeError(f"{path}: case id {case_id!r} occurs twice ({seen[case_id]} and {mr}); "
-                              "rename one of them")
-        seen[case_id] = mr
-    return cases
-
-
-def check_mr(volume: Volume) -> None:
-    """Reject MR volumes the network cannot be run on (non-finite values, degenerate geometry)."""
-    bad = int(np.size(volume.array) - np.count_nonzero(np.isfinite(volume.array)))
-    if bad:
-        raise VolumeError(f"{volume.path}: {bad} voxel(s) are NaN or Inf; fix or re-export the MR")
-    if abs(np.linalg.det(volume.affine[:3, :3])) < 1e-12:
-        raise VolumeError(f"{volume.path}: the affine is singular (zero voxel size); fix the header")
-
-
-def prepare_output_root(output: str | Path) -> Path:
-    """Create ``OUT`` and prove it writable by writing a probe file (``os.access`` lies for root)."""
-    output = Path(output).expanduser()
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / f".write-test-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise VolumeError(f"{output}: output folder is not writable ({err.strerror}); choose another "
-                          "--output") from err
-    return output
-
-
-# --- model -------------------------------------------------------------------------------------
-
-
 # --- one case ----------------------------------------------------------------------------------
-
-
-def predict_on_network_grid(
-    loaded: Any,
-    mr_path: Path,
-    *,
-    mc_samples: int,
-    overlap: float,
-    sw_batch_size: int,
-    device: Any,
-    amp_dtype: Any,
-    sigma_scale: float = 1.0,
-    timings: dict[str, float] | None = None,
-) -> tuple[dict[str, Any], np.ndarray, tuple[int, ...]]:
-    """The training preprocessing of one MR file, then the network on its grid.
-
-    Shared by ``radmtl infer`` and the σ recalibration after training, so that the factor is
-    fitted on exactly what infer produces.
-
-    Returns:
-        (maps of :func:`radmtl.inference.predict.predict_volume` in scaled units, network-grid affine,
-        network-grid shape).
-    """
-    import torch
-
-    from radmtl.inference.predict import predict_volume
-    from radmtl.data.transforms import eval_transforms
-
-    cfg = loaded.cfg
-    timings = {} if timings is None else timings
-    t0 = time.perf_counter()
-    try:
-        net_mr = eval_transforms(cfg.data, ["mr"])({"mr": str(mr_path)})["mr"]
-    except Exception as err:  # MONAI wraps reader/transform errors in RuntimeError chains
-        raise VolumeError(f"{mr_path}: preprocessing failed ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0] if str(err) else ''}); check the file") from err
-    net_affine = np.asarray(net_mr.affine, np.float64)
-    net_shape = tuple(int(s) for s in net_mr.shape[1:])
-    timings["preprocess_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)  # MC dropout masks: the same outputs for the same case and model
-    maps = predict_volume(
-        loaded.model, net_mr.as_tensor()[None], cfg.data.patch_size, overlap=overlap,
-        sw_batch_size=sw_batch_size, mc_samples=mc_samples, likelihood=cfg.loss.likelihood,
-        device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale,
-    )
-    timings["predict_s"] = time.perf_counter() - t0
-    return maps, net_affine, net_shape
-
-
-def map_to_input_grid(key: str, network_map: Any, net_affine: np.ndarray, volume: Volume,
-                      ct_scale_hu: float) -> np.ndarray:
-    """One (1, 1, x, y, z) network-grid map → (X, Y, Z) float32 on the input grid, in HU if an sCT/σ map."""
-    from radmtl.inference.resample import resample_to_grid
-
-    # Resample in network units; HU scaling is linear so it commutes with interpolation.
-    as_variance = key in VARIANCE_MAPS
-    values = network_map[0] ** 2 if as_variance else network_map[0]
-    array = resample_to_grid(values, net_affine, volume.affine, volume.shape)[0]
-    if as_variance:
-        array = np.sqrt(np.clip(array, 0.0, None))
-    if MAP_OUTPUTS[key][2]:
-        array *= ct_scale_hu
-    return array
 
 
 def _progress_bar(enabled: bool, total: int, desc: str):

@@ -28,7 +28,7 @@ from scipy import optimize
 from radmtl.evaluation.calibration import SIGMA_FLOOR_HU, coverage, zscore_stats
 from radmtl.nn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from radmtl.data.discovery import Case
-from radmtl.inference.infer import map_to_input_grid, predict_on_network_grid
+from radmtl.inference.case_maps import map_to_input_grid, predict_on_network_grid
 from radmtl.data.io import read_volume
 
 log = logging.getLogger(__name__)
