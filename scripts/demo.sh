@@ -15,8 +15,8 @@ SPACING=(6 6 4.8)
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
-echo "== 1/5 radmtl phantom: 10 training/validation and 3 held-out synthetic pelvis cases"
-radmtl -q phantom "$OUT/data" --cases 10 --seed 0 --shape "${SHAPE[@]}" --spacing "${SPACING[@]}"
+echo "== 1/5 radmtl phantom: 24 training/validation and 3 held-out synthetic pelvis cases"
+radmtl -q phantom "$OUT/data" --cases 24 --seed 0 --shape "${SHAPE[@]}" --spacing "${SPACING[@]}"
 radmtl -q phantom "$OUT/heldout" --cases 3 --seed 1000 --shape "${SHAPE[@]}" --spacing "${SPACING[@]}"
 
 echo "== 2/5 radmtl check"
