@@ -52,7 +52,7 @@ MODES = {
                      "train.epochs=1", "train.steps_per_epoch=2", "train.log_every=1", "train.val_every=1", "model.channels=[4,8]",
                      "model.strides=[2]", "data.spacing=[12.0,12.0,9.6]", "data.patch_size=[16,16,16]",
                      "train.warmup_epochs=0", "data.cache=false"]),
-    "budget": dict(base="quick.yaml", shape=(64, 48, 40), spacing=(6.0, 6.0, 4.8), n_train=8, n_val=2,
+    "budget": dict(base="quick.yaml", shape=(64, 48, 40), spacing=(6.0, 6.0, 4.8), n_train=19, n_val=5,
                    n_test=3, mc=8, overrides=[]),
     "full": dict(base="default.yaml", shape=(96, 96, 64), spacing=(4.0, 3.0, 3.0), n_train=24, n_val=4,
                  n_test=8, mc=20, overrides=["data.spacing=[4.0,3.0,3.0]"]),
