@@ -341,11 +341,12 @@ def write_results(path: Path, results: dict, cfgs: dict, info: dict, figs: list[
                   ("Spearman (soft tissue) ≥ 0.6", _mean(d, "spearman_sigma_true_noise_soft_tissue"), lambda v: v >= 0.6)]
         if "m1_sct" in summ:
             ref = _mean(summ["m1_sct"], "mae_hu")
-            checks.append((f"body MAE ≤ single-task sCT ({ref:.1f} HU)", _mean(d, "mae_hu"), lambda v: v <= ref))
+            checks.append((f"body MAE ≤ single-task sCT ({ref:.1f} HU)", _mean(d, "mae_hu"),
+                           lambda v, ref=ref: v <= ref))
         if "m1_seg" in summ:
             ref = _mean(summ["m1_seg"], "dice_mean")
             checks.append((f"mean Dice ≥ single-task seg − 0.02 ({ref:.3f} − 0.02)", _mean(d, "dice_mean"),
-                           lambda v: v >= ref - 0.02))
+                           lambda v, ref=ref: v >= ref - 0.02))
         for what, value, ok in checks:
             verdict = "n/a" if value is None else ("pass" if ok(value) else "**FAIL**")
             lines.append(f"- {what}: {'—' if value is None else f'{value:.3f}'} → {verdict}")

@@ -71,6 +71,12 @@ def test_ablation_tiny_end_to_end(tmp_path, monkeypatch):
     # M3's learned s starts at init_log_var = 0 and is reported next to its analytic optimum
     assert "| m3_homoscedastic | sct | 0.00 |" in text and "| m3_homoscedastic | seg | 0.00 |" in text
     assert "| hetero_homo | applied |" in text and "| hetero_homo_global_clip | raw |" in text
+    # every target verdict agrees with the numbers next to it
+    summary = {n: results_json[n]["eval"]["summary"] for n in ("m1_sct", "m1_seg", "hetero_homo")}
+    mae_ref, dice_ref = summary["m1_sct"]["mae_hu"]["mean"], summary["m1_seg"]["dice_mean"]["mean"]
+    mae, dice = summary["hetero_homo"]["mae_hu"]["mean"], summary["hetero_homo"]["dice_mean"]["mean"]
+    assert f"single-task sCT ({mae_ref:.1f} HU): {mae:.3f} → {'pass' if mae <= mae_ref else '**FAIL**'}" in text
+    assert f"({dice_ref:.3f} − 0.02): {dice:.3f} → {'pass' if dice >= dice_ref - 0.02 else '**FAIL**'}" in text
     figures = {p.name for p in (out / "docs" / "figures").glob("*.png")}
     assert "log_var_trajectory_m3_homoscedastic.png" in figures
     assert "calibration.png" in figures
