@@ -319,14 +319,14 @@ def write_results(path: Path, results: dict, cfgs: dict, info: dict, figs: list[
                   "For a stationary task loss L the optimum is s = log L (regression, L = MSE in scaled units) "
                   "and s = log 2L (classification, L = CE + Dice). 'final' is the mean over the last tenth of "
                   "the logged steps.", ""]
-        lines += table(["model", "task", "s at step 1", "s final", "optimum final", "steps"], traj_rows)
+        lines += table(["model", "task", "s at first logged step", "s final", "optimum final", "steps"], traj_rows)
     grad_rows = gradient_balance(results)
     if grad_rows:
         lines += ["", "## Gradient balance in the shared encoder: ‖∇ sCT term‖ / ‖∇ segmentation term‖", "",
                   "'raw': the two tasks' gradients on the encoder before clipping; 'applied': after clipping, "
                   "what the encoder is updated with (per-task clipping to train.grad_clip; a global clip "
                   "scales both alike).", ""]
-        lines += table(["model", "ratio", "first step", "median", "last step"], grad_rows)
+        lines += table(["model", "ratio", "first logged step", "median", "last step"], grad_rows)
     lines += ["", "## Runs and timings", ""]
     lines += table(["model", "MLflow run id", "best epoch", "train (s)", "infer+eval (s)", "total (s)"],
                    [[n, f"`{results[n]['run_id']}`", str(results[n]["best_epoch"]), f"{results[n]['train_s']:.0f}",
