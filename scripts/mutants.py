@@ -41,6 +41,8 @@ class Mutant:
 
 PREDICT, INFER, RESAMPLE = "radmtl/inference/predict.py", "radmtl/inference/infer.py", "radmtl/inference/resample.py"
 CASE_MAPS = "radmtl/inference/case_maps.py"
+DICOM_COMMON, DICOM_CT = "radmtl/data/dicom_common.py", "radmtl/data/dicom_ct.py"
+DICOM_TESTS = ("tests/data/test_dicom_series.py", "tests/data/test_dicom_ct.py", "tests/inference/test_infer_dicom.py")
 LOSSES, LIKELIHOODS, MODEL = "radmtl/nn/losses.py", "radmtl/nn/likelihoods.py", "radmtl/nn/model.py"
 RECALIBRATION, STEP, SCHEDULE = ("radmtl/training/recalibration.py", "radmtl/training/step.py",
                                  "radmtl/training/schedule.py")
@@ -103,6 +105,17 @@ MUTANTS: list[Mutant] = [
     Mutant("output heads inside bf16 autocast", ("tests/training/test_train_step.py",), (
         (MODEL, "with torch.autocast(device_type=features[0].device.type, enabled=False):",
          "with torch.autocast(device_type=features[0].device.type, dtype=torch.bfloat16):"),
+    )),
+    Mutant("DICOM: LPS taken as RAS (no x/y sign flip)", DICOM_TESTS, (
+        (DICOM_COMMON, "RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])", "RAS_FROM_LPS = np.diag([1.0, 1.0, 1.0, 1.0])"),
+    )),
+    Mutant("DICOM: PixelSpacing row/column swapped", DICOM_TESTS, (
+        (DICOM_COMMON, "pixel_spacing=(float(spacing[1]), float(spacing[0]))",
+         "pixel_spacing=(float(spacing[0]), float(spacing[1]))"),
+    )),
+    Mutant("DICOM: CT stored values without the rescale intercept", DICOM_TESTS, (
+        (DICOM_CT, "stored = np.rint(np.asarray(sct_hu, dtype=np.float64) - HU_INTERCEPT)",
+         "stored = np.rint(np.asarray(sct_hu, dtype=np.float64))"),
     )),
     Mutant("slab offset negated (z0 → −z0)", ("tests/inference/test_resample.py",), (
         (RESAMPLE, "shift[2, 3] = z0", "shift[2, 3] = -z0"),
