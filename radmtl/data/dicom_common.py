@@ -184,8 +184,8 @@ def dicom_datetime(when: datetime) -> tuple[str, str]:
     return when.strftime("%Y%m%d"), when.strftime("%H%M%S.%f")[:13]
 
 
-def base_dataset(sop_class_uid: str, sop_instance_uid: str, identity: DicomIdentity, when: datetime) -> Any:
-    """A dataset with the file meta, SOP Common, Patient, General Study and General Equipment modules."""
+def file_dataset(sop_class_uid: str, sop_instance_uid: str) -> Any:
+    """An empty dataset with its file meta (explicit VR little endian) and SOP class/instance UIDs."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -196,10 +196,16 @@ def base_dataset(sop_class_uid: str, sop_instance_uid: str, identity: DicomIdent
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, sop_instance_uid
+    return ds
+
+
+def base_dataset(sop_class_uid: str, sop_instance_uid: str, identity: DicomIdentity, when: datetime) -> Any:
+    """A dataset with the file meta, SOP Common, Patient, General Study and General Equipment modules."""
+    ds = file_dataset(sop_class_uid, sop_instance_uid)
     date, time = dicom_datetime(when)
     # UTF-8, whatever the MR used: pydicom has decoded its names to str already.
     ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, sop_instance_uid
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     ds.PatientName, ds.PatientID = identity.patient_name, identity.patient_id
     ds.PatientBirthDate, ds.PatientSex = identity.patient_birth_date, identity.patient_sex

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from radmtl.data.dicom_common import DicomError, dicom_datetime, ds_text, grid_to_planes, new_uid
+from radmtl.data.dicom_common import DicomError, dicom_datetime, ds_text, file_dataset, grid_to_planes, new_uid
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,6 @@ def write_mr_series(
     Returns:
         The written files, in slice order.
     """
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-
     mr = np.asarray(mr)
     if mr.ndim != 3:
         raise DicomError(f"mr: expected a 3D array (X, Y, Z), got shape {list(mr.shape)}")
@@ -99,15 +95,8 @@ def write_mr_series(
     pixels = np.clip(np.rint(mr), 0, 65535).astype(np.uint16)
     paths = []
     for k in range(mr.shape[2]):
-        sop_instance_uid = new_uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = sop_instance_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = pydicom.Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE_STORAGE, sop_instance_uid
+        ds = file_dataset(MR_IMAGE_STORAGE, new_uid())
+        ds.SpecificCharacterSet = "ISO_IR 100"  # a scanner export's charset, not radmtl's UTF-8
         ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "", "O"
         ds.StudyInstanceUID, ds.StudyID, ds.StudyDate, ds.StudyTime = study_instance_uid, "1", date, time
         ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
