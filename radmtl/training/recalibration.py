@@ -26,7 +26,7 @@ import numpy as np
 from scipy import optimize
 
 from radmtl.evaluation.calibration import SIGMA_FLOOR_HU, coverage, zscore_stats
-from radmtl.nn.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from radmtl.nn.checkpoint import model_from_checkpoint, save_checkpoint
 from radmtl.data.discovery import Case
 from radmtl.inference.case_maps import map_to_input_grid, predict_on_network_grid
 from radmtl.data.io import read_volume
@@ -101,12 +101,18 @@ def case_residuals(loaded: Any, case: Case, mc_samples: int, device: Any) -> Cas
     )
 
 
-def calibration_summary(res: list[CaseResiduals], scale: float) -> dict[str, float]:
-    """Pooled z mean/SD and 95 % coverage over the validation voxels with σ_aleatoric × ``scale``."""
+def pool(res: list[CaseResiduals]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All validation voxels together: (residual, σ_aleatoric, σ_epistemic) in HU."""
+    return tuple(np.concatenate([getattr(c, name) for c in res])
+                 for name in ("residual_hu", "sigma_aleatoric_hu", "sigma_epistemic_hu"))
+
+
+def calibration_summary(residual_hu: np.ndarray, sigma_aleatoric_hu: np.ndarray, sigma_epistemic_hu: np.ndarray,
+                        scale: float) -> dict[str, float]:
+    """z mean/SD and 95 % coverage of pooled voxels with σ_aleatoric × ``scale``."""
     # The metrics take (x, y, z) volumes; pooled voxels are a (n, 1, 1) one.
-    r = np.concatenate([c.residual_hu for c in res])[:, None, None]
-    total = np.sqrt((scale * np.concatenate([c.sigma_aleatoric_hu for c in res])) ** 2
-                    + np.concatenate([c.sigma_epistemic_hu for c in res]) ** 2)[:, None, None]
+    r = residual_hu[:, None, None]
+    total = np.sqrt((scale * sigma_aleatoric_hu) ** 2 + sigma_epistemic_hu ** 2)[:, None, None]
     inside = np.ones(r.shape, bool)
     z_mean, z_sd = zscore_stats(r, np.zeros_like(r), total, inside)
     return {"zscore_mean": z_mean, "zscore_sd": z_sd, "coverage_95": coverage(r, np.zeros_like(r), total, inside)}
@@ -129,21 +135,21 @@ def recalibrate(checkpoint: str | Path, val_cases: list[Case], device: Any = "cp
         return None
     mc_samples = int(mc_samples or cfg.infer.mc_samples)
     res = [case_residuals(loaded, case, mc_samples, device) for case in usable]
-    scale = fit_sigma_scale(np.concatenate([c.residual_hu for c in res]),
-                            np.concatenate([c.sigma_aleatoric_hu for c in res]),
-                            np.concatenate([c.sigma_epistemic_hu for c in res]))
-    before, after = calibration_summary(res, 1.0), calibration_summary(res, scale)
+    pooled = pool(res)
+    scale = fit_sigma_scale(*pooled)
+    before, after = calibration_summary(*pooled, 1.0), calibration_summary(*pooled, scale)
     record = {
         "factor": scale,
         "method": METHOD,
         "likelihood": cfg.loss.likelihood,
         "mc_samples": mc_samples,
         "cases": [c.case_id for c in res],
-        "voxels": int(sum(c.residual_hu.size for c in res)),
+        "voxels": int(pooled[0].size),
         "before": before,
         "after": after,
     }
-    payload = load_checkpoint(checkpoint)
+    # The payload read to build the model (its tensors stay on the CPU): no second read of the file.
+    payload = dict(loaded.payload)
     payload["sigma_scaling"] = record
     save_checkpoint(checkpoint, payload)
     log.info("σ-scaling factor %.3f on %d validation case(s): z SD %.3f → %.3f, coverage_95 %.3f → %.3f",
@@ -152,4 +158,4 @@ def recalibrate(checkpoint: str | Path, val_cases: list[Case], device: Any = "cp
     return record
 
 
-__all__ = ["CaseResiduals", "calibration_summary", "case_residuals", "fit_sigma_scale", "recalibrate"]
+__all__ = ["CaseResiduals", "calibration_summary", "case_residuals", "fit_sigma_scale", "pool", "recalibrate"]
