@@ -1,11 +1,17 @@
 """Dataset discovery: which cases a dataset folder holds and where each case's files are.
 
-A dataset is a folder with one sub-folder per case (SynthRAD2023-style) and an optional
-``dataset.json`` (nnU-Net/MSD-like) that names the labels and lists the cases::
+A dataset is a folder tree in which every folder holding an ``mr.*`` file is one case, plus an
+optional ``dataset.json`` (nnU-Net/MSD-like) that names the labels and lists the cases::
 
     DATA/
       dataset.json          # optional
       case_001/mr.nii.gz ct.nii.gz mask.nii.gz labels.nii.gz [ct_noise_sd.nii.gz]
+
+The published SynthRAD trees are datasets as they are: ``Task1/pelvis/1PA001/{mr,ct,mask}.nii.gz``
+(SynthRAD2023) and ``Task1/AB/1ABA005/{mr,ct,mask}.mha`` (SynthRAD2025) are found from the task
+root, with the case id the path below the root (``AB/1ABA005``, unique across centres) and the
+folder above the case (``AB``, the centre or anatomy) its :attr:`Case.group`. Folders without an
+MR (SynthRAD's ``overview/``) are not cases, and a case folder's own sub-folders are not searched.
 
 Files are found by stem (``ct.nii``, ``ct.nii.gz``, ``ct.mha``, ``ct.nrrd`` are all "ct"). This
 module never reads an image: it only decides which files belong to which case, so it is cheap
@@ -16,9 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -60,6 +66,17 @@ class Case:
 
     case_id: str
     paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def group(self) -> str:
+        """The folder path above the case (``AB`` for ``AB/1ABA005``): centre or anatomy; "" at top level."""
+        parent = PurePosixPath(self.case_id).parent.as_posix()
+        return "" if parent == "." else parent
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks this case has targets for: ``sct`` (a ct file), ``seg`` (a labels file)."""
+        return tuple(task for task, key in (("sct", "ct"), ("seg", "labels")) if key in self.paths)
 
 
 @dataclass(frozen=True)
@@ -118,8 +135,25 @@ def _find_case_files(folder: Path, keys: Sequence[str] = IMAGE_KEYS) -> dict[str
     return paths
 
 
+def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
+    """Every visible folder below ``root`` (sorted, depth first) and whether it holds an ``mr.*``.
+
+    A case folder's sub-folders are not visited: a case never contains another case.
+    """
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as err:
+        log.warning("%s: cannot list (%s); skipped", root, err.strerror)
+        return
+    for sub in children:
+        is_case = bool(find_volumes(sub, "mr"))
+        yield sub, is_case
+        if not is_case:
+            yield from _walk(sub)
+
+
 def folders_without_mr(root: str | Path) -> list[Path]:
-    """Sub-folders of ``root`` that hold volume files but no ``mr.*`` (skipped by discovery).
+    """Folders below ``root`` that hold volume files but no ``mr.*`` (skipped by discovery).
 
     Usually a misnamed MR (``T2.nii.gz``); reported by ``radmtl check`` so a case is never
     silently left out.
@@ -127,11 +161,8 @@ def folders_without_mr(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    skipped = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not find_volumes(sub, "mr") and any(has_volume_suffix(p.name) for p in sub.iterdir()):
-            skipped.append(sub)
-    return skipped
+    return [folder for folder, is_case in _walk(root)
+            if not is_case and any(p.is_file() and has_volume_suffix(p.name) for p in folder.iterdir())]
 
 
 def discover(root: str | Path) -> DatasetIndex:
@@ -139,8 +170,8 @@ def discover(root: str | Path) -> DatasetIndex:
 
     With ``DATA/dataset.json`` its ``training``/``validation``/``test`` lists define the cases;
     files an entry does not declare are still picked up from ``DATA/<case>/`` by stem. Without
-    it, every sub-folder holding an ``mr.*`` file is a training case (sorted by name) and the
-    labels are unknown (``None``).
+    it, every folder below ``root`` holding an ``mr.*`` file is a training case (sorted by path; see
+    the module docstring) and the labels are unknown (``None``).
 
     Args:
         root: the dataset folder.
@@ -170,19 +201,50 @@ def discover(root: str | Path) -> DatasetIndex:
 
 def _from_folders(root: Path) -> DatasetIndex:
     cases = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        paths = _find_case_files(sub)
-        if "mr" in paths:
-            cases.append(Case(case_id=sub.name, paths=paths))
-        else:
-            log.debug("%s: no mr file, not a case", sub)
+    for folder, is_case in _walk(root):
+        if is_case:
+            cases.append(Case(case_id=folder.relative_to(root).as_posix(), paths=_find_case_files(folder)))
     if not cases:
         raise DatasetError(
-            root, "no cases found (no sub-folder holds an mr.nii.gz/.nii/.mha/.nrrd file)",
-            "put each case in its own sub-folder, e.g. case_001/mr.nii.gz, or add a dataset.json",
+            root, "no cases found (no folder below it holds an mr.nii.gz/.nii/.mha/.nrrd file)",
+            "put each case in its own folder, e.g. case_001/mr.nii.gz, or add a dataset.json",
         )
     return DatasetIndex(root=root, name=root.name, labels=None, training=tuple(cases),
                         validation=())
+
+
+def discover_all(roots: Sequence[str | Path]) -> DatasetIndex:
+    """Index several dataset folders as one (``--data A B``): their cases, split by split.
+
+    Case ids must stay unique across the folders, and declared labels must agree, so that a
+    case is never silently replaced and a label value means one organ.
+
+    Raises:
+        DatasetError: as :func:`discover`, or a case id or label map that clashes between folders.
+    """
+    if not roots:
+        raise ValueError("discover_all: no dataset folder given")
+    indices = [discover(root) for root in roots]
+    if len(indices) == 1:
+        return indices[0]
+    owner: dict[str, Path] = {}
+    labels = None
+    for index in indices:
+        for case in index.cases:
+            if case.case_id in owner:
+                raise DatasetError(index.root, f'case id "{case.case_id}" is also a case of {owner[case.case_id]}',
+                                   "rename one of the two case folders, or pass only one of the folders")
+            owner[case.case_id] = index.root
+        if index.labels is not None:
+            if labels is not None and index.labels != labels:
+                raise DatasetError(index.root / DATASET_JSON, f"labels {index.labels} differ from {labels} "
+                                   "of the other dataset folder", "use one label map in every dataset.json")
+            labels = index.labels
+    return DatasetIndex(
+        root=indices[0].root, name="+".join(index.name for index in indices), labels=labels,
+        training=sum((index.training for index in indices), ()),
+        validation=sum((index.validation for index in indices), ()),
+        test=sum((index.test for index in indices), ()))
 
 
 def _from_dataset_json(root: Path, json_path: Path) -> DatasetIndex:
