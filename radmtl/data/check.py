@@ -6,12 +6,11 @@ that case are still checked. One case is in memory at a time, and only one full 
 
 Rules:
 
-* Required files: those in ``require`` (default ``mr`` and ``ct``) for training and validation
-  cases; only ``mr`` for test cases. ``labels`` is also required for training/validation cases
-  when checking for training (``"ct"`` in ``require``) and either ``dataset.json`` declares
-  labels beyond background, or (without declared labels) at least one training/validation case
-  has a labels file — segmentation training needs labels on every case it uses. ``mask`` is
-  never required: it is derived by thresholding the MR when absent.
+* Required files: ``mr`` for every case. For training (``purpose="train"``), a training or
+  validation case must also bring a target for at least one task — ``ct`` (sCT) or ``labels``
+  (segmentation): a case trains the tasks it has targets for (mixed supervision), so only a case
+  that no task can use is a problem. :func:`task_coverage` says which cases serve which task.
+  Test cases need only ``mr``. ``mask`` is never required: it is derived from the MR when absent.
 * Grid: every file must share the mr's grid (shape, spacing, origin, direction, within
   :mod:`radmtl.data.io` tolerances).
 * Every file: readable, 3D, finite (no NaN/Inf). MR and CT must not be constant.
@@ -71,25 +70,29 @@ class Problem:
         return " ".join(f"{where}: {self.what} — fix: {self.fix}".split())
 
 
+PURPOSES = ("train", "infer")
+TASK_TARGETS = {"sct": "ct", "seg": "labels"}  # task -> the file that is its target
+
+
 def check_dataset(
     root: str | Path,
-    require: Sequence[str] = ("mr", "ct"),
+    purpose: str = "train",
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[DatasetIndex | None, list[Problem]]:
     """Check every case of a dataset folder and collect every problem.
 
     Args:
         root: the dataset folder.
-        require: files every training/validation case must have (``mr`` is always required).
+        purpose: ``train`` (every training/validation case needs a ``ct`` or ``labels`` target) or
+            ``infer`` (only ``mr``).
         progress: called as ``progress(done, total)`` after each case.
 
     Returns:
         ``(index, problems)``; ``index`` is None when the dataset itself cannot be indexed, in
         which case ``problems`` holds one problem with case id ``"dataset"``.
     """
-    unknown = sorted(set(require) - set(IMAGE_KEYS))
-    if unknown:
-        raise ValueError(f"require: unknown file key(s) {unknown}; choose from {list(IMAGE_KEYS)}")
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose: must be one of {list(PURPOSES)}, got {purpose!r}")
     try:
         index = discover(root)
     except DatasetError as err:
@@ -106,31 +109,30 @@ def check_dataset(
                 f"no mr file, so this folder is skipped (it holds {', '.join(others[:_MAX_LISTED])})",
                 "name the MR mr.nii.gz (or .nii/.mha/.nrrd), or remove the folder"))
 
-    required = _required_keys(index, require)
     test_ids = {c.case_id for c in index.test}
     total = len(index.cases)
     for done, case in enumerate(index.cases, start=1):
-        keys = ("mr",) if case.case_id in test_ids else required
-        problems.extend(check_case(case, index, keys))
+        case_problems = check_case(case, index, ("mr",))
+        if purpose == "train" and case.case_id not in test_ids and not case.tasks:
+            case_problems.insert(0, Problem(
+                case.case_id, "ct.*/labels.*",
+                f"neither ct nor labels in {case.case_id}/, so no task can train on it",
+                "add ct.nii.gz (sCT) and/or labels.nii.gz (segmentation), move the case to the "
+                '"test" list of dataset.json, or remove it'))
+        problems.extend(case_problems)
         if progress is not None:
             progress(done, total)
     log.debug("%s: checked %d case(s), %d problem(s)", index.root, total, len(problems))
     return index, problems
 
 
-def _required_keys(index: DatasetIndex, require: Sequence[str]) -> tuple[str, ...]:
-    keys = ["mr"] + [k for k in require if k != "mr"]
-    if "ct" in keys and "labels" not in keys:
-        if index.labels is not None:
-            needs_labels = len(index.labels) > 1
-        else:
-            needs_labels = any("labels" in c.paths for c in index.training + index.validation)
-        if needs_labels:
-            keys.append("labels")
-    return tuple(keys)
+def task_coverage(index: DatasetIndex) -> dict[str, list[str]]:
+    """Task (``sct``, ``seg``) → the training/validation case ids that have its target file."""
+    cases = index.training + index.validation
+    return {task: [c.case_id for c in cases if task in c.tasks] for task in TASK_TARGETS}
 
 
-def check_case(case: Case, index: DatasetIndex, required: Sequence[str] = ("mr", "ct")) -> list[Problem]:
+def check_case(case: Case, index: DatasetIndex, required: Sequence[str] = ("mr",)) -> list[Problem]:
     """All problems of one case (see the module docstring for the rules)."""
     problems: list[Problem] = []
     case_dir = index.root / case.case_id

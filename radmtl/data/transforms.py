@@ -1,9 +1,15 @@
 """MONAI transform pipelines: volumes on disk -> normalised network input on the training grid.
 
 One preprocessing chain serves training, validation and inference, so the network sees the same
-intensities everywhere: load → channel-first → RAS → resample to ``cfg.spacing`` (labels and masks
-nearest) → MR robust z-score → CT clip and scale. Training appends foreground-biased random crops
-and augmentation that keeps left/right organ labels true.
+intensities everywhere: load (radmtl's own reader, :mod:`radmtl.data.reader`, so ``.mha``/``.nrrd``
+work as NIfTI does) → channel-first → RAS → resample to ``cfg.spacing`` (labels and masks nearest)
+→ MR robust z-score → CT clip and scale. Training appends foreground-biased random crops and
+augmentation that keeps left/right organ labels true.
+
+Mixed supervision: every transform accepts a case that lacks ``ct`` or ``labels`` (MONAI's
+``allow_missing_keys``). For training, :class:`TaskTargetsd` then puts an all-zero stand-in in
+the missing target's place, so patches of different cases still stack into one batch, and flags
+what is real (``has_ct``, ``has_labels``); the loss masks each task per sample by these flags.
 """
 
 from __future__ import annotations
@@ -33,11 +39,13 @@ from scipy import ndimage
 
 from radmtl.config import Config, DataConfig
 from radmtl.data.discovery import Case
+from radmtl.data.reader import VolumeReader
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("mr", "ct")  # interpolated linearly
 DISCRETE_KEYS = ("mask", "labels")  # nearest neighbour, never interpolated
+TARGET_KEYS = ("ct", "labels")  # what a case may lack; its "has_<key>" flag says whether it is real
 
 
 def derive_body_mask(mr: np.ndarray) -> np.ndarray:
@@ -166,39 +174,88 @@ class RandLeftRightFlipd(Randomizable, MapTransform):
 
 
 def preprocess(cfg: DataConfig, keys: Sequence[str]) -> list:
-    """Deterministic chain for the keys present (``mr`` required); cached by the datasets."""
+    """Deterministic chain for ``keys`` (``mr`` required, the others may be absent from a case)."""
     keys = list(keys)
     interp = [k for k in keys if k in IMAGE_KEYS]
     discrete = [k for k in keys if k in DISCRETE_KEYS]
     lo, hi = cfg.ct_clip_hu
     chain: list = [
-        LoadImaged(keys=keys, image_only=True, ensure_channel_first=True, dtype=np.float32),
-        # labels=None: orient by the MetaTensor's own space (RAS from nibabel and ITK readers).
-        Orientationd(keys=keys, axcodes="RAS", labels=None),
-        Spacingd(keys=interp, pixdim=cfg.spacing, mode="bilinear", dtype=np.float32),
+        LoadImaged(keys=keys, reader=VolumeReader(), image_only=True, ensure_channel_first=True,
+                   dtype=np.float32, allow_missing_keys=True),
+        # labels=None: orient by the MetaTensor's own space (the reader gives RAS for every format).
+        Orientationd(keys=keys, axcodes="RAS", labels=None, allow_missing_keys=True),
+        Spacingd(keys=interp, pixdim=cfg.spacing, mode="bilinear", dtype=np.float32, allow_missing_keys=True),
     ]
     if discrete:
-        chain.append(Spacingd(keys=discrete, pixdim=cfg.spacing, mode="nearest", dtype=np.float32))
+        chain.append(Spacingd(keys=discrete, pixdim=cfg.spacing, mode="nearest", dtype=np.float32,
+                              allow_missing_keys=True))
     chain.append(NormalizeMRd(keys=["mr"], percentiles=cfg.mr_percentiles))
     if "ct" in keys:
         chain.append(ScaleIntensityRanged(keys=["ct"], a_min=lo, a_max=hi, b_min=lo / cfg.ct_scale_hu,
-                                          b_max=hi / cfg.ct_scale_hu, clip=True))
-    if "mask" not in keys:
-        chain.append(DeriveMaskd())
+                                          b_max=hi / cfg.ct_scale_hu, clip=True, allow_missing_keys=True))
+    chain.append(DeriveMaskd())  # only for the cases without a mask file
     return chain
 
 
+class TaskTargetsd(MapTransform):
+    """Stand in for a missing target with zeros shaped like the MR, and flag what is real.
+
+    Sets ``has_<key>`` = 1.0 when the case brought ``<key>``, 0.0 when the zeros are a stand-in;
+    :class:`radmtl.nn.losses.MultiTaskLoss` drops the flagged-off samples from that task's term.
+    """
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        super().__init__(keys=list(keys), allow_missing_keys=True)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.keys:
+            present = key in d
+            if not present:
+                d[key] = torch.zeros_like(d["mr"])
+            d[f"has_{key}"] = torch.tensor(float(present))
+        return d
+
+
+class CropCentresd(MapTransform):
+    """Where crops may centre: organ voxels (``fg``) and body voxels outside organs (``bg``).
+
+    Written by hand because MONAI's ``FgBgToIndicesd`` leaves ``fg`` empty for a case without
+    labels (or with the zero stand-in), and ``RandCropByPosNegLabeld`` then warns on every draw
+    and falls back to one side. Here a case without labels draws every crop from body voxels, one
+    with labels keeps the pos/neg organ bias, and one empty side falls back to the other.
+    """
+
+    def __init__(self, label_key: str = "labels", mask_key: str = "mask") -> None:
+        super().__init__(keys=[mask_key])
+        self.label_key, self.mask_key = label_key, mask_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        body = np.asarray(d[self.mask_key][0]).ravel() > 0.5
+        real_labels = self.label_key in d and float(d.get(f"has_{self.label_key}", 1.0)) > 0
+        organs = body & (np.asarray(d[self.label_key][0]).ravel() > 0) if real_labels else np.zeros_like(body)
+        fg, bg = np.flatnonzero(organs), np.flatnonzero(body & ~organs)
+        if not bg.size:
+            bg = fg if fg.size else np.arange(body.size)
+        d["crop_fg_indices"], d["crop_bg_indices"] = (fg if fg.size else bg), bg
+        return d
+
+
 def training_transforms(cfg: DataConfig, keys: Sequence[str], label_names: Mapping[str, int]) -> Compose:
-    """Preprocessing + random foreground-biased crops + left/right-safe augmentation."""
+    """Preprocessing + stand-ins for missing targets + organ-biased random crops + left/right-safe
+    augmentation."""
     keys = list(keys)
     all_keys = keys + (["mask"] if "mask" not in keys else [])
-    label_key = "labels" if "labels" in keys else "mask"
     pos = cfg.pos_fraction
     chain = preprocess(cfg, keys) + [
+        TaskTargetsd([k for k in TARGET_KEYS if k in keys]),
         SpatialPadd(keys=all_keys, spatial_size=cfg.patch_size, mode="constant"),
+        CropCentresd(),
         RandCropByPosNegLabeld(
-            keys=all_keys, label_key=label_key, spatial_size=cfg.patch_size, pos=pos, neg=1.0 - pos,
-            num_samples=cfg.patches_per_volume, image_key="mask", image_threshold=0.0,
+            keys=all_keys, label_key="mask", spatial_size=cfg.patch_size, pos=pos, neg=1.0 - pos,
+            num_samples=cfg.patches_per_volume, fg_indices_key="crop_fg_indices",
+            bg_indices_key="crop_bg_indices",
         ),
     ]
     if cfg.augment_flip:
@@ -225,14 +282,14 @@ def case_dicts(cases: list[Case], keys: tuple[str, ...]) -> list[dict]:
 
 
 def data_keys(cfg: Config, cases: list[Case]) -> tuple[str, ...]:
-    """The image keys every case provides and the tasks need (``mask`` is derived when absent)."""
+    """The image keys to load: ``mr``, each task's target that some case has (``ct`` for sCT,
+    ``labels`` for segmentation), ``labels`` also for organ-biased crops in sCT-only training,
+    and ``mask`` when some case has one (it is derived from the MR for the others)."""
     keys = ["mr"]
-    if "sct" in cfg.loss.tasks:
+    if "sct" in cfg.loss.tasks and any("ct" in c.paths for c in cases):
         keys.append("ct")
-    if "seg" in cfg.loss.tasks:
+    if any("labels" in c.paths for c in cases):
         keys.append("labels")
-    if cases and all("mask" in c.paths for c in cases):
+    if any("mask" in c.paths for c in cases):
         keys.append("mask")
-    elif cases and all("labels" in c.paths for c in cases) and "labels" not in keys:
-        keys.append("labels")  # organ-biased crops even for single-task sCT
     return tuple(keys)

@@ -132,6 +132,11 @@ class MultiTaskLoss(nn.Module):
             batch: ``ct`` (B, 1, D, H, W) scaled HU, ``labels`` (B, 1, D, H, W) integer,
                 ``mask`` (B, 1, D, H, W) body mask.
 
+        Mixed supervision: with ``has_ct``/``has_labels`` (B,) in the batch, each task's term is
+        computed on the samples that have its target only — averaged over them, never over the
+        samples that lack it — and a task no sample of the batch has is left out of the total
+        (its learned s gets no gradient from a batch that says nothing about it).
+
         Returns:
             The total loss (scalar tensor) and float components for logging: ``loss_total``,
             ``loss_sct``, ``loss_seg``, ``mae_sct``, ``log_var_sct``/``sigma_sct`` and
@@ -151,10 +156,17 @@ class MultiTaskLoss(nn.Module):
         """
         terms: dict[str, Tensor] = {}
         logged: dict[str, Tensor] = {}
-        if "sct" in self.tasks:
-            terms["sct"] = self._sct_term(outputs, batch, logged)
-        if "seg" in self.tasks:
-            terms["seg"] = self._seg_term(outputs, batch, logged)
+        for task, key, term in (("sct", "ct", self._sct_term), ("seg", "labels", self._seg_term)):
+            if task not in self.tasks:
+                continue
+            present = task_samples(batch, key)
+            if present is None:
+                terms[task] = term(outputs, batch, logged)
+            elif present.any():
+                sub = {k: v[present] for k, v in outputs.items()}
+                terms[task] = term(sub, {k: v[present] for k, v in batch.items() if v.ndim > 0}, logged)
+        if not terms:
+            raise ValueError(f"no sample of the batch has a target for any of the tasks {list(self.tasks)}")
         return terms, logged
 
     def combine(
@@ -220,6 +232,15 @@ class MultiTaskLoss(nn.Module):
         laplace = form is homoscedastic_laplace
         logged[f"sigma_{task}"] = math.sqrt(2.0) * torch.exp(log_var) if laplace else torch.exp(0.5 * log_var)
         return form(raw, log_var)
+
+
+def task_samples(batch: dict[str, Tensor], key: str) -> Tensor | None:
+    """(B,) bool: the samples whose ``key`` target is real (``has_<key>`` flag); None = all of them."""
+    flag = batch.get(f"has_{key}")
+    if flag is None:
+        return None
+    present = flag.reshape(-1) > 0.5
+    return None if bool(present.all()) else present
 
 
 def parameter_groups(

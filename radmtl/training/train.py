@@ -14,6 +14,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,13 +24,13 @@ from monai.data import CacheDataset
 from radmtl.nn.checkpoint import BEST, LATEST, load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from radmtl.config import Config, config_from_dict, dump_config, flatten, load_config
 from radmtl.device import amp_dtype_for, resolve_device
-from radmtl.data.discovery import DatasetIndex, discover, label_names as numbered_labels, split_cases
 from radmtl.errors import RadmtlError
 from radmtl.data.io import atomic_path
 from radmtl.nn.losses import MultiTaskLoss, parameter_groups
 from radmtl.nn.model import build_model
 from radmtl.tracking.environment import run_tags
 from radmtl.tracking.tracker import NullTracker, Tracker, start_tracking
+from radmtl.training.data_setup import case_table, data_params, prepare_training_data
 from radmtl.training.schedule import epoch_loader, seed_epoch, warmup_cosine
 from radmtl.training.step import forward_losses, optimise
 from radmtl.data.transforms import case_dicts, data_keys, eval_transforms, training_transforms
@@ -53,28 +54,6 @@ class TrainState:
     run_id: str | None = None
 
 
-def resolve_labels(index: DatasetIndex, cfg: Config) -> dict[str, int]:
-    names = index.labels or numbered_labels(index, max_label=cfg.model.num_classes - 1)
-    if "seg" in cfg.loss.tasks and len(names) != cfg.model.num_classes:
-        raise RadmtlError(
-            f"model.num_classes is {cfg.model.num_classes} but the dataset has {len(names)} labels "
-            f"({', '.join(names)}); set --set model.num_classes={len(names)}"
-        )
-    return names
-
-
-def check_before_training(data_dir: Path, cfg: Config) -> None:
-    from radmtl.data.check import check_dataset
-
-    require = ("mr",) + (("ct",) if "sct" in cfg.loss.tasks else ()) + (("labels",) if "seg" in cfg.loss.tasks else ())
-    _, problems = check_dataset(data_dir, require=require)
-    if problems:
-        shown = "; ".join(p.line() for p in problems[:3])
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise RadmtlError(f"{data_dir}: {len(problems)} problem(s) found before training: {shown}{more}; "
-                          f"run 'radmtl check {data_dir}' for the full list")
-
-
 def to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     if "labels" in out:
@@ -86,7 +65,7 @@ def to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
 
 def train(
     cfg: Config,
-    data_dir: Path,
+    data_dir: Path | Sequence[Path],
     out_dir: Path,
     *,
     resume: bool = False,
@@ -96,25 +75,26 @@ def train(
     progress: bool = True,
     tracker: Tracker | None = None,
 ) -> TrainState:
-    """Train a model; returns the final state. See the module docstring for the guarantees."""
+    """Train a model on one dataset folder or several; returns the final state. See the module
+    docstring for the guarantees."""
+    data_dirs = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     file_log = _attach_file_log(out_dir / "train.log")
     try:
-        return _train(cfg, Path(data_dir), out_dir, resume, tracking_uri, experiment, device, progress, tracker)
+        return _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device, progress, tracker)
     finally:
         logging.getLogger("radmtl").removeHandler(file_log)
         file_log.close()
 
 
-def _train(cfg, data_dir, out_dir, resume, tracking_uri, experiment, device_name, progress, tracker) -> TrainState:
+def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_name, progress, tracker) -> TrainState:
     # --- state to resume from --------------------------------------------------------------
     state = TrainState()
     payload = None
     latest = out_dir / LATEST
     if resume and latest.exists():
         payload = load_checkpoint(latest)
-        cfg = _config_for_resume(cfg, config_from_dict(payload["config"]), latest)
         state = TrainState(payload["epoch"], payload["global_step"], payload["best_metric"],
                            payload["best_epoch"], payload["mlflow_run_id"])
         log.info("resuming %s from epoch %d (step %d)", out_dir, state.epoch, state.global_step)
@@ -125,16 +105,15 @@ def _train(cfg, data_dir, out_dir, resume, tracking_uri, experiment, device_name
                           "or choose another --out")
 
     # --- data ------------------------------------------------------------------------------
-    check_before_training(data_dir, cfg)
-    index = discover(data_dir)
-    labels = resolve_labels(index, cfg)
-    if index.validation:
-        train_cases, val_cases = list(index.training), list(index.validation)
-    else:
-        train_cases, val_cases = split_cases(list(index.training), cfg.data.val_fraction, cfg.seed)
+    no_config_given = cfg == Config()
+    data = prepare_training_data(cfg, data_dirs)
+    if payload is not None:  # the saved config rules; the data may only have fitted its tasks
+        cfg = _config_for_resume(data.cfg, config_from_dict(payload["config"]), latest, no_config_given)
+        data = replace(data, cfg=cfg)
+    cfg, labels, train_cases, val_cases = data.cfg, data.labels, data.train_cases, data.val_cases
     keys = data_keys(cfg, train_cases + val_cases)
     log.info("data: %d training and %d validation cases from %s, keys %s", len(train_cases),
-             len(val_cases), data_dir, list(keys))
+             len(val_cases), ", ".join(map(str, data_dirs)), list(keys))
     train_tf = training_transforms(cfg.data, keys, labels)
     cache_rate = 1.0 if cfg.data.cache else 0.0
     train_ds = CacheDataset(case_dicts(train_cases, keys), train_tf, cache_rate=cache_rate,
@@ -170,13 +149,12 @@ def _train(cfg, data_dir, out_dir, resume, tracking_uri, experiment, device_name
     if payload is not None and payload.get("pending_metrics"):
         _flush_pending(tracker, payload["pending_metrics"], state.epoch)
     if payload is None:
-        tracker.log_params(flatten(cfg) | {"data.dir": str(data_dir), "data.train_cases": len(train_cases),
-                                           "data.val_cases": len(val_cases)})
+        tracker.log_params(flatten(cfg) | data_params(data, data_dirs))
         tracker.set_tags(run_tags(str(device)) | {"radmtl.out_dir": str(out_dir.resolve())})
-        config_path = out_dir / "config.yaml"
-        with atomic_path(config_path) as tmp:
-            tmp.write_text(dump_config(cfg))
-        tracker.log_artifact(config_path)
+        for name, text in (("config.yaml", dump_config(cfg)), ("cases.csv", case_table(data))):
+            with atomic_path(out_dir / name) as tmp:
+                tmp.write_text(text)
+            tracker.log_artifact(out_dir / name)
     log.info("model: %d parameters on %s%s; MLflow run %s", sum(p.numel() for p in model.parameters()),
              device, f" with {amp_dtype}" if amp_dtype else "", state.run_id or "(none)")
 
@@ -247,6 +225,7 @@ def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, stat
     model.train()
     loss_fn.train()
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     step_metrics: list[tuple[int, dict[str, float]]] = []
     n_steps = n_patches = 0
     bar = _progress_bar(progress, len(loader), epoch, cfg.train.epochs)
@@ -267,8 +246,9 @@ def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, stat
         n_patches += int(batch["mr"].shape[0])
         if "mae_sct" in parts:
             parts["mae_hu"] = parts["mae_sct"] * cfg.data.ct_scale_hu
-        for key, value in parts.items():
+        for key, value in parts.items():  # a task absent from a batch (mixed supervision) logs nothing
             sums[key] = sums.get(key, 0.0) + float(value)
+            counts[key] = counts.get(key, 0) + 1
         if state.global_step % cfg.train.log_every == 0:
             norms = dict(zip(grad_norms, torch.stack(list(grad_norms.values())).tolist()))
             step_metrics.append((state.global_step, {f"step_{k}": float(v) for k, v in (parts | norms).items()}
@@ -277,7 +257,7 @@ def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, stat
         bar.set_postfix(loss=f"{loss.item():.4f}", patches_s=f"{rate:.1f}", refresh=False)
         bar.update(1)
     bar.close()
-    epoch_metrics = {f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()}
+    epoch_metrics = {f"train_{k}": v / counts[k] for k, v in sums.items()}
     return step_metrics, epoch_metrics, n_patches
 
 
@@ -353,15 +333,17 @@ def _finish(model: torch.nn.Module, cfg: Config, out_dir: Path, tracker: Tracker
     tracker.log_artifact(out_dir / "train.log")
 
 
-def _config_for_resume(cfg: Config, saved: Config, path: Path) -> Config:
+def _config_for_resume(cfg: Config, saved: Config, path: Path, no_config_given: bool) -> Config:
     """Resume with the saved config; only ``train.epochs`` may change (to extend a run)."""
+    if no_config_given:
+        return saved
     candidate = replace(saved, train=replace(saved.train, epochs=cfg.train.epochs))
-    if candidate != cfg and cfg != Config():
+    if candidate != cfg:
         ours, theirs = flatten(cfg), flatten(candidate)
         key = next(k for k in theirs if ours.get(k) != theirs[k])
         raise RadmtlError(f"--resume: {key} is {ours.get(key)!r} here but {theirs[key]!r} in {path}; "
                           "resume with the same config (only train.epochs may change) or use a new --out")
-    return candidate if cfg != Config() else saved
+    return candidate
 
 
 def _attach_file_log(path: Path) -> logging.Handler:

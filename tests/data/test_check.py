@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from radmtl.data.check import Problem, check_dataset
+from radmtl.data.check import Problem, check_dataset, task_coverage
 
 SHAPE = (12, 12, 10)
 AFFINE = np.array([[1.5, 0, 0, -9.0], [0, 1.5, 0, 4.0], [0, 0, 2.0, -10.0], [0, 0, 0, 1]])
@@ -120,10 +120,11 @@ def _drop_from_json(root, key):
     (root / "dataset.json").write_text(json.dumps(spec))
 
 
-def _missing_undeclared(key):
+def _missing_undeclared(*keys):
     def apply(root):
-        _drop_from_json(root, key)
-        (_case(root) / f"{key}.nii.gz").unlink()
+        for key in keys:
+            _drop_from_json(root, key)
+            (_case(root) / f"{key}.nii.gz").unlink()
     return apply
 
 
@@ -167,8 +168,8 @@ def _gzip_garbage(root):
 
 BROKEN = {
     # name: (break case_002, expected file, key words of the message)
-    "ct-missing": (_missing_undeclared("ct"), "ct.*", ["ct not found", "add the ct file"]),
-    "labels-missing": (_missing_undeclared("labels"), "labels.*", ["labels not found"]),
+    "no-target": (_missing_undeclared("ct", "labels"), "ct.*/labels.*",
+                  ["neither ct nor labels", "no task can train on it", "add ct.nii.gz"]),
     "declared-missing": (lambda r: (_case(r) / "mask.nii.gz").unlink(), "mask.nii.gz", ["not found"]),
     "ct-truncated": (_truncate, "ct.nii.gz", ["corrupt"]),
     "labels-random-bytes": (_random_bytes, "labels.nii", ["corrupt"]),
@@ -235,31 +236,28 @@ def test_two_broken_cases_and_unreadable_file_does_not_stop_the_case(tmp_path):
     assert "0/1" in by_file["mask.nii.gz"]
 
 
-def test_require_mr_only_and_test_split_need_no_ct(tmp_path):
+def test_mixed_supervision_needs_one_target_per_case_and_infer_only_mr(tmp_path):
     make_dataset(tmp_path)
-    for case in ("case_002", "case_003"):
-        (tmp_path / case / "ct.nii.gz").unlink()
+    (tmp_path / "case_002" / "ct.nii.gz").unlink()  # labels only: segmentation trains on it
+    (tmp_path / "case_003" / "labels.nii.gz").unlink()  # ct only: the sCT trains on it
     spec = json.loads((tmp_path / "dataset.json").read_text())
-    for entry in spec["training"] + spec["validation"]:
-        entry.pop("ct")
-    spec["test"] = spec.pop("validation")  # case_003 becomes a test case: only mr required
+    spec["training"][1].pop("ct")
+    spec["validation"][0].pop("labels")
     (tmp_path / "dataset.json").write_text(json.dumps(spec))
-    _, problems = check_dataset(tmp_path)
-    assert [(p.case_id, p.file) for p in problems] == [("case_002", "ct.*")]
-    _, problems = check_dataset(tmp_path, require=("mr",))
+    index, problems = check_dataset(tmp_path)
     assert problems == []
-    with pytest.raises(ValueError, match="unknown file key"):
-        check_dataset(tmp_path, require=("mr", "pet"))
+    assert task_coverage(index) == {"sct": ["case_001", "case_003"], "seg": ["case_001", "case_002"]}
 
-
-def test_labels_required_when_any_case_has_labels_without_json(tmp_path):
-    make_dataset(tmp_path, with_json=False)
-    (tmp_path / "case_003" / "labels.nii.gz").unlink()
-    _, problems = check_dataset(tmp_path)
-    assert [(p.case_id, p.file) for p in problems] == [("case_003", "labels.*")]
-    for case in ("case_001", "case_002"):
-        (tmp_path / case / "labels.nii.gz").unlink()
-    assert check_dataset(tmp_path)[1] == []  # no case has labels: sCT-only training is fine
+    (tmp_path / "case_003" / "ct.nii.gz").unlink()  # now case_003 has neither
+    spec["validation"][0].pop("ct")
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    assert [(p.case_id, p.file) for p in check_dataset(tmp_path)[1]] == [("case_003", "ct.*/labels.*")]
+    assert check_dataset(tmp_path, purpose="infer")[1] == []
+    spec["test"] = spec.pop("validation")  # a test case needs only its mr
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    assert check_dataset(tmp_path)[1] == []
+    with pytest.raises(ValueError, match="purpose"):
+        check_dataset(tmp_path, purpose="evaluate")
 
 
 def test_folder_without_mr_is_reported(tmp_path):
