@@ -94,18 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="checkpoint file, or an MLflow model URI (runs:/<id>/model, models:/<name>/<version>)")
     p.add_argument("--input", required=True, type=Path,
-                   help="an MR file, a folder of MR files, a dataset folder, or a folder of DICOM files "
-                        "holding an MR series")
+                   help="an MR file, a folder of MR files (CASE.nii.gz, CASE_mr.*, nnU-Net CASE_0000.*; files "
+                        "named *_ct, *_mask, *_labels, *_seg and other channels are skipped), a dataset folder "
+                        "(SynthRAD trees too: Task1/AB/1ABA005/mr.mha → OUT/AB/1ABA005/), or a folder of DICOM "
+                        "files holding an MR series")
     p.add_argument("--series", default=None, metavar="UID",
                    help="SeriesInstanceUID of the MR series to run when the DICOM folder holds several")
     p.add_argument("--dicom-out", action="store_true",
                    help="also write the sCT as a DICOM CT series and the organs as an RT Structure Set in "
                         "OUT/<case>/dicom/ (always on for DICOM input; NIfTI input gets generated identifiers)")
     p.add_argument("--output", required=True, type=Path, help="output folder (OUT/<case>/...)")
+    p.add_argument("--output-format", choices=("auto", "nii.gz", "nii", "mha"), default="auto",
+                   help="file format of the maps: auto (default) = the input's own (.mha → .mha, .nrrd → .nrrd, "
+                        ".nii → .nii; DICOM → .nii.gz)")
     p.add_argument("--mc-samples", type=int, default=None, help="MC dropout samples T (default from the model)")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default from the model)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
-    p.add_argument("--save-probabilities", action="store_true", help="also write seg_probabilities.nii.gz")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write seg_probabilities (one channel per class)")
     p.add_argument("--no-sigma-scaling", action="store_true",
                    help="write the raw predicted aleatoric σ, without the σ-scaling factor fitted on the "
                         "validation cases after training")
@@ -114,12 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("evaluate", help="SynthRAD-style metrics of predictions against references",
-                       description="Image, segmentation and uncertainty metrics per case and mean ± SD.")
-    p.add_argument("--pred", required=True, type=Path, help="output folder of radmtl infer")
+                       description="Image, segmentation and uncertainty metrics per case and mean ± SD; per "
+                       "group too when the reference has several centre/anatomy folders (SynthRAD2025's AB, HN, TH).")
+    p.add_argument("--pred", required=True, type=Path,
+                   help="output folder of radmtl infer: PRED/<case id>/sct, seg, σ maps (.nii.gz, .nii, .mha or "
+                        ".nrrd), nested ids too (PRED/AB/1ABA005)")
     p.add_argument("--ref", required=True, type=Path, help="dataset folder with ct/mask/labels")
     p.add_argument("--out", type=Path, default=None, help="CSV file (default PRED/metrics.csv)")
     p.add_argument("--json", type=Path, default=None, help="JSON file (default PRED/metrics.json)")
-    p.add_argument("--run-id", default=None, help="log the mean metrics to this MLflow run")
+    p.add_argument("--run-id", default=None,
+                   help="log the mean metrics to this MLflow run (eval_<metric>; with several centre/anatomy "
+                        "groups also eval_<group>_<metric>)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for --run-id")
     p.set_defaults(func=cmd_evaluate)
     return parser

@@ -1,9 +1,11 @@
-"""Volume I/O: read NIfTI (and .mha/.nrrd through SimpleITK), write onto a reference grid, atomically.
+"""Volume I/O: read and write NIfTI (and .mha/.nrrd through SimpleITK) on a reference grid, atomically.
 
 Every volume is handled as a :class:`Volume`: a 3D array in the file's own voxel order plus the
 4×4 voxel→world affine in nibabel's RAS+ millimetre convention. Writes copy the reference's
 affine and qform/sform codes but build a fresh header, so the on-disk dtype and scaling of an
-int16 CT header can never leak into a float32 σ map or a uint8 label map.
+int16 CT header can never leak into a float32 σ map or a uint8 label map. A ``.mha``/``.nrrd``
+destination is written through SimpleITK with the exact inverse of the reading conversion (RAS
+affine → LPS origin, spacing, direction), so a SynthRAD2025 ``.mha`` comes back with its geometry.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ DIRECTION_TOL = 1e-3
 
 # RAS <-> LPS: ITK/DICOM world coordinates are LPS, nibabel's are RAS.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+# ``radmtl infer --output-format``; "auto" writes in the input's own format.
+OUTPUT_FORMATS = ("auto", "nii.gz", "nii", "mha")
+# Single-file formats only: a .mhd/.nhdr header names its data file, which an atomic rename would orphan.
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+_AUTO_SUFFIX = {".nii.gz": ".nii.gz", ".nii": ".nii", ".mha": ".mha", ".mhd": ".mha",
+                ".nrrd": ".nrrd", ".nhdr": ".nrrd"}
 
 
 class VolumeError(RadmtlError, ValueError):
@@ -206,6 +215,32 @@ def _read_itk(path: Path) -> Volume:
     return Volume(array=array, affine=_LPS_TO_RAS @ affine_lps, path=path, header=None)
 
 
+def volume_suffix(path: str | Path) -> str | None:
+    """The volume suffix of ``path`` as written (``.nii.gz``, ``.mha``, ...), lower case; None if not a volume."""
+    lower = str(path).lower()
+    return next((suffix for suffix in VOLUME_SUFFIXES if lower.endswith(suffix)), None)
+
+
+def output_suffix(fmt: str, input_path: str | Path | None) -> str:
+    """The suffix of the files written for an input, for ``--output-format`` ``fmt``.
+
+    Args:
+        fmt: one of :data:`OUTPUT_FORMATS`; ``auto`` keeps the input's format (``.mhd`` → ``.mha``,
+            ``.nhdr`` → ``.nrrd``, since only single-file formats are written), with ``.nii.gz`` for a
+            DICOM folder or anything else.
+        input_path: the input MR file (a folder or None for DICOM).
+
+    Returns:
+        ``.nii.gz``, ``.nii``, ``.mha`` or ``.nrrd``.
+    """
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    if fmt != "auto":
+        return f".{fmt}"
+    suffix = volume_suffix(input_path) if input_path is not None else None
+    return _AUTO_SUFFIX.get(suffix, ".nii.gz")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -238,18 +273,21 @@ def write_like(
     path: str | Path,
     dtype: np.dtype | type,
 ) -> Path:
-    """Write ``array`` as NIfTI on ``reference``'s grid, atomically.
+    """Write ``array`` on ``reference``'s grid, atomically, in the format ``path`` names.
 
     Args:
-        array: (X, Y, Z) or (X, Y, Z, C) on the reference's voxel grid.
-        reference: the input volume whose affine and qform/sform codes the output must carry.
-        path: destination (``.nii.gz`` or ``.nii``).
+        array: (X, Y, Z) or (X, Y, Z, C) on the reference's voxel grid (C: a vector image in .mha/.nrrd).
+        reference: the input volume whose affine (and, for NIfTI, qform/sform codes) the output must carry.
+        path: destination: ``.nii.gz``/``.nii`` (nibabel) or ``.mha``/``.nrrd`` (SimpleITK, compressed).
         dtype: on-disk dtype, explicit: float32 for HU and σ, uint8 for labels.
 
     Returns:
         The final path.
     """
     path = Path(path)
+    suffix = volume_suffix(path)
+    if suffix not in WRITE_SUFFIXES:
+        raise VolumeError(f"{path}: cannot write this file type; name it .nii.gz, .nii, .mha or .nrrd")
     array = np.asarray(array)
     if array.shape[:3] != reference.shape:
         raise VolumeError(
@@ -263,6 +301,11 @@ def write_like(
             raise VolumeError(f"{path}: values outside the range of {dtype.name}")
         array = np.rint(array) if np.issubdtype(array.dtype, np.floating) else array
     data = np.ascontiguousarray(array.astype(dtype, copy=False))
+    if suffix in (".mha", ".nrrd"):
+        _check_writable_dir(path.parent)
+        _write_itk(data, reference.affine, path)
+        log.debug("wrote %s %s %s", path, list(data.shape), dtype.name)
+        return path
 
     img = nib.Nifti1Image(data, reference.affine)
     header = img.header
@@ -293,6 +336,28 @@ def write_like(
         raise VolumeError(f"{path}: cannot write ({err.strerror}); check space and permissions") from err
     log.debug("wrote %s %s %s", path, list(data.shape), dtype.name)
     return path
+
+
+def _write_itk(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write (X, Y, Z[, C]) ``data`` with RAS ``affine`` through SimpleITK: the inverse of :func:`_read_itk`."""
+    import SimpleITK as sitk
+
+    # SimpleITK arrays are (z, y, x[, c]); a trailing channel axis becomes a vector pixel.
+    img = sitk.GetImageFromArray(np.transpose(data, (2, 1, 0, *range(3, data.ndim))), isVector=data.ndim == 4)
+    affine_lps = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)  # the diagonal flip is its own inverse
+    linear = affine_lps[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    if np.any(spacing <= 0):
+        raise VolumeError(f"{path}: the reference affine has a zero voxel size; fix the input header")
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetDirection([float(d) for d in (linear / spacing).ravel()])
+    img.SetOrigin([float(o) for o in affine_lps[:3, 3]])
+    try:
+        with atomic_path(path) as tmp:  # the temporary name keeps the suffix: SimpleITK picks the writer by it
+            sitk.WriteImage(img, str(tmp), useCompression=True)
+    except RuntimeError as err:  # SimpleITK reports I/O failures as RuntimeError
+        first_line = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise VolumeError(f"{path}: cannot write ({first_line}); check space and permissions") from err
 
 
 def write_volume(array: np.ndarray, affine: np.ndarray, path: str | Path, dtype: np.dtype | type) -> Path:

@@ -5,6 +5,10 @@ Per case: image metrics (SynthRAD2023 + Bragman region MAE) when ``sct`` exists,
 else ``sct_sigma_aleatoric``) and σ-vs-true-noise when the reference has ``ct_noise_sd``. Then
 mean ± SD over cases (:func:`radmtl.evaluation.metrics.summarise`), a CSV, a JSON, a calibration plot and,
 with ``--run-id``, the same logged to an MLflow run.
+
+Predictions are found by the reference's case ids (``PRED/AB/1ABA005`` for a SynthRAD2025 case) in any
+format infer writes. When the reference's cases sit in more than one group (:attr:`Case.group`: the
+centre or anatomy folder), every summary is also given per group.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import csv
 import json
 import logging
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +35,8 @@ from radmtl.data.io import Volume, VolumeError, atomic_path, grid_mismatch, read
 log = logging.getLogger(__name__)
 
 PRED_FILES = ("sct", "seg", "sct_sigma_total", "sct_sigma_aleatoric")
+PRED_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+TOP_LEVEL_GROUP = "(top level)"  # the name of the group of cases directly in the reference folder
 CALIBRATION_PNG = "calibration.png"
 # Columns of the compact per-case table printed to the terminal (when present).
 KEY_METRICS = ("mae_hu", "psnr", "ssim", "mae_bone_hu", "dice_mean", "coverage_95", "zscore_sd")
@@ -37,20 +44,27 @@ KEY_METRICS = ("mae_hu", "psnr", "ssim", "mae_bone_hu", "dice_mean", "coverage_9
 
 @dataclass
 class Evaluation:
-    """Per-case metric rows, their summary and the cases that could not be evaluated."""
+    """Per-case metric rows, their summary and the cases that could not be evaluated.
+
+    ``groups`` holds a summary per group (centre/anatomy folder) when the reference has more than
+    one, else nothing; ``case_groups`` maps each evaluated case to its group.
+    """
 
     rows: dict[str, dict[str, float]]
     summary: dict[str, tuple[float, float]]
     failures: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    case_groups: dict[str, str] = field(default_factory=dict)
     calibration: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
 
 def _pred_file(folder: Path, stem: str) -> Path | None:
-    for suffix in (".nii.gz", ".nii"):
-        if (folder / f"{stem}{suffix}").is_file():
-            return folder / f"{stem}{suffix}"
-    return None
+    found = [folder / f"{stem}{suffix}" for suffix in PRED_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    if len(found) > 1:
+        log.warning("%s: several %s files (%s); using %s", folder, stem, ", ".join(p.name for p in found),
+                    found[0].name)
+    return found[0] if found else None
 
 
 def _read_on_grid(path: Path, reference: Volume, case_id: str, what: str) -> np.ndarray:
@@ -75,7 +89,8 @@ def evaluate_case(case_id: str, pred_dir: Path, ref_paths: dict[str, Path],
 
     preds = {stem: _pred_file(pred_dir, stem) for stem in PRED_FILES}
     if preds["sct"] is None and preds["seg"] is None:
-        raise VolumeError(f"case {case_id}: {pred_dir} holds neither sct.nii.gz nor seg.nii.gz")
+        raise VolumeError(f"case {case_id}: {pred_dir} holds neither an sct nor a seg file "
+                          f"({'/'.join(PRED_SUFFIXES)}); run radmtl infer with --output {pred_dir.parent}")
     grid_key = "ct" if "ct" in ref_paths else "labels" if "labels" in ref_paths else "mr"
     if grid_key not in ref_paths:
         raise VolumeError(f"case {case_id}: reference has no ct, labels or mr file")
@@ -129,14 +144,16 @@ def evaluate(pred: str | Path, ref: str | Path) -> Evaluation:
         raise RadmtlError(f"{pred}: prediction folder not found; pass the --output folder of radmtl infer")
     index = discover(ref)
     ref_cases = {case.case_id: case for case in index.cases}
-    pred_cases = sorted(p.name for p in pred.iterdir() if p.is_dir() and not p.name.startswith("."))
-    common = [c for c in pred_cases if c in ref_cases]
+    # By the reference's ids, so a nested id (AB/1ABA005) finds PRED/AB/1ABA005.
+    common = sorted(c for c in ref_cases if (pred / c).is_dir())
     if not common:
+        pred_folders = sorted(p.name for p in pred.iterdir() if p.is_dir() and not p.name.startswith("."))
         raise RadmtlError(
             f"{pred}: no case folder matches a case of {index.root} (predictions: "
-            f"{', '.join(pred_cases[:5]) or 'none'}; reference: {', '.join(list(ref_cases)[:5])})"
+            f"{', '.join(pred_folders[:5]) or 'none'}; reference: {', '.join(list(ref_cases)[:5])}); pass "
+            "the --output folder of radmtl infer run on this reference"
         )
-    missing = [c for c in ref_cases if c not in pred_cases]
+    missing = [c for c in ref_cases if c not in common]
     if missing:
         log.warning("%d reference case(s) have no prediction: %s", len(missing), ", ".join(missing))
     result = Evaluation(rows={}, summary={})
@@ -150,7 +167,17 @@ def evaluate(pred: str | Path, ref: str | Path) -> Evaluation:
         if curve is not None:
             result.calibration[case_id] = curve
     result.summary = M.summarise(list(result.rows.values()))
+    result.case_groups = {c: ref_cases[c].group or TOP_LEVEL_GROUP for c in result.rows}
+    if len({case.group for case in index.cases}) > 1:
+        for group in dict.fromkeys(result.case_groups.values()):
+            result.groups[group] = M.summarise([row for c, row in result.rows.items()
+                                                if result.case_groups[c] == group])
     return result
+
+
+def group_sizes(result: Evaluation) -> dict[str, int]:
+    """Evaluated cases per group, in the order of ``result.groups``."""
+    return {g: sum(1 for c in result.case_groups.values() if c == g) for g in result.groups}
 
 
 # --- writing and printing ----------------------------------------------------------------------
@@ -162,6 +189,10 @@ def _json_number(value: float) -> float | str | None:
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"  # JSON has no infinity; PSNR of identical images is +inf
     return value
+
+
+def _json_summary(summary: dict[str, tuple[float, float]]) -> dict[str, dict[str, Any]]:
+    return {k: {"mean": _json_number(m), "sd": _json_number(s)} for k, (m, s) in summary.items()}
 
 
 def write_reports(result: Evaluation, csv_path: Path, json_path: Path, pred: Path, ref: Path) -> list[Path]:
@@ -187,9 +218,15 @@ def write_reports(result: Evaluation, csv_path: Path, json_path: Path, pred: Pat
             "pred": str(pred.resolve()), "ref": str(Path(ref).resolve()),
             "n_cases": len(result.rows),
             "cases": {case_id: {k: _json_number(v) for k, v in row.items()} for case_id, row in result.rows.items()},
-            "summary": {k: {"mean": _json_number(m), "sd": _json_number(s)} for k, (m, s) in result.summary.items()},
+            "summary": _json_summary(result.summary),
             "failed": result.failures,
         }
+        if result.groups:
+            document["groups"] = {
+                group: {"n_cases": group_sizes(result)[group],
+                        "cases": [c for c, g in result.case_groups.items() if g == group],
+                        "summary": _json_summary(summary)}
+                for group, summary in result.groups.items()}
         json_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
@@ -225,11 +262,26 @@ def format_tables(result: Evaluation) -> str:
     lines.append(f"{'metric'.ljust(width)}  mean ± sd (n = {len(result.rows)} case(s))")
     for name, (mean, sd) in result.summary.items():
         lines.append(f"{name.ljust(width)}  {_fmt(mean)} ± {_fmt(sd)}")
+    if result.groups:
+        sizes = group_sizes(result)
+        header = ["metric", *(f"{g} (n = {sizes[g]})" for g in result.groups)]
+        rows = [[name, *(f"{_fmt(s.get(name, (math.nan,) * 2)[0])} ± {_fmt(s.get(name, (math.nan,) * 2)[1])}"
+                         for s in result.groups.values())] for name in result.summary]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        lines += ["", "mean ± sd per group"]
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
 
 
-def log_to_mlflow(result: Evaluation, files: list[Path], run_id: str, tracking_uri: str | None) -> None:
-    """Log mean metrics as ``eval_<name>`` and the report files as artifacts of an existing run."""
+def mlflow_group_name(group: str) -> str:
+    """``group`` in the characters every MLflow store accepts in a metric name (others become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", group).strip("_") or "group"
+
+
+def log_to_mlflow(result: Evaluation, files: list[Path], run_id: str, tracking_uri: str | None) -> int:
+    """Log mean metrics as ``eval_<name>`` (per group ``eval_<group>_<name>``) and the report files as
+    artifacts of an existing run; return the number of metrics logged."""
     import mlflow
     from mlflow.entities import Metric
 
@@ -240,6 +292,9 @@ def log_to_mlflow(result: Evaluation, files: list[Path], run_id: str, tracking_u
     timestamp = int(time.time() * 1000)
     entries = [Metric(f"eval_{name}", float(mean), timestamp, 0)
                for name, (mean, _) in result.summary.items() if math.isfinite(mean)]
+    entries += [Metric(f"eval_{mlflow_group_name(group)}_{name}", float(mean), timestamp, 0)
+                for group, summary in result.groups.items()
+                for name, (mean, _) in summary.items() if math.isfinite(mean)]
     try:
         client.get_run(run_id)
         for start in range(0, len(entries), 500):
@@ -250,6 +305,7 @@ def log_to_mlflow(result: Evaluation, files: list[Path], run_id: str, tracking_u
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise RadmtlError(f"--run-id {run_id}: cannot log to MLflow at {uri} ({first_line}); check the "
                           "run id and --tracking-uri") from err
+    return len(entries)
 
 
 def evaluate_from_cli(args: argparse.Namespace) -> int:
@@ -261,8 +317,8 @@ def evaluate_from_cli(args: argparse.Namespace) -> int:
     print(format_tables(result))
     print(f"wrote {', '.join(str(p) for p in files)}")
     if args.run_id:
-        log_to_mlflow(result, files, args.run_id, args.tracking_uri)
-        print(f"logged {len(result.summary)} metric(s) to MLflow run {args.run_id}")
+        n_logged = log_to_mlflow(result, files, args.run_id, args.tracking_uri)
+        print(f"logged {n_logged} metric(s) to MLflow run {args.run_id}")
     for case_id, message in result.failures.items():
         print(f"radmtl evaluate: error: {message if message.startswith('case ') else f'case {case_id}: {message}'}",
               file=sys.stderr)

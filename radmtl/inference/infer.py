@@ -3,9 +3,11 @@
 Per case: read and check the MR → the training preprocessing (:func:`radmtl.data.transforms.eval_transforms`:
 RAS, model spacing, MR normalisation) → :func:`radmtl.inference.predict.predict_volume` on the network grid →
 each map resampled back onto the input grid (:mod:`radmtl.inference.resample`) and written with the input's
-header geometry (:func:`radmtl.data.io.write_like`). A case is written into a hidden folder
-``OUT/.<case>.partial-*`` that is renamed to ``OUT/<case>`` only when every file is complete, so a
-killed run never leaves a half-written case under its final name.
+header geometry (:func:`radmtl.data.io.write_like`), in the input's own format unless ``--output-format``
+says otherwise (a SynthRAD2025 ``.mha`` gives ``.mha`` maps). A case is written into a hidden folder
+``.<case>.partial-*`` beside its final folder that is renamed to ``OUT/<case>`` only when every file is
+complete, so a killed run never leaves a half-written case under its final name. A case id may hold
+folders (``AB/1ABA005`` from a SynthRAD2025 tree): its outputs go to ``OUT/AB/1ABA005/``.
 
 A folder of DICOM files is one case: its MR series (``--series`` picks one of several) is read with
 :mod:`radmtl.data.dicom_series` and run like a NIfTI MR; with ``--dicom-out`` (on for DICOM input) the
@@ -36,15 +38,15 @@ from radmtl.device import amp_dtype_for, resolve_device
 from radmtl.errors import RadmtlError
 from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
 from radmtl.data.dicom_series import SeriesInfo
-from radmtl.data.io import (VolumeError, Grid, read_volume, strip_volume_suffix,
-                            write_like, write_volume)
+from radmtl.data.io import (OUTPUT_FORMATS, VolumeError, Grid, output_suffix, read_volume,
+                            strip_volume_suffix, write_like, write_volume)
 
 from radmtl.inference.case_maps import MAP_OUTPUTS, map_to_input_grid, predict_on_network_grid
-from radmtl.inference.inputs import check_mr, find_cases, prepare_output_root  # noqa: F401  (find_cases: public here too)
+from radmtl.inference.inputs import (case_folder, check_mr, find_cases,  # noqa: F401  (find_cases: public here too)
+                                     make_parents, prepare_output_root, remove_if_empty)
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".nii.gz"
 PROVENANCE = "provenance.json"
 
 
@@ -64,6 +66,8 @@ class InferOptions:
     series: str | None = None
     # Also write a DICOM CT series and RT Structure Set; None: only when the input is DICOM.
     dicom_out: bool | None = None
+    # File format of the maps: "auto" (the input's own; NIfTI for DICOM), "nii.gz", "nii" or "mha".
+    output_format: str = "auto"
 
 
 @dataclass
@@ -105,7 +109,8 @@ def infer_case(
 ) -> CaseResult:
     """Predict one case and write ``output/<case_id>/``.
 
-    ``mr_path`` is an MR volume file or a DICOM MR series chosen by :func:`find_cases`.
+    ``mr_path`` is an MR volume file or a DICOM MR series chosen by :func:`find_cases`; maps are
+    written in ``options.output_format`` (:func:`radmtl.data.io.output_suffix`).
 
     Raises:
         RadmtlError: the MR cannot be used or an output cannot be written; nothing is left under
@@ -116,6 +121,7 @@ def infer_case(
 
     if mr_path is None:
         raise VolumeError(f"case {case_id}: has no mr file; add mr.nii.gz to the case folder")
+    final_dir = case_folder(output, case_id)
     cfg = loaded.cfg
     mc_samples = int(options.mc_samples if options.mc_samples is not None else cfg.infer.mc_samples)
     overlap = float(options.overlap if options.overlap is not None else cfg.infer.overlap)
@@ -143,11 +149,18 @@ def infer_case(
     timings["read_s"] = time.perf_counter() - t_start
 
     n_maps = len(MAP_OUTPUTS) + 1 + int(dicom_out)
+    suffix = output_suffix(options.output_format, None if is_dicom else mr_path)
+    file_format = suffix.lstrip(".")
+    # The hidden folders sit beside the final one (OUT/AB/.1ABA005.partial-*), so the rename stays
+    # within one folder and a nested id never creates OUT/.AB/.
+    created = make_parents(final_dir.parent)
     bar = _progress_bar(options.progress, total=3 + n_maps, desc=case_id)
-    tmp_dir = output / f".{case_id}.partial-{uuid.uuid4().hex[:8]}"
+    tmp_dir = final_dir.parent / f".{final_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     # The network reads a file; a DICOM MR goes to it as a NIfTI copy that is not an output.
-    scratch = tempfile.TemporaryDirectory(prefix=f".{case_id}.mr-", dir=output) if is_dicom else None
+    scratch = (tempfile.TemporaryDirectory(prefix=f".{final_dir.name}.mr-", dir=final_dir.parent)
+               if is_dicom else None)
     sct_hu, labels = None, None
+    published = False
     try:
         network_input = mr_path
         if scratch is not None:
@@ -166,8 +179,8 @@ def infer_case(
             if network_map is None or (needs_mc and mc_samples <= 1):
                 continue
             array = map_to_input_grid(key, network_map, net_affine, volume, cfg.data.ct_scale_hu)
-            write_like(array, volume, tmp_dir / f"{stem}{SUFFIX}", dtype)
-            written[stem] = {"file": f"{stem}{SUFFIX}", "dtype": np.dtype(dtype).name,
+            write_like(array, volume, tmp_dir / f"{stem}{suffix}", dtype)
+            written[stem] = {"file": f"{stem}{suffix}", "format": file_format, "dtype": np.dtype(dtype).name,
                              "units": "HU" if to_hu else "nats"}
             if key == "sct" and dicom_out:
                 sct_hu = array
@@ -177,16 +190,18 @@ def infer_case(
             probs = maps.pop("seg_probs")[0]
             labels, probs_on_input = argmax_labels_on_grid(
                 probs, net_affine, volume.affine, volume.shape, keep_probs=options.save_probabilities)
-            write_like(labels, volume, tmp_dir / f"seg{SUFFIX}", np.uint8)
-            written["seg"] = {"file": f"seg{SUFFIX}", "dtype": "uint8", "units": "label",
+            write_like(labels, volume, tmp_dir / f"seg{suffix}", np.uint8)
+            written["seg"] = {"file": f"seg{suffix}", "format": file_format, "dtype": "uint8", "units": "label",
                               "labels": dict(loaded.label_names)}
             if not dicom_out:
                 del labels
             if probs_on_input is not None:
-                write_like(np.moveaxis(probs_on_input, 0, -1), volume, tmp_dir / f"seg_probabilities{SUFFIX}",
+                write_like(np.moveaxis(probs_on_input, 0, -1), volume, tmp_dir / f"seg_probabilities{suffix}",
                            np.float32)
-                written["seg_probabilities"] = {"file": f"seg_probabilities{SUFFIX}", "dtype": "float32",
-                                                "units": "probability", "axis_3": "class index"}
+                written["seg_probabilities"] = {"file": f"seg_probabilities{suffix}", "format": file_format,
+                                                "dtype": "float32", "units": "probability",
+                                                "axis_3": "class index" if file_format.startswith("nii")
+                                                else "vector component = class index"}
                 del probs_on_input
             bar.update(1)
         dicom_provenance = None
@@ -198,8 +213,8 @@ def infer_case(
             dicom_provenance = write_dicom_outputs(
                 tmp_dir / DICOM_FOLDER, sct_hu=sct_hu, labels=labels, label_names=loaded.label_names,
                 volume=volume, identity=identity, source=source_series, model_sha256=source.sha256)
-            written["dicom"] = {"file": f"{DICOM_FOLDER}/", "dtype": "int16 CT series + RT structure set",
-                                "units": "HU"}
+            written["dicom"] = {"file": f"{DICOM_FOLDER}/", "format": "dicom",
+                                "dtype": "int16 CT series + RT structure set", "units": "HU"}
             del sct_hu, labels
             bar.update(1)
         timings["resample_write_s"] = time.perf_counter() - t0
@@ -239,6 +254,7 @@ def infer_case(
                     "fitted": loaded.payload.get("sigma_scaling"),
                 },
                 "sigma_epistemic": "spread of the MC-dropout samples only; window overlap excluded",
+                "output_format": options.output_format,
             },
             "outputs": written,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -247,9 +263,10 @@ def infer_case(
             provenance["dicom"] = dicom_provenance
         try:
             (tmp_dir / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-            _publish(tmp_dir, output / case_id)
+            _publish(tmp_dir, final_dir)
+            published = True
         except OSError as err:
-            raise VolumeError(f"{output / case_id}: cannot write ({err.strerror}); check space and "
+            raise VolumeError(f"{final_dir}: cannot write ({err.strerror}); check space and "
                               "permissions") from err
         bar.update(1)
     finally:
@@ -258,6 +275,8 @@ def infer_case(
             scratch.cleanup()
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir, ignore_errors=True)
+        if not published:
+            remove_if_empty(created)
     outputs = [info["file"] for info in written.values()] + [PROVENANCE]
     return CaseResult(case_id=case_id, seconds=time.perf_counter() - t_start, outputs=outputs)
 
@@ -300,6 +319,9 @@ def run_inference(
         raise RadmtlError(f"--overlap: must be in [0, 1), got {options.overlap}")
     if options.sw_batch_size is not None and options.sw_batch_size < 1:
         raise RadmtlError(f"--batch-size: must be >= 1, got {options.sw_batch_size}")
+    if options.output_format not in OUTPUT_FORMATS:
+        raise RadmtlError(f"--output-format: must be one of {', '.join(OUTPUT_FORMATS)}, got "
+                          f"{options.output_format!r}")
     cases = find_cases(input_path, options.series)
     output = prepare_output_root(output)
     loaded, source = load_model(model, tracking_uri, options.device)
@@ -335,7 +357,7 @@ def infer_from_cli(args: argparse.Namespace) -> int:
         save_probabilities=args.save_probabilities,
         progress=not args.no_progress and sys.stderr.isatty(),
         sigma_scaling=not args.no_sigma_scaling,
-        series=args.series, dicom_out=True if args.dicom_out else None,
+        series=args.series, dicom_out=True if args.dicom_out else None, output_format=args.output_format,
     )
     results = run_inference(args.model, args.input, args.output, options, tracking_uri=args.tracking_uri)
     failed = [r for r in results if r.error]

@@ -1,11 +1,12 @@
 """What ``radmtl infer`` is given: the cases of ``--input`` (a file, a folder, a dataset, a DICOM
-series), the checks an MR must pass before the network runs, and a writable output folder."""
+series), the checks an MR must pass before the network runs, and a writable output folder per case."""
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -14,13 +15,22 @@ from radmtl.data.io import VolumeError, Volume, has_volume_suffix, strip_volume_
 
 log = logging.getLogger(__name__)
 
+# A flat folder's files whose name says they are not an MR: the stem's last token ...
+NOT_MR_TOKENS = frozenset({"ct", "sct", "mask", "labels", "label", "seg"})
+# ... or a stem ending in a reference or radmtl output name that is more than one token long.
+NOT_MR_ENDINGS = ("ct_noise_sd", "sct_sigma_aleatoric", "sct_sigma_epistemic", "sct_sigma_total",
+                  "seg_entropy", "seg_mutual_info", "seg_probabilities")
+_NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_SHOWN = 5  # skipped files named in the log line
+
 
 def find_cases(input_path: str | Path, series: str | None = None) -> list[tuple[str, Path | SeriesInfo | None]]:
     """Cases of ``--input``: ``(case id, MR path)`` pairs, sorted as found.
 
-    One MR file → one case named after the file; a dataset folder (``dataset.json`` or case
-    sub-folders holding ``mr.*``) → its cases' ``mr``; else every volume file in the folder. A
-    dataset case without an ``mr`` entry has path None and fails on its own. A folder without volume
+    One MR file → one case named after the file, whatever its name; a dataset folder
+    (``dataset.json``, or folders at any depth holding ``mr.*``, ids like ``AB/1ABA005``) → its cases'
+    ``mr``; else the MR volume files of the folder (:func:`flat_case_id` says which). A dataset case
+    without an ``mr`` entry has path None and fails on its own. A folder without volume
     files is read as DICOM: one case named after the folder, its MR series (``series``, or the only
     one) checked and sorted already; a single DICOM file stands for its series in its folder.
 
@@ -29,7 +39,7 @@ def find_cases(input_path: str | Path, series: str | None = None) -> list[tuple[
             series, an unknown ``series``, or a slice geometry the network cannot be run on.
     """
     from radmtl.data.dicom_series import is_dicom_file, select_series
-    from radmtl.data.discovery import DATASET_JSON, discover, find_volumes
+    from radmtl.data.discovery import DATASET_JSON, DatasetError, discover
 
     path = Path(input_path).expanduser()
     if not path.exists():
@@ -51,13 +61,20 @@ def find_cases(input_path: str | Path, series: str | None = None) -> list[tuple[
         return [(path.parent.name if stem == "mr" and path.parent.name else stem, path)]
     visible = [p for p in sorted(path.iterdir()) if not p.name.startswith(".")]
     files = [p for p in visible if p.is_file() and has_volume_suffix(p.name)]
-    is_dataset = (path / DATASET_JSON).is_file() or any(p.is_dir() and find_volumes(p, "mr") for p in visible)
-    if is_dataset:
+    index = None
+    if (path / DATASET_JSON).is_file():
+        index = discover(path)
+    elif any(p.is_dir() for p in visible):
+        try:  # a case may sit several folders down (SynthRAD2025: Task1/AB/1ABA005/mr.mha)
+            index = discover(path)
+        except DatasetError:  # without dataset.json this only means "no folder holds an mr.*"
+            index = None
+    if index is not None:
         if files:
             log.warning("%s: is a dataset folder; ignoring %d volume file(s) at its top level", path, len(files))
-        cases = [(case.case_id, case.paths.get("mr")) for case in discover(path).cases]
+        cases = [(case.case_id, case.paths.get("mr")) for case in index.cases]
     elif files:
-        cases = [(strip_volume_suffix(p.name), p) for p in files]
+        cases = _flat_mr_cases(path, files)
     else:
         return [(path.resolve().name or "dicom", select_series(path, series))]
     seen: dict[str, Path | None] = {}
@@ -66,6 +83,57 @@ def find_cases(input_path: str | Path, series: str | None = None) -> list[tuple[
             raise VolumeError(f"{path}: case id {case_id!r} occurs twice ({seen[case_id]} and {mr}); "
                               "rename one of them")
         seen[case_id] = mr
+    return cases
+
+
+def flat_case_id(stem: str, channels: bool = True) -> tuple[str | None, str]:
+    """The case id of a volume file in a flat folder, from its stem (the name without suffix).
+
+    ``CASE_0000`` (nnU-Net's first channel) and ``CASE_mr`` are case ``CASE``; other channels
+    (``CASE_0001``) and names that say they are not an MR (last ``_``/``-`` token ct, sct, mask,
+    labels, label or seg, or a radmtl output name such as ``sct_sigma_total``) are not cases.
+    With ``channels`` False a four-digit ending is part of the id (``patient_0001`` numbered cases).
+
+    Returns:
+        ``(case id, "")`` for an MR, ``(None, why it is skipped)`` otherwise.
+    """
+    channel = _NNUNET_CHANNEL.match(stem) if channels else None
+    if channel is not None:
+        if channel["channel"] != "0000":
+            return None, f"channel {channel['channel']}, not the first"
+        stem = channel["case"]
+    lower = stem.lower()
+    tokens = re.split(r"[_-]", lower)
+    if tokens[-1] in NOT_MR_TOKENS or any(lower == end or lower.endswith(("_" + end, "-" + end))
+                                          for end in NOT_MR_ENDINGS):
+        return None, "not an MR"
+    if len(tokens) > 1 and tokens[-1] == "mr" and len(stem) > 3:
+        stem = stem[:-3]
+    return stem, ""
+
+
+def _flat_mr_cases(folder: Path, files: list[Path]) -> list[tuple[str, Path]]:
+    """The MR cases among a flat folder's volume files; one log line names the files skipped."""
+    stems = [strip_volume_suffix(file.name) for file in files]
+    # Four-digit endings are nnU-Net channels only in a folder that has first channels: files
+    # numbered case_0001, case_0002 ... without any _0000 are cases.
+    channels = any(stem.endswith("_0000") and _NNUNET_CHANNEL.match(stem) for stem in stems)
+    cases, skipped = [], []
+    for file, stem in zip(files, stems):
+        case_id, why = flat_case_id(stem, channels)
+        if case_id is None:
+            skipped.append(f"{file.name} ({why})")
+        else:
+            cases.append((case_id, file))
+    more = f" and {len(skipped) - _SHOWN} more" if len(skipped) > _SHOWN else ""
+    if skipped:
+        log.info("%s: skipped %d of %d volume file(s) by name: %s%s", folder, len(skipped), len(files),
+                 ", ".join(skipped[:_SHOWN]), more)
+    if not cases:
+        raise VolumeError(
+            f"{folder}: none of its {len(files)} volume file(s) is an MR by name ({', '.join(skipped[:_SHOWN])}"
+            f"{more}); name the MR files CASE.nii.gz, CASE_mr.nii.gz or CASE_0000.nii.gz, or pass one file "
+            "as --input")
     return cases
 
 
@@ -90,3 +158,31 @@ def prepare_output_root(output: str | Path) -> Path:
         raise VolumeError(f"{output}: output folder is not writable ({err.strerror}); choose another "
                           "--output") from err
     return output
+
+
+def case_folder(output: Path, case_id: str) -> Path:
+    """``output/<case_id>``, where a case id may name sub-folders (``AB/1ABA005``) but never leave ``output``."""
+    parts = PurePosixPath(case_id).parts
+    if not parts or PurePosixPath(case_id).is_absolute() or any(p in ("..", ".") for p in parts):
+        raise VolumeError(f"case {case_id!r}: the case id is not a folder path inside the output folder; "
+                          "rename the case (dataset.json \"case\" or its folder)")
+    return output.joinpath(*parts)
+
+
+def make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, outermost first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VolumeError(f"{folder}: cannot create output folder ({err.strerror}); check permissions") from err
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove folders this attempt created for a case that was not written (innermost first)."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: another case landed there
+            return

@@ -152,3 +152,79 @@ def test_grid_mismatch_names_the_difference():
     assert "origin" in grid_mismatch(io.Grid.from_affine((4, 4, 4), shifted), base)
     flipped = np.diag([-1.0, 1, 1, 1])
     assert "direction" in grid_mismatch(io.Grid.from_affine((4, 4, 4), flipped), base)
+
+
+# --- writing .mha/.nrrd ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+@pytest.mark.parametrize("kind", ["ras", "lps", "anisotropic", "oblique"])
+def test_itk_write_read_round_trip_keeps_affine_values_and_dtype(tmp_path, suffix, kind):
+    affine = _affine(kind)
+    values = np.random.default_rng(2).normal(0.0, 300.0, (7, 6, 5))
+    labels = (np.arange(7 * 6 * 5) % 6).reshape(7, 6, 5)
+    write_volume(values, affine, tmp_path / f"sct{suffix}", np.float32)
+    write_volume(labels, affine, tmp_path / f"seg{suffix}", np.uint8)
+    for name, values_on_disk, pixel in (("sct", values.astype(np.float32), "32-bit float"),
+                                        ("seg", labels, "8-bit unsigned integer")):
+        back = read_volume(tmp_path / f"{name}{suffix}")
+        np.testing.assert_allclose(back.affine, affine, atol=1e-6)
+        np.testing.assert_array_equal(back.array, values_on_disk)
+        assert sitk.ReadImage(str(tmp_path / f"{name}{suffix}")).GetPixelIDTypeAsString() == pixel
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"sct{suffix}", f"seg{suffix}"]  # no temporaries
+
+
+def test_mha_input_written_back_as_mha_keeps_itk_origin_spacing_direction(tmp_path):
+    """A SynthRAD2025-like .mha (LPS, oblique) → read → write_like(.mha): ITK sees the same geometry."""
+    t = np.deg2rad(11.0)
+    direction = np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0], [-np.sin(t), 0, np.cos(t)]])  # about y
+    img = sitk.GetImageFromArray(np.random.default_rng(3).random((5, 4, 6)).astype(np.float32))
+    img.SetSpacing((0.977, 1.25, 3.0))
+    img.SetOrigin((-201.5, -168.25, 92.0))
+    img.SetDirection(direction.ravel().tolist())
+    sitk.WriteImage(img, str(tmp_path / "mr.mha"))
+    mr = read_volume(tmp_path / "mr.mha")
+    write_like(np.full(mr.shape, -1000.0), mr, tmp_path / "out" / "sct.mha", np.float32)
+    out = sitk.ReadImage(str(tmp_path / "out" / "sct.mha"))
+    np.testing.assert_allclose(out.GetOrigin(), img.GetOrigin(), atol=1e-9)
+    np.testing.assert_allclose(out.GetSpacing(), img.GetSpacing(), atol=1e-9)
+    np.testing.assert_allclose(out.GetDirection(), img.GetDirection(), atol=1e-12)
+    assert out.GetSize() == img.GetSize()
+    assert b"CompressedData = True" in (tmp_path / "out" / "sct.mha").read_bytes()[:400]
+
+
+def test_mha_vector_image_holds_one_component_per_class(tmp_path):
+    probs = np.random.default_rng(4).random((4, 3, 2, 3)).astype(np.float32)
+    write_volume(probs, _affine("oblique"), tmp_path / "p.mha", np.float32)
+    img = sitk.ReadImage(str(tmp_path / "p.mha"))
+    assert img.GetSize() == (4, 3, 2) and img.GetNumberOfComponentsPerPixel() == 3
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(img)[1, 2, 3], probs[3, 2, 1])  # (z, y, x, c)
+
+
+def test_write_like_refuses_two_file_formats(tmp_path):
+    with pytest.raises(VolumeError, match=r"x\.mhd: cannot write this file type; name it"):
+        write_volume(np.zeros((2, 2, 2)), np.eye(4), tmp_path / "x.mhd", np.float32)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("fmt, input_name, expected", [
+    ("auto", "mr.mha", ".mha"),
+    ("auto", "MR.MHD", ".mha"),
+    ("auto", "mr.nrrd", ".nrrd"),
+    ("auto", "mr.nhdr", ".nrrd"),
+    ("auto", "mr.nii", ".nii"),
+    ("auto", "mr.nii.gz", ".nii.gz"),
+    ("auto", "dicom_folder", ".nii.gz"),
+    ("auto", None, ".nii.gz"),
+    ("nii.gz", "mr.mha", ".nii.gz"),
+    ("nii", "mr.nii.gz", ".nii"),
+    ("mha", "mr.nii.gz", ".mha"),
+    ("mha", None, ".mha"),
+])
+def test_output_suffix(fmt, input_name, expected):
+    assert io.output_suffix(fmt, input_name) == expected
+
+
+def test_output_suffix_rejects_unknown_format():
+    with pytest.raises(ValueError, match="must be one of auto, nii.gz, nii, mha, got 'png'"):
+        io.output_suffix("png", "mr.nii.gz")

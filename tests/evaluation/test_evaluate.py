@@ -127,3 +127,81 @@ def test_run_id_logs_metrics_and_reports_to_mlflow(tmp_path, reference):
     assert "eval_coverage_95" in run.data.metrics
     names = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert names == {"evaluation/metrics.csv", "evaluation/metrics.json", "evaluation/calibration.png"}
+
+
+# --- SynthRAD2025-like trees: nested ids, .mha predictions, per-group summaries ------------------------
+
+
+GROUP_NOISE_HU = {"AB": 20.0, "HN": 60.0}  # one noise level per group, so the group means differ
+
+
+@pytest.fixture(scope="module")
+def grouped_reference(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("task1")
+    for i, group in enumerate(GROUP_NOISE_HU):
+        generate_dataset(root / group, cases=2, seed=10 + i, shape=(32, 24, 20))
+    (root / "overview").mkdir()
+    return root
+
+
+def _predict_grouped(reference: Path, pred: Path) -> None:
+    """Nested prediction folders PRED/<group>/<case>/ with .mha maps, as radmtl infer writes for .mha input."""
+    rng = np.random.default_rng(7)
+    for group, noise_sd in GROUP_NOISE_HU.items():
+        for case in ("case_001", "case_002"):
+            ct = read_volume(reference / group / case / "ct.nii.gz")
+            sct = ct.array + rng.normal(0.0, noise_sd, ct.shape).astype(np.float32)
+            write_like(sct, ct, pred / group / case / "sct.mha", np.float32)
+            write_like(np.full(ct.shape, noise_sd), ct, pred / group / case / "sct_sigma_total.mha", np.float32)
+            write_like(read_volume(reference / group / case / "labels.nii.gz").array, ct,
+                       pred / group / case / "seg.nii", np.uint8)
+
+
+def test_two_groups_give_per_group_summaries(tmp_path, grouped_reference, capsys):
+    import mlflow
+
+    pred = tmp_path / "pred"
+    _predict_grouped(grouped_reference, pred)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment(
+        "groups", artifact_location=(tmp_path / "artifacts").as_uri())).info.run_id
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(grouped_reference), "--run-id", run_id,
+                 "--tracking-uri", uri]) == 0
+    doc = json.loads((pred / "metrics.json").read_text())
+    assert doc["n_cases"] == 4 and doc["failed"] == {}
+    assert list(doc["cases"]) == ["AB/case_001", "AB/case_002", "HN/case_001", "HN/case_002"]
+    assert set(doc["groups"]) == {"AB", "HN"}
+    metrics = client.get_run(run_id).data.metrics
+    for group in GROUP_NOISE_HU:
+        rows = [doc["cases"][f"{group}/case_00{i}"] for i in (1, 2)]
+        summary = doc["groups"][group]["summary"]
+        assert doc["groups"][group]["n_cases"] == 2
+        assert doc["groups"][group]["cases"] == [f"{group}/case_001", f"{group}/case_002"]
+        for name in ("mae_hu", "coverage_95", "dice_mean"):
+            assert summary[name]["mean"] == pytest.approx(np.mean([r[name] for r in rows]))
+        assert summary["mae_hu"]["sd"] == pytest.approx(np.std([r["mae_hu"] for r in rows], ddof=1))
+        assert metrics[f"eval_{group}_mae_hu"] == pytest.approx(summary["mae_hu"]["mean"])
+    # The group means are what they should be, and differ: MAE of N(0, σ²) noise is σ·√(2/π).
+    for group, noise_sd in GROUP_NOISE_HU.items():
+        assert doc["groups"][group]["summary"]["mae_hu"]["mean"] == pytest.approx(
+            noise_sd * math.sqrt(2 / math.pi), rel=0.05)
+    assert metrics["eval_mae_hu"] == pytest.approx(doc["summary"]["mae_hu"]["mean"])
+    out = capsys.readouterr().out
+    assert "mean ± sd per group" in out and "AB (n = 2)" in out and "HN (n = 2)" in out
+
+
+def test_one_group_adds_nothing(tmp_path, reference, capsys):
+    pred = tmp_path / "pred"
+    _predict(reference, pred, 0.0)
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference)]) == 0
+    assert "groups" not in json.loads((pred / "metrics.json").read_text())
+    assert "per group" not in capsys.readouterr().out
+
+
+def test_mlflow_group_names_are_sanitised():
+    from radmtl.evaluation.evaluate import mlflow_group_name
+
+    assert mlflow_group_name("AB") == "AB"
+    assert mlflow_group_name("Task 1/pelvis (MR)") == "Task_1_pelvis_MR"
+    assert mlflow_group_name("(top level)") == "top_level"

@@ -182,8 +182,8 @@ def test_mc_outputs_are_present_and_consistent(tmp_path, checkpoint, mr_ras):
                   "--overlap", "0.25") == 0
     case = tmp_path / "out" / "mr_case"
 
-    def load(name: str) -> np.ndarray:
-        return nib.load(str(case / f"{name}.nii.gz")).get_fdata(dtype=np.float32)
+    def load(name: str) -> np.ndarray:  # an uncompressed .nii input gives .nii outputs (--output-format auto)
+        return nib.load(str(case / f"{name}.nii")).get_fdata(dtype=np.float32)
 
     aleatoric, epistemic, total = load("sct_sigma_aleatoric"), load("sct_sigma_epistemic"), load("sct_sigma_total")
     assert epistemic.max() > 0  # dropout p = 0.5 makes the samples differ
@@ -193,7 +193,7 @@ def test_mc_outputs_are_present_and_consistent(tmp_path, checkpoint, mr_ras):
     entropy, mutual_info = load("seg_entropy"), load("seg_mutual_info")
     assert np.all(mutual_info >= 0) and np.all(entropy >= mutual_info - 1e-5)
     assert entropy.max() <= np.log(len(PHANTOM_LABELS)) + 1e-5
-    probs = nib.load(str(case / "seg_probabilities.nii.gz"))
+    probs = nib.load(str(case / "seg_probabilities.nii"))
     assert probs.shape == (*SHAPE, len(PHANTOM_LABELS)) and probs.get_data_dtype() == np.float32
     probs = probs.get_fdata(dtype=np.float32)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
