@@ -38,3 +38,86 @@ def dciodvfy() -> Callable[[Iterable[Path]], str]:
         return "\n".join(outputs)
 
     return check
+
+
+# --- SynthRAD-shaped trees made from phantoms ----------------------------------------------------
+
+def _write_mha(volume, path: Path, dtype) -> None:
+    """Write a radmtl Volume as .mha the way SimpleITK-based tools do (LPS world), independent of
+    radmtl's own writer so that a test of the reader is not a test of the writer against itself."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    affine_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ volume.affine
+    spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
+    image = sitk.GetImageFromArray(np.transpose(volume.array.astype(dtype)))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(v) for v in (affine_lps[:3, :3] / spacing).ravel()])
+    image.SetOrigin([float(v) for v in affine_lps[:3, 3]])
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def _write_nifti(volume, path: Path, dtype) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    image = nib.Nifti1Image(np.asarray(volume.array).astype(dtype), volume.affine)
+    image.set_qform(volume.affine, code=1)
+    image.set_sform(volume.affine, code=1)
+    nib.save(image, str(path))
+
+
+def copy_case(source: Path, dest: Path, keys: Iterable[str], fmt: str = "nii.gz") -> None:
+    """Copy a phantom case's files ``keys`` into ``dest`` as ``.nii.gz`` (CT int16) or ``.mha``."""
+    import numpy as np
+
+    from radmtl.data.io import read_volume
+
+    dest.mkdir(parents=True, exist_ok=True)
+    dtypes = {"mr": np.float32, "ct": np.int16, "mask": np.uint8, "labels": np.uint8, "ct_noise_sd": np.float32}
+    for key in keys:
+        volume = read_volume(source / f"{key}.nii.gz")
+        if key == "ct":
+            volume = type(volume)(np.rint(volume.array), volume.affine, volume.path)
+        writer = _write_mha if fmt == "mha" else _write_nifti
+        writer(volume, dest / f"{key}.{fmt}", dtypes[key])
+
+
+@pytest.fixture(scope="session")
+def phantom_cases(tmp_path_factory) -> Path:
+    """Six phantom cases (32 × 32 × 24 voxels) to build other trees from."""
+    from radmtl.data.phantom import generate_dataset
+
+    root = tmp_path_factory.mktemp("phantom_source")
+    generate_dataset(root, cases=6, seed=11, shape=(32, 32, 24))
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthrad_trees(phantom_cases, tmp_path_factory) -> dict[str, Path]:
+    """Task roots laid out as published, without organ labels:
+
+    * ``2023``: SynthRAD2023 Task 1, ``Task1/pelvis/1PA00k/{mr,ct,mask}.nii.gz`` (CT int16) and an
+      ``overview/`` folder of spreadsheets;
+    * ``2025``: SynthRAD2025 Task 1, ``Task1/{AB,TH}/1<C>A00k/{mr,ct,mask}.mha`` and ``overview/``;
+    * ``mixed``: ``c1``, ``c2`` with ct and labels, ``c3`` ct only, ``c4`` labels only (no ct).
+    """
+    root = tmp_path_factory.mktemp("synthrad")
+    cases = [phantom_cases / f"case_{i:03d}" for i in range(1, 7)]
+    task = root / "2023" / "Task1"
+    for k, case in enumerate(cases[:4], start=1):
+        copy_case(case, task / "pelvis" / f"1PA00{k}", ("mr", "ct", "mask"))
+    (task / "overview").mkdir()
+    (task / "overview" / "1_pelvis_train.xlsx").write_bytes(b"PK\x03\x04 not a real spreadsheet")
+    task = root / "2025" / "Task1"
+    for k, (centre, case) in enumerate(zip(("AB", "AB", "TH", "TH"), cases[:4])):
+        copy_case(case, task / centre / f"1{centre}A00{k + 1}", ("mr", "ct", "mask"), fmt="mha")
+    (task / "overview").mkdir()
+    (task / "overview" / "1_AB_train.xlsx").write_bytes(b"PK\x03\x04 not a real spreadsheet")
+    mixed = root / "mixed"
+    for name, case, keys in (("c1", cases[0], ("mr", "ct", "mask", "labels")),
+                             ("c2", cases[1], ("mr", "ct", "mask", "labels")),
+                             ("c3", cases[2], ("mr", "ct", "mask")),
+                             ("c4", cases[3], ("mr", "mask", "labels"))):
+        copy_case(case, mixed / name, keys)
+    return {"2023": root / "2023" / "Task1", "2025": root / "2025" / "Task1", "mixed": mixed}

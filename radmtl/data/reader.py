@@ -47,11 +47,20 @@ class VolumeReader(ImageReader):
 
 
 def volume_error_in(err: BaseException) -> VolumeError | None:
-    """The :class:`VolumeError` that MONAI wrapped in its ``RuntimeError`` chain, if any."""
+    """The reader's :class:`VolumeError` behind a MONAI ``RuntimeError``, if any.
+
+    ``LoadImage`` given a reader catches what the reader raises and keeps only its formatted
+    traceback, as text, in the message of its own "cannot find a suitable reader" error; so the
+    error is looked for in the exception chain first, then as the traceback's last line.
+    """
+    marker = f"{VolumeError.__module__}.{VolumeError.__qualname__}: "
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, VolumeError):
             return err
+        for line in str(err).splitlines():
+            if line.startswith(marker):
+                return VolumeError(line[len(marker):])
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

@@ -58,6 +58,11 @@ def predict_on_network_grid(
     try:
         net_mr = eval_transforms(cfg.data, ["mr"])({"mr": str(mr_path)})["mr"]
     except Exception as err:  # MONAI wraps reader/transform errors in RuntimeError chains
+        from radmtl.data.reader import volume_error_in
+
+        cause = volume_error_in(err)
+        if cause is not None:  # the reader's own one-line message names the file and the fix
+            raise VolumeError(str(cause)) from err
         raise VolumeError(f"{mr_path}: preprocessing failed ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); check the file") from err
     net_affine = np.asarray(net_mr.affine, np.float64)

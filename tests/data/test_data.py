@@ -187,3 +187,49 @@ def test_label_names(tmp_path):
     assert names == LABELS
     names["x"] = 5  # a copy: callers cannot change the index
     assert declared.labels == LABELS
+
+
+# --- the published SynthRAD trees ----------------------------------------------------------------
+
+
+def test_discovery_walks_synthrad_trees_from_the_task_root(synthrad_trees):
+    from radmtl.data.discovery import discover
+
+    index = discover(synthrad_trees["2023"])
+    assert [c.case_id for c in index.training] == ["pelvis/1PA001", "pelvis/1PA002", "pelvis/1PA003",
+                                                  "pelvis/1PA004"]
+    assert {c.group for c in index.training} == {"pelvis"}
+    assert all(c.tasks == ("sct",) and set(c.paths) == {"mr", "ct", "mask"} for c in index.training)
+    index = discover(synthrad_trees["2025"])
+    assert [(c.case_id, c.group) for c in index.training] == [
+        ("AB/1ABA001", "AB"), ("AB/1ABA002", "AB"), ("TH/1THA003", "TH"), ("TH/1THA004", "TH")]
+    assert index.training[0].paths["mr"].name == "mr.mha"
+    # one level down, the same folder is a flat dataset with plain ids
+    assert [c.case_id for c in discover(synthrad_trees["2025"] / "AB").training] == ["1ABA001", "1ABA002"]
+    assert [c.group for c in discover(synthrad_trees["2025"] / "AB").training] == ["", ""]
+
+
+def test_case_folders_are_not_searched_and_overview_is_no_case(tmp_path):
+    from radmtl.data.discovery import discover, folders_without_mr
+
+    for folder in ("A/c1", "A/c1/extra", "B/deep/c2", "overview"):
+        (tmp_path / folder).mkdir(parents=True)
+    for path in ("A/c1/mr.nii.gz", "A/c1/extra/mr.nii.gz", "B/deep/c2/mr.mha"):
+        (tmp_path / path).write_bytes(b"")
+    (tmp_path / "overview" / "summary.xlsx").write_bytes(b"")
+    (tmp_path / "B" / "t2.nii.gz").write_bytes(b"")  # a volume in a non-case folder: reported
+    assert [(c.case_id, c.group) for c in discover(tmp_path).training] == [("A/c1", "A"), ("B/deep/c2", "B/deep")]
+    assert folders_without_mr(tmp_path) == [tmp_path / "B"]
+
+
+def test_discover_all_combines_folders_and_refuses_clashing_ids(tmp_path):
+    from radmtl.data.discovery import DatasetError, discover_all
+
+    for path in ("one/Task1/AB/1ABA001", "one/Task1/HN/1HNA001", "two/Task1/AB/1ABA002", "three/AB/1ABA001"):
+        (tmp_path / path).mkdir(parents=True)
+        (tmp_path / path / "mr.nii.gz").write_bytes(b"")
+    index = discover_all([tmp_path / "one" / "Task1", tmp_path / "two" / "Task1"])
+    assert [c.case_id for c in index.training] == ["AB/1ABA001", "HN/1HNA001", "AB/1ABA002"]
+    assert index.name == "Task1+Task1"
+    with pytest.raises(DatasetError, match='case id "AB/1ABA001" is also a case of'):
+        discover_all([tmp_path / "one" / "Task1", tmp_path / "three"])

@@ -462,3 +462,66 @@ def test_components_on_odd_volume(weighting, tasks):
     for key, value in want.items():
         assert logged[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert total.item() == pytest.approx(want["loss_total"], rel=1e-5)
+
+
+# --- mixed supervision: per-sample task masks ------------------------------------------------------
+
+
+def mixed_batch():
+    """Three samples: 0 has ct and labels, 1 ct only (labels are a zero stand-in), 2 labels only.
+
+    Sample 1's stand-in labels and sample 2's stand-in CT are made badly wrong on purpose (a huge
+    sCT error, confident logits for the wrong class), so any leak of them into a term shows.
+    """
+    torch.manual_seed(0)
+    shape = (3, 1, 4, 4, 4)
+    ct = torch.randn(shape) * 0.2
+    sct = ct + 0.1 * torch.randn(shape)
+    sct[2] = ct[2] + 50.0  # sample 2 has no CT: its stand-in CT is zeros, its error huge
+    labels = torch.randint(0, 3, shape)
+    logits = torch.randn(3, 3, 4, 4, 4)
+    logits[1] = 0.0
+    logits[1, 2] = 30.0  # sample 1 has no labels: confidently "2" against stand-in "0"
+    labels[1] = 0
+    mask = torch.ones(shape)
+    mask[:, :, :, :, 0] = 0
+    outputs = {"sct": sct.requires_grad_(), "seg_logits": logits.requires_grad_(),
+               "sct_log_var": torch.full(shape, -1.0, requires_grad=True)}
+    batch = {"mr": torch.randn(shape), "ct": ct, "labels": labels, "mask": mask,
+             "has_ct": torch.tensor([1.0, 1.0, 0.0]), "has_labels": torch.tensor([1.0, 0.0, 1.0])}
+    return outputs, batch
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "homoscedastic", "hetero_homo"])
+def test_each_task_is_averaged_over_the_samples_that_have_its_target(weighting):
+    outputs, batch = mixed_batch()
+    loss_fn = MultiTaskLoss(LossConfig(weighting=weighting, seg_dice_weight=1.0, init_log_var=0.3))
+    terms, logged = loss_fn.task_terms(outputs, batch)
+    # the same terms computed on the samples that have the target, with no flags at all
+    pick = lambda d, rows: {k: v[rows] for k, v in d.items() if k not in ("has_ct", "has_labels")}  # noqa: E731
+    sct_only, _ = loss_fn.task_terms(pick(outputs, [0, 1]), pick(batch, [0, 1]))
+    seg_only, _ = loss_fn.task_terms(pick(outputs, [0, 2]), pick(batch, [0, 2]))
+    assert terms["sct"].item() == pytest.approx(sct_only["sct"].item(), rel=1e-6)
+    assert terms["seg"].item() == pytest.approx(seg_only["seg"].item(), rel=1e-6)
+    assert logged["mae_sct"].item() < 1.0  # sample 2's 50-unit stand-in error is out
+    # and no gradient reaches a sample's output from a task it has no target for
+    sum(terms.values()).backward()
+    assert outputs["sct"].grad[2].abs().max() == 0 and outputs["sct"].grad[:2].abs().max() > 0
+    assert outputs["seg_logits"].grad[1].abs().max() == 0 and outputs["seg_logits"].grad[[0, 2]].abs().max() > 0
+
+
+def test_a_task_absent_from_the_whole_batch_is_left_out():
+    outputs, batch = mixed_batch()
+    batch["has_labels"] = torch.zeros(3)
+    loss_fn = MultiTaskLoss(LossConfig(weighting="homoscedastic", seg_dice_weight=1.0))
+    terms, logged = loss_fn.task_terms(outputs, batch)
+    assert set(terms) == {"sct"} and "loss_seg" not in logged
+    total, parts = loss_fn.combine(terms, logged)
+    total.backward()
+    # a batch that says nothing about segmentation does not move its learned weight (the +s/2
+    # term alone would push s down for ever)
+    assert loss_fn.log_var_seg.grad is None and loss_fn.log_var_sct.grad is not None
+    assert parts["loss_total"] == pytest.approx(terms["sct"].item())
+    batch["has_ct"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="no sample of the batch has a target"):
+        loss_fn.task_terms(outputs, batch)
