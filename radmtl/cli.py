@@ -67,18 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate every case of a dataset folder before training",
                        description="Check every case of DATA: readable 3D files, finite values, one grid "
-                       "per case, labels known to dataset.json, CT in HU, non-empty CT and mask. Prints "
-                       "one line per problem; exit 0 when clean, 1 otherwise.")
-    p.add_argument("data", type=Path, help="dataset folder (case sub-folders, optional dataset.json)")
+                       "per case, labels known to dataset.json, CT in HU, non-empty CT and mask, and a "
+                       "target (ct and/or labels) for at least one task. Prints one line per problem, "
+                       "then the cases per group and per task; exit 0 when clean, 1 otherwise.")
+    p.add_argument("data", type=Path, nargs="+",
+                   help="dataset folder(s): a tree in which every folder holding an mr file is a case "
+                        "(e.g. a SynthRAD task root), optional dataset.json")
     p.add_argument("--for", dest="purpose", choices=("train", "infer"), default="train",
-                   help="train: mr and ct required (default); infer: mr only")
+                   help="train: every case needs a ct or labels target (default); infer: mr only")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("train", help="train a model, tracked in MLflow",
                        description="Patch-based training with validation, checkpoints and MLflow tracking.")
     p.add_argument("--config", type=Path, default=None,
                    help="YAML config (default: built-in defaults = configs/default.yaml)")
-    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: data_samples/)")
+    p.add_argument("--data", type=Path, nargs="+", action="extend", default=None,
+                   help="dataset folder(s), e.g. a SynthRAD task root; several are trained on together "
+                        "(default: data_samples/)")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run folder (default runs/latest)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 (repeatable)")
@@ -155,22 +160,30 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from radmtl.data.check import check_dataset
+    from radmtl.data.check import check_dataset, describe_dataset
+    from radmtl.data.discovery import DatasetError, discover_all
 
-    require = ("mr", "ct") if args.purpose == "train" else ("mr",)
-    index, problems = check_dataset(args.data, require=require)
-    for problem in problems:
-        print(problem.line())
-    if index is None:
-        print(f"{args.data}: not a usable dataset folder (see above)")
-        return EXIT_FAIL
-    n_cases = len(index.cases)
-    if problems:
-        bad = len({p.case_id for p in problems})
-        print(f"{args.data}: {len(problems)} problem(s) in {bad} of {n_cases} case(s)")
-        return EXIT_FAIL
-    print(f"{args.data}: {n_cases} case(s), no problems")
-    return EXIT_OK
+    failed = False
+    for data in args.data:
+        index, problems = check_dataset(data, purpose=args.purpose)
+        for problem in problems:
+            print(problem.line())
+        if index is None:
+            print(f"{data}: not a usable dataset folder (see above)")
+            failed = True
+        elif problems:
+            bad = len({p.case_id for p in problems})
+            print(f"{data}: {len(problems)} problem(s) in {bad} of {len(index.cases)} case(s)")
+            failed = True
+        else:
+            print(f"{data}: {describe_dataset(index)}; no problems")
+    if len(args.data) > 1 and not failed:
+        try:
+            discover_all(args.data)  # the folders must also combine: unique case ids, one label map
+        except DatasetError as err:
+            print(str(err))
+            failed = True
+    return EXIT_FAIL if failed else EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -132,6 +132,26 @@ def task_coverage(index: DatasetIndex) -> dict[str, list[str]]:
     return {task: [c.case_id for c in cases if task in c.tasks] for task in TASK_TARGETS}
 
 
+def describe_dataset(index: DatasetIndex) -> str:
+    """One line: cases per group (centre/anatomy folder) and how many cases serve each task."""
+    cases = index.training + index.validation
+    groups: dict[str, int] = {}
+    for case in index.cases:
+        groups[case.group] = groups.get(case.group, 0) + 1
+    where = ""
+    if len(groups) > 1 or "" not in groups:
+        where = " in " + ", ".join(f"{g or '(top level)'} ({n})" for g, n in sorted(groups.items()))
+    coverage = task_coverage(index)
+    served = [f"{name} {len(coverage[task])} of {len(cases)}"
+              for task, name in (("sct", "sCT"), ("seg", "segmentation"))]
+    note = ""
+    if cases and not coverage["seg"]:
+        note = " (no labels: radmtl train trains the sCT alone)"
+    elif cases and not coverage["sct"]:
+        note = " (no ct: radmtl train trains segmentation alone)"
+    return f"{len(index.cases)} case(s){where}; trains {', '.join(served)}{note}"
+
+
 def check_case(case: Case, index: DatasetIndex, required: Sequence[str] = ("mr",)) -> list[Problem]:
     """All problems of one case (see the module docstring for the rules)."""
     problems: list[Problem] = []

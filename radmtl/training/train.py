@@ -359,7 +359,7 @@ def _attach_file_log(path: Path) -> logging.Handler:
 
 def train_from_cli(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    data_dir = args.data or Path(__file__).resolve().parents[2] / "data_samples"
+    data_dir = args.data or [Path(__file__).resolve().parents[2] / "data_samples"]
     progress = not args.no_progress and sys.stderr.isatty()
     state = train(cfg, data_dir, args.out, resume=args.resume, tracking_uri=args.tracking_uri,
                   experiment=args.experiment, device=args.device, progress=progress)
