@@ -44,6 +44,7 @@ CASE_MAPS = "radmtl/inference/case_maps.py"
 DICOM_COMMON, DICOM_CT = "radmtl/data/dicom_common.py", "radmtl/data/dicom_ct.py"
 DICOM_TESTS = ("tests/data/test_dicom_series.py", "tests/data/test_dicom_ct.py", "tests/inference/test_infer_dicom.py")
 LOSSES, LIKELIHOODS, MODEL = "radmtl/nn/losses.py", "radmtl/nn/likelihoods.py", "radmtl/nn/model.py"
+TRANSFORMS = "radmtl/data/transforms.py"
 RECALIBRATION, STEP, SCHEDULE = ("radmtl/training/recalibration.py", "radmtl/training/step.py",
                                  "radmtl/training/schedule.py")
 
@@ -89,6 +90,14 @@ MUTANTS: list[Mutant] = [
         (LOSSES, "raw = ce_voxel.mean() if dice is None else ce_voxel.mean() + dice",
          'raw = masked_mean(ce_voxel, batch["mask"]) if dice is None '
          'else masked_mean(ce_voxel, batch["mask"]) + dice'),
+    )),
+    Mutant("mixed supervision: stand-in targets trained on (task flags ignored)", ("tests/nn/test_losses.py",), (
+        (LOSSES, 'flag = batch.get(f"has_{key}")', "flag = None"),
+    )),
+    Mutant("crops without labels centred on stand-in organs (none), not body voxels",
+           ("tests/data/test_transforms.py",), (
+        (TRANSFORMS, 'd["crop_fg_indices"], d["crop_bg_indices"] = (fg if fg.size else bg), bg',
+         'd["crop_fg_indices"], d["crop_bg_indices"] = fg, bg'),
     )),
     Mutant("σ-scaling factor fitted as mean |r|/σ, not the RMS z", ("tests/training/test_recalibration.py",), (
         (RECALIBRATION, "return float(math.sqrt(np.mean(r2 / a2)))", "return float(np.mean(np.sqrt(r2 / a2)))"),
