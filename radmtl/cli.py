@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -204,6 +205,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return evaluate_from_cli(args)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``timeout``, ``docker stop``), raised where the program is, like Ctrl-C.
+
+    A KeyboardInterrupt subclass so that every clean-up written for Ctrl-C runs for it too: the
+    MLflow run is marked KILLED, hidden partial outputs are removed, the last checkpoint stays.
+    """
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -211,14 +224,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(-1 if args.quiet else args.verbose)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
     try:
         return int(args.func(args) or 0)
     except RadmtlError as err:
         print(f"radmtl {args.command}: error: {err}", file=sys.stderr)
         return EXIT_FAIL
+    except Terminated:
+        print(f"radmtl {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"radmtl {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":  # pragma: no cover

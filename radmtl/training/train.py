@@ -31,6 +31,7 @@ from radmtl.nn.model import build_model
 from radmtl.tracking.environment import run_tags
 from radmtl.tracking.tracker import NullTracker, Tracker, start_tracking
 from radmtl.training.data_setup import case_table, data_params, prepare_training_data
+from radmtl.training.run_lock import prepare_run_dir, run_lock
 from radmtl.training.schedule import epoch_loader, seed_epoch, warmup_cosine
 from radmtl.training.step import forward_losses, optimise
 from radmtl.data.transforms import case_dicts, data_keys, eval_transforms, training_transforms
@@ -79,13 +80,14 @@ def train(
     docstring for the guarantees."""
     data_dirs = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    file_log = _attach_file_log(out_dir / "train.log")
-    try:
-        return _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device, progress, tracker)
-    finally:
-        logging.getLogger("radmtl").removeHandler(file_log)
-        file_log.close()
+    created = prepare_run_dir(out_dir)
+    with run_lock(out_dir, created):
+        file_log = _attach_file_log(out_dir / "train.log")
+        try:
+            return _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device, progress, tracker)
+        finally:
+            logging.getLogger("radmtl").removeHandler(file_log)
+            file_log.close()
 
 
 def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_name, progress, tracker) -> TrainState:
@@ -347,7 +349,7 @@ def _config_for_resume(cfg: Config, saved: Config, path: Path, no_config_given: 
 
 
 def _attach_file_log(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path)
+    handler = logging.FileHandler(path, delay=True)  # no empty train.log from a run that fails at once
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
     logger = logging.getLogger("radmtl")

@@ -161,7 +161,8 @@ def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_continues_same_run(phantom_data, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_resume_after_kill_continues_same_run(phantom_data, tmp_path, stop):
     import mlflow
 
     epochs = 5
@@ -181,10 +182,16 @@ def test_resume_after_sigkill_continues_same_run(phantom_data, tmp_path):
         time.sleep(0.05)
     assert killed.poll() is None, "run finished before it could be killed"
     time.sleep(0.3)  # into the next epoch
-    os.kill(killed.pid, signal.SIGKILL)
-    killed.wait()
+    os.kill(killed.pid, stop)
+    output = killed.communicate(timeout=60)[0]
     done_before = load_checkpoint(latest)["epoch"]
     assert 2 <= done_before < epochs
+    if stop == signal.SIGTERM:  # handled like Ctrl-C: one line, the run marked KILLED, not left RUNNING
+        assert killed.returncode == 128 + signal.SIGTERM, output
+        assert output.strip().splitlines()[-1] == "radmtl train: terminated (SIGTERM)"
+        client = mlflow.MlflowClient(tracking_uri=db)
+        run_id = load_checkpoint(latest)["mlflow_run_id"]
+        assert client.get_run(run_id).info.status == "KILLED"
 
     resumed = _cli(common + ["--out", str(tmp_path / "killed"), "--resume", *sets], tmp_path)
     assert resumed.wait(timeout=300) == 0, resumed.stdout.read()
@@ -208,3 +215,64 @@ def test_resume_after_sigkill_continues_same_run(phantom_data, tmp_path):
         assert killed_rows[epoch]["train_loss_total"] == pytest.approx(straight_rows[epoch]["train_loss_total"], rel=1e-5)
         assert killed_rows[epoch]["val_mae_hu"] == pytest.approx(straight_rows[epoch]["val_mae_hu"], rel=1e-4)
     assert np.isfinite(killed_rows[epochs]["val_mae_hu"])
+
+
+# --- the --out folder -----------------------------------------------------------------------------
+
+
+def test_second_train_on_the_same_out_is_refused_with_the_owner_named(phantom_data, tmp_path):
+    from radmtl.training.run_lock import LOCK_NAME
+
+    sets = [a for s in TINY + ["train.epochs=3"] for a in ("--set", s)]
+    common = ["--data", str(phantom_data), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+              "--no-progress", "--out", str(tmp_path / "run"), *sets]
+    first = _cli(common, tmp_path)
+    lock = tmp_path / "run" / LOCK_NAME
+    deadline = time.time() + 120
+    while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
+        time.sleep(0.05)
+    second = _cli(common, tmp_path)
+    output = second.communicate(timeout=120)[0]
+    assert second.returncode == 1
+    assert first.poll() is None, "the first run ended before the second was tried"
+    assert output.strip().splitlines() == [
+        f"radmtl train: error: {tmp_path / 'run'}: in use by another radmtl train (pid {first.pid} on "
+        f"{socket.gethostname()}, started {json.loads(lock.read_text())['started_utc']}); wait for it to "
+        "finish, or choose another --out"]
+    assert first.wait(timeout=300) == 0, first.stdout.read()
+    assert lock.read_text() == ""  # released
+    steps = [r["step"] for r in _read_jsonl(tmp_path / "run" / "metrics.jsonl") if "step_loss_total" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # one run's steps only
+
+
+def test_lock_left_by_a_dead_run_is_taken_over_and_another_hosts_is_refused(phantom_data, tmp_path, caplog):
+    from radmtl.training.run_lock import LOCK_NAME, RunFolderError, run_lock
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "run").mkdir()
+    lock = tmp_path / "run" / LOCK_NAME
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started_utc": "then"}))
+    cfg = load_config(None, TINY + ["train.epochs=1"])
+    with caplog.at_level("WARNING"):
+        train(cfg, phantom_data, tmp_path / "run", progress=False, tracker=NullTracker())
+    assert f"taking over the lock left by a run that is no longer running (pid {dead.pid}" in caplog.text
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere.example", "started_utc": "then"}))
+    with pytest.raises(RunFolderError, match="names another radmtl train .pid 1 on elsewhere.example"):
+        with run_lock(tmp_path / "run"):
+            pass
+
+
+def test_unusable_out_is_one_line_and_a_failed_start_leaves_nothing(phantom_data, tmp_path, capsys):
+    from radmtl.cli import main
+
+    (tmp_path / "file").write_text("x")
+    for out, words in ((tmp_path / "file", "is an existing file, not a folder"),
+                       (tmp_path / "file" / "run", "cannot be written")):
+        assert main(["train", "--data", str(phantom_data), "--out", str(out), "--no-progress"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and err[0].startswith(f"radmtl train: error: {out}:")
+    # a run that fails before it writes anything (here: no such dataset) leaves no folder, no train.log
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "new"),
+                 "--no-progress"]) == 1
+    assert not (tmp_path / "new").exists()
