@@ -13,7 +13,10 @@ Rules:
   Test cases need only ``mr``. ``mask`` is never required: it is derived from the MR when absent.
 * Grid: every file must share the mr's grid (shape, spacing, origin, direction, within
   :mod:`radmtl.data.io` tolerances).
-* Every file: readable, 3D, finite (no NaN/Inf). MR and CT must not be constant.
+* Every file: readable, 3D, finite (no NaN/Inf), with a usable affine (finite, every voxel size
+  non-zero, independent axes). MR and CT must not be constant. The MR's rules are
+  :func:`radmtl.data.volume_rules.mr_problems`, the ones ``radmtl infer`` applies; a file whose affine
+  is broken (the mr's included) is not compared with the mr's grid.
 * CT must look like Hounsfield units; the first matching rule is reported:
   values within [0, 1] → normalised; max < 100 HU → no tissue/bone, scaled; min > −500 HU → no
   air, probably stored 0-based (HU + 1024); max − min > 5000 → raw or extended-scale values.
@@ -43,6 +46,7 @@ from radmtl.data.discovery import (
     folders_without_mr,
 )
 from radmtl.data.io import Grid, VolumeError, grid_mismatch, read_volume
+from radmtl.data.volume_rules import affine_problems, constant_problem, finite_values, mr_problems
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +189,19 @@ def check_case(case: Case, index: DatasetIndex, required: Sequence[str] = ("mr",
             what, fix = _split_volume_error(err, path)
             problem(key, path, what, fix)
             continue
-        if key == "mr":
-            mr_grid = volume.grid
+        if key == "mr":  # the rule radmtl infer applies too: geometry, finite, not constant
+            for what, fix in mr_problems(volume):
+                problem(key, path, what, fix)
+            # A broken mr affine is reported once; comparing the other files with it would only
+            # contradict itself ("spacing [nan, 3, 3] differs from mr [nan, 3, 3]").
+            mr_grid = None if affine_problems(volume.affine) else volume.grid
         else:
-            _check_grid(key, path, volume.grid, mr_grid, problem)
-        _check_values(key, path, volume.array, index, problem)
+            issues = affine_problems(volume.affine)
+            for what, fix in issues:
+                problem(key, path, what, fix)
+            if not issues:
+                _check_grid(key, path, volume.grid, mr_grid, problem)
+            _check_values(key, path, volume.array, index, problem)
         del volume  # drop the array before reading the next file of the case
     return problems
 
@@ -210,24 +222,16 @@ def _check_grid(key: str, path: Path, grid: Grid, mr_grid: Grid | None, problem:
 
 
 def _check_values(key: str, path: Path, array: np.ndarray, index: DatasetIndex, problem: Callable) -> None:
-    finite = np.isfinite(array)
-    n_bad = int(finite.size - np.count_nonzero(finite))
-    if n_bad:
-        n_nan = int(np.count_nonzero(np.isnan(array)))
-        counts = " and ".join(f"{n} {kind}" for n, kind in ((n_nan, "NaN"), (n_bad - n_nan, "Inf")) if n)
-        problem(key, path, f"{counts} voxel(s) of {array.size}",
-                "replace them with a valid value (e.g. the background value) and re-export")
-        if n_bad == array.size:
+    values, issue = finite_values(array)  # the remaining checks judge the finite voxels only
+    if issue is not None:
+        problem(key, path, *issue)
+        if not values.size:
             return
-        values = array[finite]  # the remaining checks judge the finite voxels only
-    else:
-        values = array
-    lo, hi = float(values.min()), float(values.max())
-
-    if key in ("mr", "ct") and lo == hi:
-        problem(key, path, f"empty image: every voxel is {lo:g}",
-                f"re-export the {key}; the conversion lost the image content")
+    constant = constant_problem(values, key)
+    if constant is not None:
+        problem(key, path, *constant)
         return
+    lo, hi = float(values.min()), float(values.max())
     if key == "ct":
         verdict = _hu_verdict(lo, hi)
         if verdict is not None:

@@ -5,9 +5,12 @@ RAS, model spacing, MR normalisation) → :func:`radmtl.inference.predict.predic
 each map resampled back onto the input grid (:mod:`radmtl.inference.resample`) and written with the input's
 header geometry (:func:`radmtl.data.io.write_like`), in the input's own format unless ``--output-format``
 says otherwise (a SynthRAD2025 ``.mha`` gives ``.mha`` maps). A case is written into a hidden folder
-``.<case>.partial-*`` beside its final folder that is renamed to ``OUT/<case>`` only when every file is
-complete, so a killed run never leaves a half-written case under its final name. A case id may hold
-folders (``AB/1ABA005`` from a SynthRAD2025 tree): its outputs go to ``OUT/AB/1ABA005/``.
+``.<case>.partial-<host>-<pid>-*`` beside its final folder that is renamed to ``OUT/<case>`` only when every
+file is complete, so a killed run never leaves a half-written case under its final name; the next run
+into the same output removes what a killed one left (:mod:`radmtl.inference.work_dirs`). An MR that
+:func:`radmtl.data.volume_rules.mr_problems` rejects (broken affine, NaN, a constant image) is refused
+in one line, and an output folder this run created stays only if a case was written into it. A case id
+may hold folders (``AB/1ABA005`` from a SynthRAD2025 tree): its outputs go to ``OUT/AB/1ABA005/``.
 
 A folder of DICOM files is one case: its MR series (``--series`` picks one of several) is read with
 :mod:`radmtl.data.dicom_series` and run like a NIfTI MR; with ``--dicom-out`` (on for DICOM input) the
@@ -25,7 +28,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +46,7 @@ from radmtl.data.io import (OUTPUT_FORMATS, VolumeError, Grid, output_suffix, re
 from radmtl.inference.case_maps import MAP_OUTPUTS, map_to_input_grid, predict_on_network_grid
 from radmtl.inference.inputs import (case_folder, check_mr, find_cases,  # noqa: F401  (find_cases: public here too)
                                      make_parents, prepare_output_root, remove_if_empty)
+from radmtl.inference.work_dirs import remove_stale_work_folders, work_folder, work_prefix
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def _publish(tmp_dir: Path, final_dir: Path) -> None:
     """Rename the finished hidden folder onto ``final_dir``, replacing an older result."""
     old = None
     if final_dir.exists():
-        old = final_dir.with_name(f".{final_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        old = work_folder(final_dir, "old")
         os.replace(final_dir, old)
     os.replace(tmp_dir, final_dir)
     if old is not None:
@@ -155,9 +158,9 @@ def infer_case(
     # within one folder and a nested id never creates OUT/.AB/.
     created = make_parents(final_dir.parent)
     bar = _progress_bar(options.progress, total=3 + n_maps, desc=case_id)
-    tmp_dir = final_dir.parent / f".{final_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp_dir = work_folder(final_dir, "partial")
     # The network reads a file; a DICOM MR goes to it as a NIfTI copy that is not an output.
-    scratch = (tempfile.TemporaryDirectory(prefix=f".{final_dir.name}.mr-", dir=final_dir.parent)
+    scratch = (tempfile.TemporaryDirectory(prefix=work_prefix(final_dir.name, "mr"), dir=final_dir.parent)
                if is_dicom else None)
     sct_hu, labels = None, None
     published = False
@@ -323,18 +326,30 @@ def run_inference(
         raise RadmtlError(f"--output-format: must be one of {', '.join(OUTPUT_FORMATS)}, got "
                           f"{options.output_format!r}")
     cases = find_cases(input_path, options.series)
-    output = prepare_output_root(output)
-    loaded, source = load_model(model, tracking_uri, options.device)
-    log.info("%s: %d case(s), model %s", input_path, len(cases), source.checkpoint)
-    results = []
-    for case_id, mr_path in cases:
-        t0 = time.perf_counter()
-        try:
-            results.append(infer_case(loaded, source, case_id, mr_path, output, options))
-        except RadmtlError as err:
-            log.debug("case %s failed", case_id, exc_info=True)
-            results.append(CaseResult(case_id=case_id, seconds=time.perf_counter() - t0, error=str(err)))
+    output, created = prepare_output_root(output)
+    results: list[CaseResult] = []
+    try:
+        # What killed runs left here: in OUT and beside each case's final folder (OUT/AB/.1ABA005.partial-*).
+        remove_stale_work_folders([output, *(_case_parent(output, case_id) for case_id, _ in cases)])
+        loaded, source = load_model(model, tracking_uri, options.device)
+        log.info("%s: %d case(s), model %s", input_path, len(cases), source.checkpoint)
+        for case_id, mr_path in cases:
+            t0 = time.perf_counter()
+            try:
+                results.append(infer_case(loaded, source, case_id, mr_path, output, options))
+            except RadmtlError as err:
+                log.debug("case %s failed", case_id, exc_info=True)
+                results.append(CaseResult(case_id=case_id, seconds=time.perf_counter() - t0, error=str(err)))
+    finally:
+        remove_if_empty(created)  # no case written: leave no output folder this run made
     return results
+
+
+def _case_parent(output: Path, case_id: str) -> Path:
+    try:
+        return case_folder(output, case_id).parent
+    except RadmtlError:  # reported when the case runs
+        return output
 
 
 def format_summary(results: list[CaseResult]) -> str:
@@ -355,7 +370,7 @@ def infer_from_cli(args: argparse.Namespace) -> int:
     options = InferOptions(
         mc_samples=args.mc_samples, overlap=args.overlap, sw_batch_size=args.batch_size, device=args.device,
         save_probabilities=args.save_probabilities,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress and not getattr(args, "quiet", False) and sys.stderr.isatty(),
         sigma_scaling=not args.no_sigma_scaling,
         series=args.series, dicom_out=True if args.dicom_out else None, output_format=args.output_format,
     )

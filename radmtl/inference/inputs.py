@@ -8,8 +8,6 @@ import re
 import uuid
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-
 from radmtl.data.dicom_series import SeriesInfo
 from radmtl.data.io import VolumeError, Volume, has_volume_suffix, strip_volume_suffix
 
@@ -137,27 +135,39 @@ def _flat_mr_cases(folder: Path, files: list[Path]) -> list[tuple[str, Path]]:
     return cases
 
 
-def check_mr(volume: Volume) -> None:
-    """Reject MR volumes the network cannot be run on (non-finite values, degenerate geometry)."""
-    bad = int(np.size(volume.array) - np.count_nonzero(np.isfinite(volume.array)))
-    if bad:
-        raise VolumeError(f"{volume.path}: {bad} voxel(s) are NaN or Inf; fix or re-export the MR")
-    if abs(np.linalg.det(volume.affine[:3, :3])) < 1e-12:
-        raise VolumeError(f"{volume.path}: the affine is singular (zero voxel size); fix the header")
+def check_mr(volume: Volume, name: str | Path | None = None) -> None:
+    """Refuse an MR the network cannot be run on, by the rule ``radmtl check`` applies
+    (:func:`radmtl.data.volume_rules.mr_problems`: a usable affine, finite, not constant).
+
+    Raises:
+        VolumeError: one line naming the file (``name``, else ``volume.path``), what is wrong, how to fix it.
+    """
+    from radmtl.data.volume_rules import mr_problems
+
+    problems = mr_problems(volume)
+    if problems:
+        raise VolumeError(f"{name or volume.path}: " + "; ".join(f"{what}; fix: {fix}" for what, fix in problems))
 
 
-def prepare_output_root(output: str | Path) -> Path:
-    """Create ``OUT`` and prove it writable by writing a probe file (``os.access`` lies for root)."""
+def prepare_output_root(output: str | Path) -> tuple[Path, list[Path]]:
+    """Create ``OUT`` and prove it writable by writing a probe file (``os.access`` lies for root).
+
+    Returns:
+        ``(OUT, the folders created for it, outermost first)``: a run that writes no case removes those
+        again with :func:`remove_if_empty`.
+    """
     output = Path(output).expanduser()
+    created = [p for p in (output, *output.parents) if not p.exists()][::-1]
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / f".write-test-{uuid.uuid4().hex[:8]}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
+        remove_if_empty(created)
         raise VolumeError(f"{output}: output folder is not writable ({err.strerror}); choose another "
                           "--output") from err
-    return output
+    return output, created
 
 
 def case_folder(output: Path, case_id: str) -> Path:

@@ -142,16 +142,60 @@ class LoadedModel:
     payload: dict[str, Any]
 
 
+# What model_from_checkpoint needs; a file without one of them cannot rebuild the network.
+REQUIRED_KEYS = ("config", "model_state", "label_names")
+
+
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the network from a checkpoint alone (config, weights, labels)."""
+    """Rebuild the network from a checkpoint alone (config, weights, labels).
+
+    Raises:
+        CheckpointError: one line naming the file: not a checkpoint, a required key missing, a config
+            this radmtl cannot build, or weights that do not fit the config the file carries.
+    """
+    from radmtl.config import ConfigError
     from radmtl.nn.model import build_model  # torch-heavy; keeps this module light to import
 
+    path = Path(path)
     payload = load_checkpoint(path)
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(
+            f"{path}: checkpoint lacks {', '.join(repr(k) for k in missing)}, which radmtl train always "
+            "writes; use the checkpoint as radmtl train saved it (checkpoint_best.pt), or retrain")
     try:
         cfg = config_from_dict(payload["config"])
         model = build_model(cfg.model)
-        model.load_state_dict(payload["model_state"])
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path}: checkpoint does not match this radmtl version ({err})") from err
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        detail = " ".join(str(err).split())
+        raise CheckpointError(f"{path}: the config it carries cannot be built by radmtl {__version__} "
+                              f"({type(err).__name__}: {detail}); use a radmtl version that can read it "
+                              "(see 'radmtl_version' in the file), or retrain") from err
+    mismatch = state_mismatch(model.state_dict(), payload["model_state"])
+    if mismatch is not None:
+        raise CheckpointError(
+            f"{path}: its weights do not fit the config it carries ({mismatch}); the config or the weights "
+            "were changed after training: use the checkpoint as radmtl train saved it, or retrain")
+    model.load_state_dict(payload["model_state"])
     model.to(device).eval()
     return LoadedModel(model=model, cfg=cfg, label_names=dict(payload["label_names"]), payload=payload)
+
+
+def state_mismatch(expected: dict[str, Any], found: Any) -> str | None:
+    """How the weights ``found`` differ from a model's ``expected`` state dict, in a few words (None: they fit)."""
+    if not isinstance(found, dict):
+        return f"'model_state' is a {type(found).__name__}, not a dictionary of tensors"
+    shapes = [(name, tuple(found[name].shape), tuple(tensor.shape)) for name, tensor in expected.items()
+              if name in found and hasattr(found[name], "shape") and tuple(found[name].shape) != tuple(tensor.shape)]
+    missing = [name for name in expected if name not in found]
+    unexpected = [name for name in found if name not in expected]
+    parts = []
+    if shapes:
+        name, in_file, in_config = shapes[0]
+        parts.append(f"{len(shapes)} tensor(s) of another shape, first {name}: {list(in_file)} in the file, "
+                     f"{list(in_config)} for the config")
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) missing, first {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensor(s), first {unexpected[0]}")
+    return "; ".join(parts) or None

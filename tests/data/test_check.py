@@ -294,3 +294,73 @@ def test_problem_line_is_one_line():
     messy = Problem("case_001", "mr.nii", "cannot read\n  header\tdump", "re-export\n")
     assert messy.line() == "case_001 mr.nii: cannot read header dump — fix: re-export"
     assert Problem("dataset", "", "no cases", "add cases").line() == "dataset: no cases — fix: add cases"
+
+
+# --- the MR's own geometry (issue 13): the same rule as radmtl infer's -------------------------------
+
+
+def _save_sform_only(path, array, affine):
+    """A NIfTI whose only geometry is the sform ``affine`` (qform code 0), stored as given: nibabel cannot
+    put a zero or NaN voxel size into a qform, but it writes it into the sform, and reads it back."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(array.shape)
+    header.set_data_dtype(np.asarray(array).dtype)
+    header.set_sform(affine, code=1)
+    header["qform_code"] = 0
+    nib.save(nib.Nifti1Image(np.asarray(array), None, header=header), str(path))
+
+
+def _bad_affine(kind):
+    affine = AFFINE.copy()
+    if kind == "zero":
+        affine[:3, 1] = 0.0  # the second voxel axis has no size
+    elif kind == "nan":
+        affine[0, 0] = np.nan
+    elif kind == "singular":
+        affine[:3, 2] = affine[:3, 0]  # two voxel axes point the same way
+    return affine
+
+
+def _break_mr(root, kind, key="mr", case="case_002"):
+    path = root / case / f"{key}.nii.gz"
+    array, _ = _load(path)
+    _save_sform_only(path, array, _bad_affine(kind))
+    from radmtl.data.io import read_volume  # the fault must survive the round trip, or the test is void
+
+    stored = read_volume(path).affine
+    assert np.isnan(stored).any() if kind == "nan" else abs(np.linalg.det(stored[:3, :3])) < 1e-9
+
+
+@pytest.mark.parametrize("purpose", ["train", "infer"])
+@pytest.mark.parametrize(("kind", "words"), [
+    ("zero", ["voxel size", "[1.5, 0, 2]"]), ("nan", ["NaN", "affine"]), ("singular", ["singular"]),
+])
+def test_mr_with_a_broken_affine_is_one_problem_and_no_grid_comparison(tmp_path, kind, words, purpose):
+    make_dataset(tmp_path)  # ct, mask, labels and σ map beside the mr: none of them is compared with it
+    _break_mr(tmp_path, kind)
+    _, problems = check_dataset(tmp_path, purpose=purpose)
+    assert [(p.case_id, p.file) for p in problems] == [("case_002", "mr.nii.gz")], [p.line() for p in problems]
+    line = problems[0].line()
+    assert all(word in line for word in words), line
+    assert "differs from mr" not in line and "re-export" in line
+
+
+def test_other_file_with_a_nan_affine_is_reported_as_such(tmp_path):
+    make_dataset(tmp_path)
+    _break_mr(tmp_path, "nan", key="ct")
+    _, problems = check_dataset(tmp_path)
+    assert [(p.case_id, p.file) for p in problems] == [("case_002", "ct.nii.gz")]
+    assert "NaN" in problems[0].what and "affine" in problems[0].what and "differs" not in problems[0].what
+
+
+def test_training_refuses_an_mr_with_a_zero_voxel_size(tmp_path):
+    from radmtl.errors import RadmtlError
+    from radmtl.training.data_setup import check_before_training
+
+    make_dataset(tmp_path)
+    check_before_training([tmp_path])  # clean: no error
+    # Every file of the case on the same broken grid, as a converter writes them: no grid differs.
+    for key in ("mr", "ct", "mask", "labels", "ct_noise_sd"):
+        _break_mr(tmp_path, "zero", key=key)
+    with pytest.raises(RadmtlError, match=r"case_002 mr\.nii\.gz: .*voxel size"):
+        check_before_training([tmp_path])
