@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -26,6 +27,8 @@ def _setup_logging(verbosity: int, log_file: Path | None = None) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     handlers[0].setFormatter(logging.Formatter("%(message)s"))
+    # The level is on the handler too: train's own log file lowers the radmtl logger to INFO.
+    handlers[0].setLevel(level)
     logging.basicConfig(level=level, handlers=handlers, force=True)
     # Third-party libraries are chatty at INFO (alembic migrations, MLflow tips); keep them quiet.
     for name in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "numexpr"):
@@ -92,13 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite mlflow.db here)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (default from config)")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="after training, register the logged model in MLflow's Model Registry as a new version "
+                        "of NAME (tags: best validation metrics, data digest); alias @best moves to it when its "
+                        "best metric is better: radmtl infer --model models:/NAME@best")
     _add_common_run_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("infer", help="predict sCT, segmentation and uncertainty maps",
                        description="Run a trained model on MR volumes; every output lands on the input's grid.")
     p.add_argument("--model", required=True,
-                   help="checkpoint file, or an MLflow model URI (runs:/<id>/model, models:/<name>/<version>)")
+                   help="checkpoint file, or an MLflow model URI (runs:/<id>/model, models:/<name>/<version>, "
+                        "models:/<name>@best)")
     p.add_argument("--input", required=True, type=Path,
                    help="an MR file, a folder of MR files (CASE.nii.gz, CASE_mr.*, nnU-Net CASE_0000.*; files "
                         "named *_ct, *_mask, *_labels, *_seg and other channels are skipped), a dataset folder "
@@ -224,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(-1 if args.quiet else args.verbose)
+    # MLflow sets its own loggers to INFO when it is first imported (later, lazily); this keeps them
+    # at the level radmtl chose.
+    mlflow_level = "DEBUG" if args.verbose > 1 else "INFO" if args.verbose else "WARNING"
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", mlflow_level)
+    if args.quiet or getattr(args, "no_progress", False):
+        # MLflow draws its own "Downloading artifacts" bars (a model fetched from a remote store).
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
     try:
         return int(args.func(args) or 0)

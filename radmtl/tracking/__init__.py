@@ -7,6 +7,8 @@ this package does not import the others.
 from radmtl._lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
-    "Tracker": "tracker", "NullTracker": "tracker", "start_tracking": "tracker", "default_tracking_uri": "tracker",
+    "Tracker": "tracker", "NullTracker": "tracker", "start_tracking": "tracker", "make_run_name": "tracker",
+    "default_tracking_uri": "store", "sqlite_write_problem": "store",
     "run_tags": "environment", "package_version": "environment",
+    "log_case_datasets": "datasets", "register_model": "registry", "check_model_name": "registry",
 })

@@ -1,7 +1,8 @@
 """MLflow behind a small interface, with a local copy of every metric.
 
 Training talks to a :class:`Tracker`; :func:`start_tracking` returns one backed by MLflow, or a
-:class:`NullTracker` (DDP rank > 0, tests, or a tracking server that cannot be reached). Whatever
+:class:`NullTracker` (DDP rank > 0, tests, a tracking server that cannot be reached, or a SQLite store
+that cannot be written: :mod:`radmtl.tracking.store` finds both out in seconds). Whatever
 MLflow does, each ``log_metrics`` call is also appended to ``<out>/metrics.jsonl``: a dead server
 never costs data, and the training-curve PNG is drawn from that file.
 
@@ -14,14 +15,15 @@ import json
 import logging
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from radmtl.tracking.environment import package_version, user_name
 from radmtl.errors import RadmtlError
+from radmtl.tracking.environment import user_name
+from radmtl.tracking.store import (  # noqa: F401  (default_tracking_uri, probe_http: public here too)
+    default_tracking_uri, is_http, probe_http, sqlite_path, sqlite_write_problem)
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,6 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_TAG_VALUE_LENGTH = 8000
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-PROBE_TIMEOUT_S = 3.0
 # MLflow's client otherwise retries 7 times with exponential back-off and a 120 s timeout per
 # request: a server that dies mid-run would stall training for minutes at every call.
 _HTTP_ENV_DEFAULTS = {
@@ -41,19 +42,18 @@ _HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
+# The experiment kind MLflow 3's UI reads (mlflow/server/js: "mlflow.experimentKind", values
+# "genai_development" | "custom_model_development" | ...): radmtl trains models.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+MODEL_NAME = "model"
+_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
-def default_tracking_uri(cwd: Path | None = None) -> str:
-    """Return ``$MLFLOW_TRACKING_URI`` if set, else a SQLite store ``mlflow.db`` in ``cwd``.
-
-    The path is absolute so that the store stays the same whatever folder a later command
-    (``radmtl infer``, ``mlflow ui``) runs from.
-    """
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    folder = Path(cwd) if cwd is not None else Path.cwd()
-    return f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+def make_run_name(out_dir: Path, weighting: str, data_dirs: list[Path], when: datetime | None = None) -> str:
+    """``<out folder>-<loss weighting>-<data folder(s)>-<YYYYmmdd-HHMM>``: runs told apart in a list."""
+    data = "+".join(Path(d).resolve().name or str(d) for d in data_dirs) or "data"
+    return f"{Path(out_dir).resolve().name}-{weighting}-{data}-{(when or datetime.now()):%Y%m%d-%H%M}"
 
 
 def _param_value(value: Any) -> str:
@@ -80,6 +80,8 @@ class Tracker:
     """
 
     run_id: str | None = None
+    client: Any = None
+    uri: str | None = None
 
     def __init__(self, metrics_jsonl: Path | None = None) -> None:
         self.metrics_jsonl = Path(metrics_jsonl) if metrics_jsonl is not None else None
@@ -94,8 +96,13 @@ class Tracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload the file ``path`` into the run's artifacts under ``artifact_path``."""
 
-    def log_model(self, model: Any, checkpoint_path: Path) -> None:
-        """Log ``model`` as an MLflow model named ``model``, carrying the radmtl checkpoint."""
+    def log_model(self, **pyfunc_kwargs: Any) -> str | None:
+        """Log an MLflow pyfunc model named ``model`` (``mlflow.pyfunc.log_model`` arguments) as an
+        output of the run; returns its URI ``models:/<model_id>``, or None when nothing was logged."""
+        return None
+
+    def log_inputs(self, datasets: list[tuple[Any, str]]) -> None:
+        """Log ``(mlflow.data dataset, context)`` pairs as the run's dataset inputs."""
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Set run tags."""
@@ -145,6 +152,7 @@ class MlflowTracker(Tracker):
         self.disabled = False
         self._ended = False
         self._existing_params: dict[str, str] | None = None
+        self._system_metrics: Any = None
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self.disabled:
@@ -192,37 +200,55 @@ class MlflowTracker(Tracker):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._call("log_artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
 
-    def log_model(self, model: Any, checkpoint_path: Path) -> None:
-        self._call("log_model", self._log_model, model, Path(checkpoint_path))
+    def log_model(self, **pyfunc_kwargs: Any) -> str | None:
+        return self._call("log_model", self._log_model, pyfunc_kwargs)
 
-    def _log_model(self, model: Any, checkpoint_path: Path) -> None:
-        import mlflow.pytorch
-        import torch
+    def _log_model(self, pyfunc_kwargs: dict[str, Any]) -> str:
+        import mlflow.pyfunc
+        from mlflow.models import Model
         from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-        if not checkpoint_path.is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint_path} does not exist")
         # The LoggedModel is created through our client so that it lands in this run's experiment;
-        # the fluent log_model would otherwise pick the globally active experiment.
+        # the fluent log_model would otherwise pick the globally active experiment. Model.log (what
+        # mlflow.pyfunc.log_model calls, but taking the run id) records it as the run's output, which
+        # MLflow's UI lists under "Training runs".
         logged = self.client.create_logged_model(
-            experiment_id=self.experiment_id, name="model", source_run_id=self.run_id
+            experiment_id=self.experiment_id, name=MODEL_NAME, source_run_id=self.run_id
         )
-        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"monai=={package_version('monai')}"]
-        # "pickle", deliberately: MLflow 3's default "pt2" format needs an input example and a
-        # torch.export-able forward, but ours returns a dict and pads inputs with data-dependent
-        # shapes. radmtl itself never unpickles this: the self-describing checkpoint travels as an
-        # extra file and `radmtl infer --model runs:/<id>/model` rebuilds the network from it with
-        # torch.load(weights_only=True). The pickled module only serves `mlflow.pytorch.load_model`.
-        with _use_tracking_uri(self.uri):
-            mlflow.pytorch.log_model(
-                model,
-                name="model",
-                serialization_format="pickle",
-                extra_files=[str(checkpoint_path)],
-                pip_requirements=requirements,
-                run_id=self.run_id,
-                model_id=logged.model_id,
-            )
+        # Logging checks the input example by loading the model back, which MLflow draws as a
+        # "Downloading artifacts" bar at the end of every training; nothing is downloaded.
+        bar = os.environ.get(_BAR_ENV)
+        os.environ[_BAR_ENV] = "false"
+        try:
+            with _use_tracking_uri(self.uri):
+                info = Model.log(artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=self.run_id,
+                                 model_id=logged.model_id, **pyfunc_kwargs)
+        finally:
+            if bar is None:
+                os.environ.pop(_BAR_ENV, None)
+            else:
+                os.environ[_BAR_ENV] = bar
+        return info.model_uri
+
+    def log_inputs(self, datasets: list[tuple[Any, str]]) -> None:
+        from mlflow.entities import DatasetInput, InputTag
+
+        entries = [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
+                   for dataset, context in datasets]
+        self._call("log_inputs", self.client.log_inputs, self.run_id, datasets=entries)
+
+    def start_system_metrics(self, resume: bool) -> None:
+        """Sample CPU, memory, disk, network (and GPU with pynvml) into ``system/*`` metrics until
+        :meth:`end`, as ``mlflow.start_run(log_system_metrics=True)`` would for a fluent run."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(self.run_id, resume_logging=resume, tracking_uri=self.uri)
+        except ImportError as err:  # psutil is a radmtl dependency; an odd environment may lack it
+            logger.warning("no system metrics in MLflow run %s (%s); pip install psutil", self.run_id, err)
+            return
+        monitor.start()
+        self._system_metrics = monitor
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -240,6 +266,8 @@ class MlflowTracker(Tracker):
         if self._ended:
             return
         self._ended = True
+        if self._system_metrics is not None:
+            self._system_metrics.finish()  # its last samples land before the run is closed
         self._call("end", self.client.set_terminated, self.run_id, status)
 
 
@@ -250,48 +278,18 @@ def _unreachable_message(uri: str, reason: str, metrics_jsonl: Path | None) -> s
     )
 
 
-def is_http(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def probe_http(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
-    """Return None if an MLflow server answers at ``uri``, else the reason it does not.
-
-    Any HTTP answer (even 401/404 behind a proxy) proves a server is there; only a failed
-    connection or a timeout counts as unreachable.
-    """
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            return None
-    except urllib.error.HTTPError:
-        return None
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
-        return f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
-
-
-def _sqlite_folder(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = uri[len("sqlite:///") :]
-    return Path(db).resolve().parent if db and db != ":memory:" else None
-
-
 def _get_or_create_experiment(client: Any, uri: str, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        folder = _sqlite_folder(uri)
+        db = sqlite_path(uri)
         # Without an explicit location MLflow uses ./mlruns of the *current* folder, which a later
         # `mlflow ui` started elsewhere cannot find; beside the database it always can.
-        location = (folder / "mlartifacts").as_uri() if folder is not None else None
+        location = (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
         try:
-            # The kind tag makes MLflow 3's UI open the experiment as "model training" (runs,
-            # metrics, artifacts) rather than as a GenAI evaluation.
-            return client.create_experiment(
-                name, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
-            )
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:
             # Another process (a second training) may have created it in between.
             experiment = client.get_experiment_by_name(name)
@@ -303,6 +301,8 @@ def _get_or_create_experiment(client: Any, uri: str, name: str) -> str:
             f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` "
             "or choose another --experiment"
         )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made by hand or by an older radmtl; a kind set by a user stays
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 
@@ -312,6 +312,7 @@ def start_tracking(
     run_name: str | None,
     out_dir: Path,
     resume_run_id: str | None = None,
+    system_metrics: bool = True,
 ) -> Tracker:
     """Start (or, with ``resume_run_id``, continue) an MLflow run.
 
@@ -322,10 +323,11 @@ def start_tracking(
         out_dir: training output folder; ``metrics.jsonl`` is written there.
         resume_run_id: continue this run instead of creating one, so a resumed training stays
             one run in the UI.
+        system_metrics: sample CPU/memory/disk/network/GPU use into the run's ``system/*`` metrics.
 
     Returns:
         An :class:`MlflowTracker`, or a :class:`NullTracker` that still writes ``metrics.jsonl``
-        when the store cannot be reached (one warning says so).
+        when the store cannot be reached or written (one warning says so, within seconds).
 
     Raises:
         RadmtlError: ``resume_run_id`` is not in a reachable store, or the experiment is deleted.
@@ -339,6 +341,12 @@ def start_tracking(
         if reason is not None:
             logger.warning(_unreachable_message(uri, reason, metrics_jsonl))
             return NullTracker(metrics_jsonl, run_id=resume_run_id)
+    db = sqlite_path(uri)
+    problem = sqlite_write_problem(db) if db is not None else None
+    if problem is not None:
+        logger.warning(f"MLflow tracking store {uri} cannot be written ({problem}); training continues "
+                       f"without MLflow, metrics are kept in {metrics_jsonl}; pass a writable --tracking-uri")
+        return NullTracker(metrics_jsonl, run_id=resume_run_id)
 
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -371,4 +379,7 @@ def start_tracking(
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         logger.warning(_unreachable_message(uri, reason, metrics_jsonl))
         return NullTracker(metrics_jsonl, run_id=resume_run_id)
-    return MlflowTracker(client, uri, experiment_id, run_id, metrics_jsonl)
+    tracker = MlflowTracker(client, uri, experiment_id, run_id, metrics_jsonl)
+    if system_metrics:
+        tracker.start_system_metrics(resume=resume_run_id is not None)
+    return tracker

@@ -28,8 +28,10 @@ from radmtl.errors import RadmtlError
 from radmtl.data.io import atomic_path
 from radmtl.nn.losses import MultiTaskLoss, parameter_groups
 from radmtl.nn.model import build_model
+from radmtl.tracking.datasets import log_case_datasets
 from radmtl.tracking.environment import run_tags
-from radmtl.tracking.tracker import NullTracker, Tracker, start_tracking
+from radmtl.tracking.registry import Registration, check_model_name, register_model
+from radmtl.tracking.tracker import NullTracker, Tracker, make_run_name, start_tracking
 from radmtl.training.data_setup import case_table, data_params, prepare_training_data
 from radmtl.training.run_lock import prepare_run_dir, run_lock
 from radmtl.training.schedule import epoch_loader, seed_epoch, warmup_cosine
@@ -53,6 +55,7 @@ class TrainState:
     best_metric: float | None = None
     best_epoch: int | None = None
     run_id: str | None = None
+    registered: Registration | None = None  # --register: the model version made at the end
 
 
 def to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
@@ -75,22 +78,28 @@ def train(
     device: str = "auto",
     progress: bool = True,
     tracker: Tracker | None = None,
+    register: str | None = None,
 ) -> TrainState:
     """Train a model on one dataset folder or several; returns the final state. See the module
-    docstring for the guarantees."""
+    docstring for the guarantees. ``register``: add the logged model to MLflow's Model Registry
+    under this name at the end (:mod:`radmtl.tracking.registry`)."""
     data_dirs = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
     out_dir = Path(out_dir)
+    if register is not None:
+        check_model_name(register)
     created = prepare_run_dir(out_dir)
     with run_lock(out_dir, created):
         file_log = _attach_file_log(out_dir / "train.log")
         try:
-            return _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device, progress, tracker)
+            return _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device, progress, tracker,
+                          register)
         finally:
             logging.getLogger("radmtl").removeHandler(file_log)
             file_log.close()
 
 
-def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_name, progress, tracker) -> TrainState:
+def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_name, progress, tracker,
+           register) -> TrainState:
     # --- state to resume from --------------------------------------------------------------
     state = TrainState()
     payload = None
@@ -145,8 +154,8 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
 
     # --- tracking ----------------------------------------------------------------------------
     if tracker is None:
-        tracker = start_tracking(tracking_uri, experiment or cfg.tracking.experiment, out_dir.name,
-                                 out_dir, resume_run_id=state.run_id)
+        tracker = start_tracking(tracking_uri, experiment or cfg.tracking.experiment,
+                                 make_run_name(out_dir, cfg.loss.weighting, data_dirs), out_dir, state.run_id)
     state.run_id = tracker.run_id
     if payload is not None and payload.get("pending_metrics"):
         _flush_pending(tracker, payload["pending_metrics"], state.epoch)
@@ -157,6 +166,7 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
             with atomic_path(out_dir / name) as tmp:
                 tmp.write_text(text)
             tracker.log_artifact(out_dir / name)
+        log_case_datasets(tracker, case_table(data), {c.case_id: c.paths for c in train_cases + val_cases}, data_dirs)
     log.info("model: %d parameters on %s%s; MLflow run %s", sum(p.numel() for p in model.parameters()),
              device, f" with {amp_dtype}" if amp_dtype else "", state.run_id or "(none)")
 
@@ -199,7 +209,7 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
             log.info(_summary_line(epoch, cfg.train.epochs, epoch_metrics, elapsed, improved))
         if cfg.train.recalibrate:
             _recalibrate(out_dir, val_cases, device, tracker, state.epoch)
-        _finish(model, cfg, out_dir, tracker)
+        _finish(cfg, out_dir, tracker, state, register)
         status = "FINISHED"
         return state
     except KeyboardInterrupt:
@@ -316,17 +326,16 @@ def _recalibrate(out_dir: Path, val_cases: list, device: torch.device, tracker: 
     tracker.log_metrics(metrics, step=epoch)
 
 
-def _finish(model: torch.nn.Module, cfg: Config, out_dir: Path, tracker: Tracker) -> None:
-    """Log the best (else latest) checkpoint, the model and the training curves."""
+def _finish(cfg: Config, out_dir: Path, tracker: Tracker, state: TrainState, register: str | None) -> None:
+    """Log the best (else latest) checkpoint, the servable model (and register it), the training curves."""
     best = out_dir / BEST if (out_dir / BEST).exists() else out_dir / LATEST
     tracker.log_artifact(best, artifact_path="checkpoints")
-    try:
-        from radmtl.nn.checkpoint import model_from_checkpoint
+    from radmtl.inference.pyfunc_model import log_servable_model
 
-        best_model = model_from_checkpoint(best).model
-        tracker.log_model(best_model, best)
-    except Exception as err:  # the checkpoint on disk is the source of truth; MLflow is a copy
-        log.warning("could not log the model to MLflow (%s: %s); %s has everything", type(err).__name__, err, best)
+    model_uri = log_servable_model(tracker, best)
+    if register is not None:
+        state.registered = register_model(tracker, register, model_uri, cfg.train.best_metric, cfg.train.best_mode,
+                                          state.best_epoch)
     from radmtl.evaluation.qa import training_curves
 
     curves = training_curves(out_dir / "metrics.jsonl", out_dir / "training_curves.png")
@@ -364,12 +373,15 @@ def train_from_cli(args: argparse.Namespace) -> int:
     data_dir = args.data or [Path(__file__).resolve().parents[2] / "data_samples"]
     progress = not args.no_progress and sys.stderr.isatty()
     state = train(cfg, data_dir, args.out, resume=args.resume, tracking_uri=args.tracking_uri,
-                  experiment=args.experiment, device=args.device, progress=progress)
+                  experiment=args.experiment, device=args.device, progress=progress,
+                  register=getattr(args, "register", None))
     best = f"{state.best_metric:.4g} at epoch {state.best_epoch}" if state.best_metric is not None else "n/a"
     print(f"trained {state.epoch} epochs; best {cfg.train.best_metric} {best}")
     print(f"checkpoints: {Path(args.out) / BEST}, {Path(args.out) / LATEST}")
     if state.run_id:
         print(f"MLflow run: {state.run_id}")
+    if state.registered is not None:
+        print(state.registered.line())
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The MLflow UI, checked in a real browser: a run's name, metrics and QA picture are shown.
+"""The MLflow UI, checked in a real browser: a run's name, metrics and QA picture are shown; the
+experiment's training runs are listed by name, and the registered model shows its version and alias.
 
 Starts ``mlflow server`` on 127.0.0.1 against a temporary SQLite store and drives Debian's
 headless Chromium through Selenium. Skipped (with the reason) only where Chromium or ChromeDriver
@@ -40,7 +41,8 @@ pytestmark = [
 
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_NAME = "ui-smoke"
+OUT_NAME = "ui-smoke"
+MODEL_NAME = "radmtl-ui-model"
 
 
 @pytest.fixture
@@ -56,12 +58,17 @@ def make_run(tmp_path: Path) -> dict:
         "data.spacing=[12.0, 12.0, 12.0]", "data.patch_size=[16, 16, 16]", "model.channels=[4, 8]",
         "model.strides=[2]", "train.epochs=2", "train.steps_per_epoch=2", "train.val_every=1",
     ])  # fmt: skip
-    state = train(cfg, ROOT / "data_samples", tmp_path / RUN_NAME, tracking_uri=db_uri,
-                  experiment=EXPERIMENT, progress=False)
-    last = [json.loads(line) for line in (tmp_path / RUN_NAME / "metrics.jsonl").read_text().splitlines()
+    state = train(cfg, ROOT / "data_samples", tmp_path / OUT_NAME, tracking_uri=db_uri,
+                  experiment=EXPERIMENT, progress=False, register=MODEL_NAME)
+    last = [json.loads(line) for line in (tmp_path / OUT_NAME / "metrics.jsonl").read_text().splitlines()
             if '"val_mae_hu"' in line][-1]
-    return {"db_uri": db_uri, "experiment": EXPERIMENT, "run_id": state.run_id,
-            "val_mae_hu": last["val_mae_hu"], "qa_png": "epoch_0002_axial.png"}
+    import mlflow
+
+    run_name = mlflow.MlflowClient(db_uri).get_run(state.run_id).info.run_name
+    assert run_name.startswith(f"{OUT_NAME}-hetero_homo-data_samples-")  # out folder, weighting, data, date
+    return {"db_uri": db_uri, "experiment": EXPERIMENT, "run_id": state.run_id, "run_name": run_name,
+            "val_mae_hu": last["val_mae_hu"], "qa_png": "epoch_0002_axial.png",
+            "model_version": state.registered.version}
 
 
 def _free_port() -> int:
@@ -168,7 +175,7 @@ def _check_run_pages(browser, base_url: str, experiment_id: str, run: dict, tmp_
 
     # Run overview: name, id, and the metrics table with the last value of each metric.
     browser.get(f"{base_url}/#/experiments/{experiment_id}/runs/{run_id}")
-    wait.until(ec.visibility_of_element_located((By.XPATH, _xpath_text(RUN_NAME, exact=True))))
+    wait.until(ec.visibility_of_element_located((By.XPATH, _xpath_text(run["run_name"], exact=True))))
     wait.until(ec.presence_of_element_located((By.XPATH, _xpath_text(run_id))))
     metric = wait.until(ec.visibility_of_element_located((By.XPATH, _xpath_text("val_mae_hu"))))
     browser.save_screenshot(str(tmp_path / "overview.png"))
@@ -186,3 +193,47 @@ def _check_run_pages(browser, base_url: str, experiment_id: str, run: dict, tmp_
     browser.save_screenshot(str(tmp_path / "artifact.png"))
     logger.info("QA preview <img src=%s>", image.get_attribute("src"))
     assert browser.execute_script("return arguments[0].naturalWidth", image) > 100
+
+
+def test_training_runs_and_registered_model_shown(mlflow_server, browser, tmp_path):
+    import mlflow
+
+    base_url, run = mlflow_server
+    experiment_id = mlflow.MlflowClient(base_url).get_experiment_by_name(run["experiment"]).experiment_id
+    try:
+        _check_training_views(browser, base_url, experiment_id, run, tmp_path)
+    except Exception:
+        browser.save_screenshot(str(tmp_path / "failure.png"))
+        (tmp_path / "failure.html").write_text(browser.page_source, encoding="utf-8")
+        raise
+
+
+def _check_training_views(browser, base_url: str, experiment_id: str, run: dict, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, PAGE_WAIT_S)
+    # A fresh browser opens MLflow 3.17 in its GenAI view; the experiment's side bar lists "Training runs"
+    # because radmtl's run has a logged model as its output, and that view lists the run by its name.
+    browser.get(f"{base_url}/#/experiments/{experiment_id}")
+    link = wait.until(ec.element_to_be_clickable((By.XPATH, _xpath_text("Training runs", exact=True))))
+    # A click through the script: the GenAI overview may open a "Detect Issues" popover over the page.
+    browser.execute_script("arguments[0].click()", link)
+    wait.until(ec.visibility_of_element_located((By.XPATH, _xpath_text(run["run_name"], exact=True))))
+    browser.save_screenshot(str(tmp_path / "training_runs.png"))
+
+    # The "Model training" view of the same experiment: the run by name, with its training dataset.
+    browser.get(f"{base_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+    name = wait.until(ec.visibility_of_element_located((By.XPATH, _xpath_text(run["run_name"], exact=True))))
+    row = name.find_element(By.XPATH, "./ancestor::*[contains(normalize-space(.), 'data_samples-training')][1]")
+    assert "data_samples-training" in row.text
+    browser.save_screenshot(str(tmp_path / "model_training_runs.png"))
+
+    # The registered model: its version, with the alias radmtl set and the best epoch's metrics as tags.
+    browser.get(f"{base_url}/#/models/{MODEL_NAME}")
+    version = wait.until(ec.visibility_of_element_located(
+        (By.XPATH, _xpath_text(f"Version {run['model_version']}", exact=True))))
+    row = version.find_element(By.XPATH, "./ancestor::*[contains(normalize-space(.), 'radmtl.data_digest')][1]")
+    assert "best" in row.text and "val_mae_hu" in row.text
+    browser.save_screenshot(str(tmp_path / "registered_model.png"))

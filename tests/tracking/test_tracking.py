@@ -187,28 +187,87 @@ def test_failure_mid_run_warns_once_and_keeps_metrics(store, tmp_path, caplog, m
     assert [r["step"] for r in _jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3]
 
 
-def test_log_model_carries_checkpoint_and_resolves(store, tmp_path):
-    uri, _ = store
-    tracker = start_tracking(uri, "exp-model", "m", tmp_path / "out")
+def _log_dummy_model(tracker, checkpoint: Path) -> str:
+    from radmtl.inference.pyfunc_model import servable_model
+
+    with servable_model(checkpoint) as spec:
+        return tracker.log_model(**spec)
+
+
+def test_log_model_is_a_pyfunc_carrying_the_checkpoint_read_in_place(store, tmp_path, monkeypatch):
+    uri, folder = store
+    tracker = start_tracking(uri, "exp-model", "m", tmp_path / "out", system_metrics=False)
     checkpoint = tmp_path / "checkpoint_best.pt"
     torch.save({"epoch": 3, "state_dict": {}}, checkpoint)
-    tracker.log_model(torch.nn.Conv3d(1, 1, kernel_size=1), checkpoint)
+    model_uri = _log_dummy_model(tracker, checkpoint)
     assert not tracker.disabled
     client = _client(uri)
     assert client.get_run(tracker.run_id).info.status == "RUNNING"  # logging a model ends nothing
     tracker.end()
 
-    found = resolve_model_uri(f"runs:/{tracker.run_id}/model", uri, dst_dir=tmp_path / "dl")
-    assert found.name == "checkpoint_best.pt" and found.parent.name == "extra_files"
+    (output,) = client.get_run(tracker.run_id).outputs.model_outputs  # a training run's model output
+    assert model_uri == f"models:/{output.model_id}"
+    # A local store is read where it keeps the model: nothing is copied to a temporary folder.
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "no-temp-here"))
+    found = resolve_model_uri(f"runs:/{tracker.run_id}/model", uri)
+    assert found.is_relative_to(folder / "mlartifacts") and found.parent.name == "artifacts"
     assert found.read_bytes() == checkpoint.read_bytes()
-    model_folder = found.parent.parent
-    assert (model_folder / "MLmodel").is_file()
-    mlmodel = (model_folder / "MLmodel").read_text()
-    assert "pickle_module_name" in mlmodel and "extra_files/checkpoint_best.pt" in mlmodel
-    assert (model_folder / "data" / "model.pth").is_file()  # pickle format, not pt2
+    mlmodel = (found.parent.parent / "MLmodel").read_text()
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in mlmodel  # models from code, no pickled object
+    assert "pytorch" not in mlmodel and "python_model.pkl" not in mlmodel
+    assert "radmtl==" in (found.parent.parent / "requirements.txt").read_text()
+    assert resolve_model_uri(model_uri, uri) == found
+    # dst_dir asks for a copy
+    copied = resolve_model_uri(f"runs:/{tracker.run_id}/model", uri, dst_dir=tmp_path / "dl")
+    assert copied.is_relative_to(tmp_path / "dl") and copied.read_bytes() == checkpoint.read_bytes()
 
-    (output,) = client.get_run(tracker.run_id).outputs.model_outputs
-    assert resolve_model_uri(f"models:/{output.model_id}", uri).name == "checkpoint_best.pt"
+
+def test_model_from_a_remote_store_is_a_temporary_download_recorded_by_uri(store, tmp_path, monkeypatch, capfd):
+    from radmtl.inference import model_uri as mu
+
+    uri, _ = store
+    tracker = start_tracking(uri, "exp-remote", "m", tmp_path / "out", system_metrics=False)
+    checkpoint = tmp_path / "checkpoint_best.pt"
+    torch.save({"epoch": 1}, checkpoint)
+    _log_dummy_model(tracker, checkpoint)
+    tracker.end()
+    # A store whose artifacts are not on this machine (s3, an HTTP server): seen as not local here.
+    monkeypatch.setattr(mu, "_local_folder", lambda location: None)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))
+    model = f"runs:/{tracker.run_id}/model"
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # what radmtl -q / --no-progress set
+    capfd.readouterr()
+    found = mu.resolve_model_uri(model, uri)
+    assert "Downloading artifacts" not in "".join(capfd.readouterr())
+    assert found.is_relative_to(temp) and found.read_bytes() == checkpoint.read_bytes()
+    source = mu.ModelSource(argument=model, checkpoint=found, sha256=mu.sha256_of(found))
+    assert source.recorded == f"{model} (checkpoint_best.pt)"  # not the path about to be deleted
+    mu.release_downloads()
+    assert list(temp.iterdir()) == []
+    local = mu.ModelSource(argument=str(checkpoint), checkpoint=checkpoint, sha256="x")
+    assert local.recorded == str(checkpoint.resolve())
+
+
+def test_quiet_cli_turns_off_mlflow_download_bars(monkeypatch, tmp_path):
+    from radmtl.cli import main
+
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
+    assert main(["-q", "infer", "--model", str(tmp_path / "none.pt"), "--input", str(tmp_path),
+                 "--output", str(tmp_path / "o")]) == 1
+    import os
+
+    assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+
+
+def test_lookup_without_a_store_says_so_and_creates_none(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RadmtlError, match=r"no MLflow store at sqlite:///.*mlflow.db \(.* does not exist\)"):
+        resolve_model_uri("models:/anything@best")
+    assert list(tmp_path.iterdir()) == []  # MLflow would have left an empty mlflow.db here
 
 
 def test_resolve_model_uri_errors(store, tmp_path):
@@ -216,7 +275,7 @@ def test_resolve_model_uri_errors(store, tmp_path):
     with pytest.raises(RadmtlError, match="cannot fetch model runs:/0123abcd/model"):
         resolve_model_uri("runs:/0123abcd/model", uri)
     # A model folder that radmtl did not log: no checkpoint inside.
-    tracker = start_tracking(uri, "exp-foreign", "f", tmp_path / "out")
+    tracker = start_tracking(uri, "exp-foreign", "f", tmp_path / "out", system_metrics=False)
     foreign = tmp_path / "model"
     foreign.mkdir()
     (foreign / "MLmodel").write_text("flavors: {}\n")
@@ -226,3 +285,91 @@ def test_resolve_model_uri_errors(store, tmp_path):
     dead = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(RadmtlError, match="unreachable"):
         resolve_model_uri("runs:/0123abcd/model", dead)
+
+
+# --- the experiment, the run's name, an unusable store ------------------------------------------
+
+
+def test_experiment_is_marked_model_training_when_made_and_when_used(store, tmp_path):
+    from radmtl.tracking.tracker import EXPERIMENT_KIND_TAG
+
+    uri, _ = store
+    client = _client(uri)
+    start_tracking(uri, "exp-kind-new", "r", tmp_path, system_metrics=False).end()
+    assert client.get_experiment_by_name("exp-kind-new").tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    made_by_hand = client.create_experiment("exp-kind-old")  # e.g. by an older radmtl: no kind
+    start_tracking(uri, "exp-kind-old", "r", tmp_path, system_metrics=False).end()
+    assert client.get_experiment(made_by_hand).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    chosen = client.create_experiment("exp-kind-genai", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    start_tracking(uri, "exp-kind-genai", "r", tmp_path, system_metrics=False).end()
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"  # a user's choice stays
+
+
+def test_run_name_tells_runs_apart(tmp_path):
+    from datetime import datetime
+
+    from radmtl.tracking.tracker import make_run_name
+
+    when = datetime(2026, 3, 4, 5, 6)
+    assert make_run_name(tmp_path / "run", "hetero_homo", [tmp_path / "Task1"], when) == \
+        "run-hetero_homo-Task1-20260304-0506"
+    assert make_run_name(tmp_path / "run", "fixed", [tmp_path / "a", tmp_path / "b"], when) == \
+        "run-fixed-a+b-20260304-0506"
+
+
+def _unusable_sqlite_stores(tmp_path: Path) -> list[tuple[str, str]]:
+    """Stores MLflow cannot open, even as root: the database path is a folder, a folder under a file."""
+    (tmp_path / "is_a_folder.db").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    stores = [(f"sqlite:///{tmp_path / 'is_a_folder.db'}", "is a folder or special file"),
+              (f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}", "is a file, not a folder")]
+    if Path("/proc/self").is_dir():  # a location that takes no files (procfs)
+        stores.append(("sqlite:////proc/radmtl-mlflow.db", "does not take new files"))
+    return stores
+
+
+def test_unwritable_sqlite_store_falls_back_at_once_with_one_line(tmp_path, caplog):
+    for uri, words in _unusable_sqlite_stores(tmp_path):
+        caplog.clear()
+        start = time.monotonic()
+        with caplog.at_level(logging.DEBUG):
+            tracker = start_tracking(uri, "exp", "r", tmp_path / "out")
+        assert time.monotonic() - start < 2.0, uri  # MLflow itself retries for ~100 s
+        assert isinstance(tracker, NullTracker)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+        assert warnings[0].startswith(f"MLflow tracking store {uri} cannot be written (") and words in warnings[0]
+        assert f"metrics are kept in {tmp_path / 'out' / 'metrics.jsonl'}" in warnings[0]
+    assert not (tmp_path / "a_file").is_dir()
+
+
+@pytest.mark.slow
+def test_training_starts_within_15_s_on_an_unusable_store(tmp_path):
+    """The whole command: one warning line, and the first epoch logged well before MLflow's retries end."""
+    import subprocess
+    import sys
+
+    from radmtl.data.phantom import generate_dataset
+
+    data = tmp_path / "data"
+    generate_dataset(data, cases=3, seed=1, shape=(24, 24, 16))
+    (tmp_path / "is_a_folder.db").mkdir()
+    uri = f"sqlite:///{tmp_path / 'is_a_folder.db'}"
+    sets = ["data.spacing=[12.0, 12.0, 12.0]", "data.patch_size=[16, 16, 16]", "model.channels=[4, 8]",
+            "model.strides=[2]", "train.epochs=1", "train.steps_per_epoch=1"]
+    command = [sys.executable, "-m", "radmtl", "-q", "train", "--data", str(data), "--out", str(tmp_path / "run"),
+               "--tracking-uri", uri, "--no-progress", *(a for s in sets for a in ("--set", s))]
+    start = time.monotonic()
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    while process.poll() is None and not (metrics.exists() and metrics.read_text()) and time.monotonic() - start < 60:
+        time.sleep(0.1)
+    started = time.monotonic() - start
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert started < 15.0, f"first metrics after {started:.1f} s"
+    assert err.strip().splitlines() == [
+        f"MLflow tracking store {uri} cannot be written ({tmp_path / 'is_a_folder.db'} is a folder or special "
+        f"file, not a database file); training continues without MLflow, metrics are kept in "
+        f"{tmp_path / 'run' / 'metrics.jsonl'}; pass a writable --tracking-uri"]
+    assert "MLflow run:" not in out

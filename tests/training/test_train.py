@@ -198,8 +198,11 @@ def test_resume_after_kill_continues_same_run(phantom_data, tmp_path, stop):
 
     client = mlflow.MlflowClient(tracking_uri=db)
     exp = client.get_experiment_by_name("resume-test")
-    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    assert set(runs) == {"straight", "killed"}  # resume did not open a third run
+    found = client.search_runs([exp.experiment_id])
+    # runs are named <out folder>-<weighting>-<data folder>-<date>; resume keeps the name
+    runs = {r.info.run_name.split("-", 1)[0]: r for r in found}
+    assert len(found) == 2 and set(runs) == {"straight", "killed"}  # resume did not open a third run
+    assert runs["killed"].info.run_name.startswith(f"killed-hetero_homo-{phantom_data.name}-")
     run = runs["killed"]
     assert run.info.status == "FINISHED"
     for metric in ("epoch", "val_mae_hu", "train_loss_total"):
