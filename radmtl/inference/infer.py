@@ -238,7 +238,7 @@ def infer_case(
             "network_grid": Grid.from_affine(net_shape, net_affine).describe(),
             "model": {
                 "source": source.argument,
-                "checkpoint": str(source.checkpoint.resolve()),
+                "checkpoint": source.recorded,  # a lasting path, or the URI when the copy was temporary
                 "sha256": source.sha256,
                 "epoch": loaded.payload.get("epoch"),
                 "mlflow_run_id": loaded.payload.get("mlflow_run_id"),
