@@ -26,7 +26,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 
 from radmtl.errors import RadmtlError
 from radmtl.data.io import VOLUME_SUFFIXES, has_volume_suffix, strip_volume_suffix
@@ -367,39 +366,3 @@ def label_names(index: DatasetIndex, max_label: int | None = None) -> dict[str, 
     for k in range(1, int(max_label or 0) + 1):
         names[f"label_{k}"] = k
     return names
-
-
-def split_cases(cases: Sequence[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
-    """Split cases into training and validation, reproducibly.
-
-    The draw is made over the case ids in sorted order, so the split depends only on the set of
-    ids, the fraction and the seed, not on the order ``cases`` came in. Both lists keep the
-    input order.
-
-    Args:
-        cases: the cases to split.
-        val_fraction: share for validation, in [0, 1). When > 0 and there are at least 2
-            cases, validation gets at least 1 case and training keeps at least 1.
-        seed: random seed.
-
-    Returns:
-        ``(training, validation)``.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    cases = list(cases)
-    n = len(cases)
-    ids = [c.case_id for c in cases]
-    if len(set(ids)) != n:
-        raise ValueError("split_cases: case ids must be unique")
-    n_val = int(round(n * val_fraction))
-    if val_fraction > 0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
-    elif n < 2:
-        n_val = 0
-    order = sorted(ids)
-    picked = np.random.default_rng(seed).permutation(n)[:n_val]
-    val_ids = {order[i] for i in picked}
-    training = [c for c in cases if c.case_id not in val_ids]
-    validation = [c for c in cases if c.case_id in val_ids]
-    return training, validation

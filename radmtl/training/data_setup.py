@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from radmtl.config import Config, required_heads
-from radmtl.data.discovery import Case, DatasetIndex, discover_all, label_names as numbered_labels, split_cases
+from radmtl.data.discovery import Case, DatasetIndex, discover_all, label_names as numbered_labels
+from radmtl.data.splits import stratified_split
 from radmtl.errors import RadmtlError
 
 log = logging.getLogger(__name__)
@@ -90,18 +91,6 @@ def resolve_labels(index: DatasetIndex, cfg: Config) -> dict[str, int]:
             f"({', '.join(names)}); set --set model.num_classes={len(names)}"
         )
     return names
-
-
-def stratified_split(cases: Sequence[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
-    """:func:`split_cases` within each kind of supervision (sCT+seg, sCT only, seg only), so the
-    validation set has cases of every kind the training set has (in proportion)."""
-    kinds: dict[tuple[str, ...], list[Case]] = {}
-    for case in cases:
-        kinds.setdefault(case.tasks, []).append(case)
-    val_ids: set[str] = set()
-    for members in kinds.values():
-        val_ids.update(c.case_id for c in split_cases(members, val_fraction, seed)[1])
-    return [c for c in cases if c.case_id not in val_ids], [c for c in cases if c.case_id in val_ids]
 
 
 def prepare_training_data(cfg: Config, data_dirs: Sequence[Path]) -> TrainingData:

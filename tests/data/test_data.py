@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from radmtl.data.discovery import Case, DatasetError, DatasetIndex, discover, folders_without_mr, label_names, split_cases
+from radmtl.data.discovery import Case, DatasetError, DatasetIndex, discover, folders_without_mr, label_names
+from radmtl.data.splits import split_cases
 
 LABELS = {"background": 0, "bladder": 1, "rectum": 2, "prostate": 3}
 

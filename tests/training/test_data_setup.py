@@ -9,7 +9,8 @@ import pytest
 from radmtl.config import load_config
 from radmtl.data.discovery import Case
 from radmtl.errors import RadmtlError
-from radmtl.training.data_setup import case_table, data_params, prepare_training_data, stratified_split, tasks_for_data
+from radmtl.data.splits import stratified_split
+from radmtl.training.data_setup import case_table, data_params, prepare_training_data, tasks_for_data
 
 
 def _case(case_id, *keys):
