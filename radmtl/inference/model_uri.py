@@ -16,7 +16,6 @@ the process ends (or at :func:`release_downloads`); provenance then records the 
 from __future__ import annotations
 
 import atexit
-import hashlib
 import re
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from radmtl.tracking.datasets import file_digest as sha256_of  # noqa: F401  (one SHA-256 of a file)
 from radmtl.errors import RadmtlError
 from radmtl.tracking.store import default_tracking_uri, is_http, probe_http, sqlite_path
 
@@ -221,11 +221,3 @@ def resolve_checkpoint(model: str, tracking_uri: str | None = None) -> Path:
         return resolve_model_uri(model, tracking_uri)
     raise ModelNotFoundError(f"{model}: model not found; pass a checkpoint file written by radmtl train or an "
                              "MLflow model URI (runs:/<id>/model, models:/<name>/<version>, models:/<name>@best)")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

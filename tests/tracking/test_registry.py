@@ -15,11 +15,6 @@ from radmtl.inference.model_uri import resolve_model_uri
 from radmtl.tracking.tracker import NullTracker, start_tracking
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> tuple[str, Path]:
-    folder = tmp_path_factory.mktemp("store")
-    return f"sqlite:///{folder / 'mlflow.db'}", folder
-
 
 def _client(uri: str):
     return mlflow.MlflowClient(tracking_uri=uri)

@@ -21,12 +21,6 @@ from radmtl.tracking.environment import run_tags
 from radmtl.inference.model_uri import resolve_model_uri
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> tuple[str, Path]:
-    """One SQLite store for the module: creating its tables costs seconds, experiments isolate tests."""
-    folder = tmp_path_factory.mktemp("store")
-    return f"sqlite:///{folder / 'mlflow.db'}", folder
-
 
 def _client(uri: str):
     return mlflow.MlflowClient(tracking_uri=uri)
