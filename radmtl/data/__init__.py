@@ -9,8 +9,10 @@ from radmtl._lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
     "Volume": "io", "Grid": "io", "VolumeError": "io", "read_volume": "io", "write_like": "io", "write_volume": "io", "atomic_path": "io",
-    "Case": "discovery", "DatasetIndex": "discovery", "DatasetError": "discovery", "discover": "discovery", "split_cases": "splits",
-    "check_dataset": "check", "Problem": "check",
+    "VolumeReader": "reader", "output_suffix": "io",
+    "Case": "discovery", "DatasetIndex": "discovery", "DatasetError": "discovery", "discover": "discovery",
+    "discover_all": "discovery", "split_cases": "splits", "stratified_split": "splits",
+    "check_dataset": "check", "Problem": "check", "task_coverage": "check", "mr_problems": "volume_rules",
     "training_transforms": "transforms", "eval_transforms": "transforms", "derive_body_mask": "transforms",
     "generate_case": "phantom", "generate_dataset": "phantom", "PHANTOM_LABELS": "phantom",
     "DicomError": "dicom_common", "DicomIdentity": "dicom_common", "RADMTL_UID_ROOT": "dicom_common",

@@ -15,4 +15,5 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "write_dicom_outputs": "dicom_out",
     "find_cases": "inputs", "check_mr": "inputs",
     "predict_on_network_grid": "case_maps", "map_to_input_grid": "case_maps",
+    "RadmtlModel": "pyfunc_model",
 })
