@@ -28,16 +28,9 @@ SHAPE = (30, 27, 19)  # deliberately not a multiple of anything
 SPACING = (5.0, 4.5, 6.5)  # anisotropic, not the model's 6 mm
 
 
-def _checkpoint(path: Path, overrides: list[str] = ()) -> Path:
-    cfg = load_config(None, TINY + list(overrides))
-    torch.manual_seed(0)
-    return save_checkpoint(path, make_payload(cfg=cfg, label_names=dict(PHANTOM_LABELS),
-                                              model=build_model(cfg.model), with_rng=False))
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("model") / "model.pt")
+def checkpoint(tmp_path_factory, tiny_payload) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", tiny_payload())
 
 
 S0 = -3.1  # bias of a zero-weight sct_log_var head: s = log σ² (Gaussian) or log b (Laplace)
@@ -277,8 +270,8 @@ def test_no_sigma_scaling_flag(tmp_path, mr_ras):
                "sct_sigma_total.nii.gz"}),
     ("[seg]", {"seg.nii.gz", "seg_entropy.nii.gz", "seg_mutual_info.nii.gz"}),
 ])
-def test_single_task_models_write_only_their_maps(tmp_path, mr_ras, tasks, expected):
-    model = _checkpoint(tmp_path / "m.pt", [f"loss.tasks={tasks}"])
+def test_single_task_models_write_only_their_maps(tmp_path, mr_ras, tasks, expected, tiny_payload):
+    model = save_checkpoint(tmp_path / "m.pt", tiny_payload([f"loss.tasks={tasks}"]))
     mr_path = _write_mr(tmp_path / "x.nii.gz", mr_ras, _affine("ras"))
     assert _infer(model, mr_path, tmp_path / "out", "--mc-samples", "2") == 0
     assert {p.name for p in (tmp_path / "out" / "x").iterdir()} == expected | {"provenance.json"}

@@ -15,31 +15,23 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-import torch
 
 from radmtl.cli import main
-from radmtl.config import load_config
 from radmtl.data.dicom_common import RADMTL_UID_ROOT, SlicePlanes
 from radmtl.data.dicom_rtstruct import rasterise_rtstruct
 from radmtl.data.phantom import PHANTOM_LABELS, generate_case
 from radmtl.data.phantom_dicom import phantom_mr_series
 from radmtl.inference.model_uri import sha256_of
-from radmtl.nn.checkpoint import make_payload, save_checkpoint
-from radmtl.nn.model import build_model
+from radmtl.nn.checkpoint import save_checkpoint
 
-TINY = ["model.channels=[4,8]", "model.strides=[2]", "data.patch_size=[16,16,16]",
-        "data.spacing=[6.0,6.0,6.0]", "infer.mc_samples=1"]
 SHAPE = (28, 24, 16)
 SPACING = (5.0, 4.5, 6.5)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    cfg = load_config(None, TINY)
-    torch.manual_seed(4)  # an untrained network whose labels on this phantom include every organ
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "model.pt",
-                           make_payload(cfg=cfg, label_names=dict(PHANTOM_LABELS), model=build_model(cfg.model),
-                                        with_rng=False))
+def checkpoint(tmp_path_factory, tiny_payload) -> Path:
+    # seed 4: an untrained network whose labels on this phantom include every organ
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", tiny_payload(seed=4))
 
 
 def _infer(model: Path, inp: Path, out: Path, *extra: str) -> int:

@@ -11,32 +11,21 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from radmtl.cli import main
-from radmtl.config import load_config
 from radmtl.data.io import read_volume
-from radmtl.data.phantom import PHANTOM_LABELS, generate_case
+from radmtl.data.phantom import generate_case
 from radmtl.inference.work_dirs import _host, work_folder, work_prefix
-from radmtl.nn.checkpoint import make_payload, save_checkpoint
-from radmtl.nn.model import build_model
+from radmtl.nn.checkpoint import save_checkpoint
 
-TINY = ["model.channels=[4,8]", "model.strides=[2]", "data.patch_size=[16,16,16]",
-        "data.spacing=[6.0,6.0,6.0]", "infer.mc_samples=1"]
 SHAPE = (30, 27, 19)
 SPACING = (5.0, 4.5, 6.5)
 AFFINE = np.array([[SPACING[0], 0, 0, -71.3], [0, SPACING[1], 0, 12.9], [0, 0, SPACING[2], -40.2], [0, 0, 0, 1]])
 
 
-def _payload() -> dict:
-    cfg = load_config(None, TINY)
-    torch.manual_seed(0)
-    return make_payload(cfg=cfg, label_names=dict(PHANTOM_LABELS), model=build_model(cfg.model), with_rng=False)
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", _payload())
+def checkpoint(tmp_path_factory, tiny_payload) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", tiny_payload())
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +118,8 @@ def test_all_cases_failing_leaves_no_output_folder(tmp_path, capsys, checkpoint,
 # --- a checkpoint that cannot rebuild its network --------------------------------------------------
 
 
-def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(tmp_path, capsys, mr):
-    payload = _payload()
+def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(tmp_path, capsys, mr, tiny_payload):
+    payload = tiny_payload()
     payload["config"]["model"]["channels"] = [8, 16]  # edited after training: the weights are [4, 8]
     model = save_checkpoint(tmp_path / "bad.pt", payload)
     assert _infer(model, _write(tmp_path / "x.nii.gz", mr), tmp_path / "out") == 1
@@ -144,8 +133,8 @@ def test_checkpoint_whose_weights_do_not_fit_its_config_is_one_line(tmp_path, ca
 
 
 @pytest.mark.parametrize("missing", [("label_names",), ("label_names", "config")])
-def test_checkpoint_without_a_required_key_is_one_line(tmp_path, capsys, mr, missing):
-    payload = _payload()
+def test_checkpoint_without_a_required_key_is_one_line(tmp_path, capsys, mr, missing, tiny_payload):
+    payload = tiny_payload()
     for key in missing:
         payload.pop(key)
     model = save_checkpoint(tmp_path / "bad.pt", payload)

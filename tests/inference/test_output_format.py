@@ -10,30 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from scipy.spatial.transform import Rotation
 
 from radmtl.cli import build_parser, main
-from radmtl.config import load_config
 from radmtl.data.io import OUTPUT_FORMATS, VolumeError, read_volume, write_volume
 from radmtl.data.phantom import PHANTOM_LABELS, generate_case
 from radmtl.inference.inputs import find_cases
-from radmtl.nn.checkpoint import make_payload, save_checkpoint
-from radmtl.nn.model import build_model
+from radmtl.nn.checkpoint import save_checkpoint
 
-TINY = ["model.channels=[4,8]", "model.strides=[2]", "data.patch_size=[16,16,16]",
-        "data.spacing=[6.0,6.0,6.0]", "infer.mc_samples=1"]
 SHAPE = (30, 27, 19)
 SPACING = (5.0, 4.5, 6.5)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    cfg = load_config(None, TINY)
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "model.pt",
-                           make_payload(cfg=cfg, label_names=dict(PHANTOM_LABELS), model=build_model(cfg.model),
-                                        with_rng=False))
+def checkpoint(tmp_path_factory, tiny_payload) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", tiny_payload())
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ is not installed; ``scripts/test.sh`` installs them when it can.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 import os
@@ -149,18 +151,24 @@ def _xpath_text(text: str, exact: bool = False) -> str:
     return f"//*[not(self::script) and {match} and not(*[{match}])]"
 
 
+@contextlib.contextmanager
+def _page_kept_on_failure(browser, tmp_path: Path):
+    """On failure keep the page as the browser saw it: the quickest way to see what changed in the UI."""
+    try:
+        yield
+    except Exception:
+        browser.save_screenshot(str(tmp_path / "failure.png"))
+        (tmp_path / "failure.html").write_text(browser.page_source, encoding="utf-8")
+        raise
+
+
 def test_run_metrics_and_qa_image_shown(mlflow_server, browser, tmp_path):
     import mlflow
 
     base_url, run = mlflow_server
     experiment_id = mlflow.MlflowClient(base_url).get_experiment_by_name(run["experiment"]).experiment_id
-    try:
+    with _page_kept_on_failure(browser, tmp_path):
         _check_run_pages(browser, base_url, experiment_id, run, tmp_path)
-    except Exception:
-        # The page as the browser saw it is the quickest way to see what changed in the UI.
-        browser.save_screenshot(str(tmp_path / "failure.png"))
-        (tmp_path / "failure.html").write_text(browser.page_source, encoding="utf-8")
-        raise
 
 
 def _check_run_pages(browser, base_url: str, experiment_id: str, run: dict, tmp_path: Path) -> None:
@@ -200,12 +208,8 @@ def test_training_runs_and_registered_model_shown(mlflow_server, browser, tmp_pa
 
     base_url, run = mlflow_server
     experiment_id = mlflow.MlflowClient(base_url).get_experiment_by_name(run["experiment"]).experiment_id
-    try:
+    with _page_kept_on_failure(browser, tmp_path):
         _check_training_views(browser, base_url, experiment_id, run, tmp_path)
-    except Exception:
-        browser.save_screenshot(str(tmp_path / "failure.png"))
-        (tmp_path / "failure.html").write_text(browser.page_source, encoding="utf-8")
-        raise
 
 
 def _check_training_views(browser, base_url: str, experiment_id: str, run: dict, tmp_path: Path) -> None:
