@@ -165,7 +165,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
 def test_resume_after_kill_continues_same_run(phantom_data, tmp_path, stop):
     import mlflow
 
-    epochs = 5
+    epochs = 8  # room to be killed mid-run however fast the epochs are
     sets = [a for s in TINY + [f"train.epochs={epochs}", "data.patches_per_volume=6"] for a in ("--set", s)]
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["--data", str(phantom_data), "--tracking-uri", db, "--experiment", "resume-test", "--no-progress"]
@@ -181,7 +181,7 @@ def test_resume_after_kill_continues_same_run(phantom_data, tmp_path, stop):
             break
         time.sleep(0.05)
     assert killed.poll() is None, "run finished before it could be killed"
-    time.sleep(0.3)  # into the next epoch
+    time.sleep(0.05)  # into the next epoch, well before the last
     os.kill(killed.pid, stop)
     output = killed.communicate(timeout=60)[0]
     done_before = load_checkpoint(latest)["epoch"]
