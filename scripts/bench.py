@@ -56,7 +56,7 @@ class Sizes:
 
 
 FULL = Sizes((400, 400, 120), (1.0, 1.0, 2.5), (512, 512, 200), (0.8, 0.8, 2.5), mc_samples=20, repeats=3)
-QUICK = Sizes((40, 40, 24), (2.0, 2.0, 2.5), (48, 48, 24), (2.0, 2.0, 2.5), mc_samples=3, repeats=3,
+QUICK = Sizes((40, 40, 24), (2.0, 2.0, 2.5), (48, 48, 24), (2.0, 2.0, 2.5), mc_samples=3, repeats=1,
               overrides=("model.channels=[4,8]", "model.strides=[2]", "data.patch_size=[16,16,16]",
                          "data.spacing=[3.0,3.0,3.0]"))
 
@@ -150,10 +150,19 @@ def mc_section(sizes: Sizes, device: torch.device, overrides: tuple[str, ...]) -
     result = measure_mc_ratio(samples=t, device=str(device), overrides=overrides, repeats=sizes.repeats)
     section = Section(
         f"2. MC dropout T = {t} vs {t} plain forward passes",
-        f"One window ({_dims(result['window'])}), default model. A: `mc_forward` with T = {t} (encoder once, "
-        f"decoders batched over the samples). B: {t} full forward passes.")
-    section.compare(f"wall time: MC dropout T = {t} (A) vs {t} forward passes (B)", "s",
-                    result["mc_s"], result["full_passes_s"])
+        f"One {_dims(result['window'])} window, default model (random weights). A: `mc_forward` with T = {t} "
+        f"(what precedes the dropout runs once, what follows it T times), per dropout placement "
+        f"(`model.mc_dropout_at`; the configured one is `{result['placement']}`). B: {t} plain eval-mode "
+        "forward passes. Each round times B and every A back to back, so the paired ratio (median over "
+        "the rounds) is less exposed to a busy machine than the ratio of the medians.")
+    section.compare(f"wall time: MC dropout T = {t}, `{result['placement']}` (A) vs {t} forward passes (B)",
+                    "s", result["mc_s"], result["full_passes_s"])
+    for name, placement in result["placements"].items():
+        if name != result["placement"]:
+            section.compare(f"wall time: MC dropout T = {t}, `{name}` (A) vs {t} forward passes (B)", "s",
+                            placement["mc_s"], result["full_passes_s"])
+    for name, placement in result["placements"].items():
+        section.figure(f"paired ratio A / B, median over rounds: `{name}`", "", placement["ratio"])
     return section
 
 
@@ -300,18 +309,32 @@ def _write_inputs(folder: Path, sizes: Sizes) -> tuple[Path, Path]:
     return mr_path, save_checkpoint(folder / "model.pt", payload)
 
 
+def _peak_rss_mib() -> float:
+    """This process's own peak RSS. Linux carries the parent's RSS at fork into the child's
+    ``ru_maxrss`` across exec (a child of a 1.4 GiB parent reports >= 1.4 GiB), so VmHWM, the peak
+    of this process's own address space, is read first; ``ru_maxrss`` only where /proc is absent."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        return next(int(line.split()[1]) for line in status.read_text().splitlines()
+                    if line.startswith("VmHWM:")) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
 def _child(checkpoint: str, mr: str, out: str, device: str, model_only: bool) -> None:
-    """Child process: ``radmtl infer`` (or only loading the model) and this process's own peaks, as JSON."""
-    from radmtl.inference.infer import InferOptions, load_model, run_inference
+    """Child process: ``radmtl infer`` (or only loading the model); its own peaks and stage times as JSON."""
+    from radmtl.inference.infer import PROVENANCE, InferOptions, load_model, run_inference
 
     start = time.perf_counter()
+    stages = {}
     if model_only:
         load_model(checkpoint, None, device)
-    elif (error := run_inference(checkpoint, mr, out, InferOptions(mc_samples=1, device=device))[0].error):
-        raise SystemExit(error)
+    else:
+        if error := run_inference(checkpoint, mr, out, InferOptions(mc_samples=1, device=device))[0].error:
+            raise SystemExit(error)
+        stages = json.loads(next(Path(out).rglob(PROVENANCE)).read_text())["timings_s"]
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-    print(json.dumps({"wall_s": time.perf_counter() - start, "gpu_peak_mb": gpu,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))  # Linux: KiB
+    print(json.dumps({"wall_s": time.perf_counter() - start, "gpu_peak_mb": gpu, "stages_s": stages,
+                      "peak_rss_mb": _peak_rss_mib()}))
 
 
 def _run_child(args: list[str]) -> dict:
@@ -332,12 +355,14 @@ def memory_section(sizes: Sizes, device: torch.device, folder: Path) -> Section:
     section = Section(
         "5. Peak memory of `radmtl infer` on a large MR",
         f"MR {_dims(shape)} voxels at {_dims(spacing)} mm, T = 1, default model, each run in its own child "
-        "process (`ru_maxrss` of the child). A: `radmtl infer` end to end. B: a child that only imports "
+        "process (its VmHWM; see `_peak_rss_mib` for why not `ru_maxrss`). A: `radmtl infer` end to end. B: a child that only imports "
         "radmtl and loads the model, the floor every run pays.")
     section.compare("peak RSS: radmtl infer (A) vs loading the model only (B)", "MiB", infer["peak_rss_mb"],
                     loaded["peak_rss_mb"])
     section.figure("MR as float32 (for scale)", "MiB", math.prod(shape) * 4 / 2**20)
     section.figure("radmtl infer wall time in the child", "s", infer["wall_s"])
+    for stage, seconds in infer["stages_s"].items():
+        section.figure(f"radmtl infer stage (provenance.json): {stage}", "s", seconds)
     if infer["gpu_peak_mb"] is not None:
         section.figure("radmtl infer peak GPU memory (`max_memory_allocated`)", "MiB", infer["gpu_peak_mb"])
     return section
