@@ -104,17 +104,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call (allocator, cuDNN autotuning, caches)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(fns: dict[str, object], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds per function over ``repeats`` rounds, after one warm-up round (allocator,
+    kernel selection). Each round calls every function once, back to back, so a burst of load on a
+    shared machine hits the things compared alike instead of whichever happened to run during it."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
@@ -235,14 +238,16 @@ def multitask_section(sizes: Sizes, device, amp_dtype, overrides) -> Section:
     cfg = cfgs["multi-task"]
     window = synthetic_batch(cfg, 1, device)["mr"]
     batch = synthetic_batch(cfg, cfg.train.batch_size, device)
-    params, forward, step = {}, {}, {}
+    models, steps = {}, {}
     for name, task_cfg in cfgs.items():
-        model, train_step = real_step(task_cfg, batch, device, amp_dtype)
-        params[name] = sum(p.numel() for p in model.parameters())
-        step[name] = timed(train_step, device, sizes.repeats)
+        models[name], steps[name] = real_step(task_cfg, batch, device, amp_dtype)
+    params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
+    step = timed(steps, device, sizes.repeats)
+    for model in models.values():
         model.eval()
-        with torch.inference_mode(), _autocast(device, amp_dtype):
-            forward[name] = timed(lambda: model(window), device, sizes.repeats)
+    with torch.inference_mode(), _autocast(device, amp_dtype):
+        forward = timed({name: (lambda m=model: m(window)) for name, model in models.items()}, device,
+                        sizes.repeats)
     section = Section(
         "3. One multi-task network vs two single-task networks",
         f"A: the shared-encoder network with both tasks. B: the sum of the sCT-only and the segmentation-only "
@@ -267,9 +272,10 @@ def training_section(sizes: Sizes, device, amp_dtype, overrides) -> Section:
     print(f"[4] training patches/s: real step vs bare loop, {device}", flush=True)
     cfg = _configs(overrides)["multi-task"]
     batch = synthetic_batch(cfg, cfg.train.batch_size, device)
-    real = timed(real_step(cfg, batch, device, amp_dtype)[1], device, sizes.repeats)
-    single = timed(real_step(cfg, batch, device, amp_dtype, per_task=False)[1], device, sizes.repeats)
-    bare = timed(bare_step(cfg, batch, device, amp_dtype), device, sizes.repeats)
+    seconds = timed({"real": real_step(cfg, batch, device, amp_dtype)[1],
+                     "single": real_step(cfg, batch, device, amp_dtype, per_task=False)[1],
+                     "bare": bare_step(cfg, batch, device, amp_dtype)}, device, sizes.repeats)
+    real, single, bare = seconds["real"], seconds["single"], seconds["bare"]
     n = cfg.train.batch_size
     section = Section(
         "4. Training throughput: the real step vs a bare loop",
@@ -450,7 +456,7 @@ def main() -> None:
     text = "\n".join(["# radmtl benchmarks", "",
                       f"Written by `scripts/bench.py`{' (--quick: tiny sizes, not representative)' if args.quick else ''}"
                       f" in {total:.0f} s. Every figure below was measured in that run; A / B is computed from "
-                      "the unrounded times. Times are medians after one warm-up call.", "",
+                      "the unrounded times. Times are medians over rounds after one warm-up round; each round runs the things compared back to back.", "",
                       *header, "", *(s.markdown() for s in sections)])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
