@@ -240,16 +240,20 @@ def main(argv: list[str] | None = None) -> int:
         # MLflow draws its own "Downloading artifacts" bars (a model fetched from a remote store).
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
+    # Under torchrun N processes print to one console: say which one speaks.
+    name = f"radmtl {args.command}"
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        name += f" (rank {os.environ.get('RANK', '?')})"
     try:
         return int(args.func(args) or 0)
     except RadmtlError as err:
-        print(f"radmtl {args.command}: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {err}", file=sys.stderr)
         return EXIT_FAIL
     except Terminated:
-        print(f"radmtl {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        print(f"{name}: terminated (SIGTERM)", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print(f"radmtl {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     finally:
         if previous is not None:

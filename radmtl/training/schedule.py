@@ -37,19 +37,37 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
-def seed_epoch(seed: int, epoch: int) -> int:
-    """One seed per (run seed, epoch) for torch, NumPy and the MONAI transforms."""
-    epoch_seed = (seed * 1_000_003 + epoch) % (2**31 - 1)
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed torch, NumPy (and return the seed for the MONAI transforms) from (seed, epoch, rank).
+
+    Rank 0's seed is the single-process one; other ranks get their own, so under torchrun each
+    rank draws its own crops, augmentations and dropout masks.
+    """
+    epoch_seed = (seed * 1_000_003 + epoch + 7_919 * rank) % (2**31 - 1)
     torch.manual_seed(epoch_seed)
     np.random.seed(epoch_seed)
     return epoch_seed
 
 
-def epoch_loader(train_ds, cfg: Config, epoch_seed: int) -> DataLoader:
-    """``steps_per_epoch`` batches of cases drawn with replacement (0: one shuffled pass)."""
+def epoch_loader(train_ds, cfg: Config, epoch_seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """``steps_per_epoch`` batches of cases drawn with replacement (0: one shuffled pass).
+
+    ``epoch_seed`` must be the same on every rank (rank 0's): under torchrun the ranks make one
+    draw of ``world_size`` × the cases and each takes every ``world_size``-th, so all ranks take
+    the same number of steps (DDP needs that) and together follow one sequence of cases.
+    """
     generator = torch.Generator().manual_seed(epoch_seed)
     sampler = None
-    if cfg.train.steps_per_epoch:
+    if world_size > 1:
+        per_rank = (cfg.train.steps_per_epoch * cfg.train.batch_size if cfg.train.steps_per_epoch
+                    else math.ceil(len(train_ds) / world_size))
+        if cfg.train.steps_per_epoch:
+            order = torch.randint(len(train_ds), (per_rank * world_size,), generator=generator)
+        else:  # one pass: a shuffled permutation, topped up from its start so every rank gets per_rank
+            perm = torch.randperm(len(train_ds), generator=generator)
+            order = perm.repeat(math.ceil(per_rank * world_size / len(train_ds)))[: per_rank * world_size]
+        sampler = order[rank::world_size].tolist()
+    elif cfg.train.steps_per_epoch:
         sampler = RandomSampler(train_ds, replacement=True, generator=generator,
                                 num_samples=cfg.train.steps_per_epoch * cfg.train.batch_size)
     return DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, shuffle=sampler is None,

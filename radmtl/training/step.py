@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from radmtl.config import TrainConfig
+from radmtl.training.distributed import average_gradients, unwrap
 
 # Added to a norm before dividing by it (clip factors, ratios), so a zero gradient gives no NaN.
 _NORM_EPS = 1e-12
@@ -58,7 +59,7 @@ def optimise(
 
     Args:
         terms: task name → that task's weighted loss term (from ``MultiTaskLoss.task_terms``).
-        model: the network (or a wrapper with ``.module``); its ``encoder`` is the shared part.
+        model: the network, or DDP around it; its ``encoder`` is the shared part.
         loss_fn: the loss module; its parameters are the learned log-variances.
         optimizer: holds the network's and the loss's parameters.
         scaler: the AMP grad scaler (disabled unless fp16).
@@ -70,7 +71,7 @@ def optimise(
         ``grad_norm_<task>`` (on the whole network) and, with two tasks,
         ``grad_ratio_encoder_sct_seg`` and ``grad_ratio_encoder_sct_seg_applied`` (after clipping).
     """
-    net = getattr(model, "module", model)
+    net = unwrap(model)
     net_params = [p for p in net.parameters() if p.requires_grad]
     encoder_ids = {id(p) for p in net.encoder.parameters()}
     log_vars = [p for p in loss_fn.parameters() if p.requires_grad]
@@ -104,6 +105,9 @@ def optimise(
                 log_var_grads[j] = g if log_var_grads[j] is None else log_var_grads[j] + g
     for p, g in zip(net_params + log_vars, summed + log_var_grads):
         p.grad = g
+    # Under torchrun: average over the ranks (a no-op in one process). The norms above, and the
+    # per-task clip factors, are each rank's own: every rank clips its own contribution.
+    average_gradients(model, log_vars)
     if len(tasks) == 2:
         norms["grad_ratio_encoder_sct_seg"] = norms["grad_norm_encoder_sct"] / (
             norms["grad_norm_encoder_seg"] + _NORM_EPS)

@@ -30,9 +30,13 @@ from radmtl.nn.losses import MultiTaskLoss, parameter_groups
 from radmtl.nn.model import build_model
 from radmtl.tracking.datasets import log_case_datasets
 from radmtl.tracking.environment import run_tags
-from radmtl.tracking.registry import Registration, check_model_name, register_model
+from radmtl.tracking.registry import Registration, check_model_name
 from radmtl.tracking.tracker import NullTracker, Tracker, make_run_name, start_tracking
+from radmtl.training.console import attach_file_log, progress_bar, summary_line
 from radmtl.training.data_setup import case_table, data_params, prepare_training_data
+from radmtl.training.distributed import (DistContext, all_finite, context_from_env, gather_lists,
+                                         init_distributed, quiet_other_ranks, shutdown, wrap_model)
+from radmtl.training.finish import finish_run, recalibrate_best
 from radmtl.training.run_lock import prepare_run_dir, run_lock
 from radmtl.training.schedule import epoch_loader, seed_epoch, warmup_cosine
 from radmtl.training.step import forward_losses, optimise
@@ -87,19 +91,31 @@ def train(
     out_dir = Path(out_dir)
     if register is not None:
         check_model_name(register)
-    created = prepare_run_dir(out_dir)
-    with run_lock(out_dir, created):
-        file_log = _attach_file_log(out_dir / "train.log")
-        try:
-            return _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device, progress, tracker,
-                          register)
-        finally:
-            logging.getLogger("radmtl").removeHandler(file_log)
-            file_log.close()
+    ctx, dist_device = init_distributed(device)  # torchrun's process group; single process otherwise
+    finished = False
+    try:
+        if not ctx.is_main:  # rank 0 owns the run folder, its lock and its log (training/distributed.py)
+            quiet_other_ranks(ctx)
+            state = _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device, progress,
+                           tracker, register, ctx, dist_device)
+        else:
+            created = prepare_run_dir(out_dir)
+            with run_lock(out_dir, created):
+                file_log = attach_file_log(out_dir / "train.log")
+                try:
+                    state = _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device, progress,
+                                   tracker, register, ctx, dist_device)
+                finally:
+                    logging.getLogger("radmtl").removeHandler(file_log)
+                    file_log.close()
+        finished = True
+        return state
+    finally:
+        shutdown(ctx, finished)
 
 
 def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_name, progress, tracker,
-           register) -> TrainState:
+           register, ctx: DistContext, dist_device: torch.device | None) -> TrainState:
     # --- state to resume from --------------------------------------------------------------
     state = TrainState()
     payload = None
@@ -109,6 +125,9 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
         state = TrainState(payload["epoch"], payload["global_step"], payload["best_metric"],
                            payload["best_epoch"], payload["mlflow_run_id"])
         log.info("resuming %s from epoch %d (step %d)", out_dir, state.epoch, state.global_step)
+        if payload.get("world_size", 1) != ctx.world_size:
+            log.warning("--resume: the run trained with %d process(es) and goes on with %d; the epochs from "
+                        "here draw their patches differently", payload.get("world_size", 1), ctx.world_size)
     elif resume:
         log.warning("--resume: %s not found; starting from epoch 1", latest)
     elif latest.exists():
@@ -133,14 +152,15 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
                           cache_rate=cache_rate, num_workers=None, progress=False)
 
     # --- model and optimisation ------------------------------------------------------------
-    device = resolve_device(device_name)
+    device = dist_device or resolve_device(device_name)
     amp_dtype = amp_dtype_for(cfg.train.amp, device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
     loss_fn = MultiTaskLoss(cfg.loss).to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, loss_fn, cfg.train.weight_decay, cfg.train.log_var_lr),
                                   lr=cfg.train.lr)
-    steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(len(train_ds) / cfg.train.batch_size)
+    steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(math.ceil(len(train_ds) / ctx.world_size)
+                                                             / cfg.train.batch_size)
     scheduler = warmup_cosine(optimizer, cfg.train.warmup_epochs * steps_per_epoch,
                               cfg.train.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -151,41 +171,51 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
         scheduler.load_state_dict(payload["scheduler_state"])
         scaler.load_state_dict(payload["scaler_state"])
         set_rng_state(payload["rng"])
+    ddp_model = wrap_model(model, ctx, device)  # `model` stays the bare network: validation, checkpoints
 
     # --- tracking ----------------------------------------------------------------------------
-    if tracker is None:
+    if not ctx.is_main:
+        tracker = NullTracker()
+    elif tracker is None:
         tracker = start_tracking(tracking_uri, experiment or cfg.tracking.experiment,
                                  make_run_name(out_dir, cfg.loss.weighting, data_dirs), out_dir, state.run_id)
     state.run_id = tracker.run_id
     if payload is not None and payload.get("pending_metrics"):
         _flush_pending(tracker, payload["pending_metrics"], state.epoch)
-    if payload is None:
-        tracker.log_params(flatten(cfg) | data_params(data, data_dirs))
+    if payload is None and ctx.is_main:
+        tracker.log_params(flatten(cfg) | data_params(data, data_dirs) | {"dist.world_size": ctx.world_size})
         tracker.set_tags(run_tags(str(device)) | {"radmtl.out_dir": str(out_dir.resolve())})
         for name, text in (("config.yaml", dump_config(cfg)), ("cases.csv", case_table(data))):
             with atomic_path(out_dir / name) as tmp:
                 tmp.write_text(text)
             tracker.log_artifact(out_dir / name)
         log_case_datasets(tracker, case_table(data), {c.case_id: c.paths for c in train_cases + val_cases}, data_dirs)
-    log.info("model: %d parameters on %s%s; MLflow run %s", sum(p.numel() for p in model.parameters()),
-             device, f" with {amp_dtype}" if amp_dtype else "", state.run_id or "(none)")
+    log.info("model: %d parameters on %s%s%s; MLflow run %s", sum(p.numel() for p in model.parameters()),
+             device, f" with {amp_dtype}" if amp_dtype else "",
+             f", {ctx.world_size} processes (batch {cfg.train.batch_size} each)" if ctx.enabled else "",
+             state.run_id or "(none)")
 
     # --- epochs --------------------------------------------------------------------------------
     status = "FAILED"
     try:
         for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
             t0 = time.perf_counter()
-            epoch_seed = seed_epoch(cfg.seed, epoch)
-            train_tf.set_random_state(seed=epoch_seed)
-            loader = epoch_loader(train_ds, cfg, epoch_seed)
+            draw_seed = seed_epoch(cfg.seed, epoch)  # the same on every rank: which cases this epoch draws
+            rank_seed = seed_epoch(cfg.seed, epoch, ctx.rank) if ctx.enabled else draw_seed  # crops, dropout
+            train_tf.set_random_state(seed=rank_seed)
+            loader = epoch_loader(train_ds, cfg, draw_seed, ctx.rank, ctx.world_size)
             step_metrics, epoch_metrics, n_patches = _train_epoch(
-                model, loss_fn, optimizer, scheduler, scaler, loader, cfg, state, device, amp_dtype,
-                epoch, progress, out_dir)
+                ddp_model, loss_fn, optimizer, scheduler, scaler, loader, cfg, state, device, amp_dtype,
+                epoch, progress and ctx.is_main, out_dir, ctx)
             elapsed = time.perf_counter() - t0
             epoch_metrics["patches_per_s"] = n_patches / max(elapsed, 1e-9)
             if epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs:
-                val_metrics, qa_paths = validate(model, val_ds, cfg, labels, device, amp_dtype,
-                                                 qa_dir=out_dir / "qa", qa_prefix=f"epoch_{epoch:04d}")
+                # sharded: rank r validates cases r, r + N, …; the rows are gathered before averaging
+                shard = (val_ds[i] for i in range(ctx.rank, len(val_ds), ctx.world_size))
+                val_metrics, qa_paths = validate(model, shard, cfg, labels, device, amp_dtype,
+                                                 qa_dir=out_dir / "qa" if ctx.is_main else None,
+                                                 qa_prefix=f"epoch_{epoch:04d}",
+                                                 gather=lambda rows: gather_lists(rows, ctx))
                 epoch_metrics.update(val_metrics)
                 improved = _update_best(state, epoch, val_metrics, cfg)
             else:
@@ -195,21 +225,24 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
             # save re-runs the epoch without any of its points in MLflow; a kill after it is
             # mended on resume by _flush_pending, so every epoch is logged exactly once.
             pending = step_metrics + [(epoch, epoch_metrics | {"epoch": epoch})]
-            ckpt = make_payload(cfg=cfg, label_names=labels, model=model, loss_fn=loss_fn,
-                                optimizer=optimizer, scheduler=scheduler, scaler=scaler, epoch=epoch,
-                                global_step=state.global_step, best_metric=state.best_metric,
-                                best_epoch=state.best_epoch, run_id=state.run_id)
-            ckpt["pending_metrics"] = pending
-            save_checkpoint(latest, ckpt)
-            if improved:
-                save_checkpoint(out_dir / BEST, ckpt)
-            _send(tracker, pending)
-            for path in qa_paths:
-                tracker.log_artifact(path, artifact_path="qa")
-            log.info(_summary_line(epoch, cfg.train.epochs, epoch_metrics, elapsed, improved))
-        if cfg.train.recalibrate:
-            _recalibrate(out_dir, val_cases, device, tracker, state.epoch)
-        _finish(cfg, out_dir, tracker, state, register)
+            if ctx.is_main:
+                ckpt = make_payload(cfg=cfg, label_names=labels, model=model, loss_fn=loss_fn,
+                                    optimizer=optimizer, scheduler=scheduler, scaler=scaler, epoch=epoch,
+                                    global_step=state.global_step, best_metric=state.best_metric,
+                                    best_epoch=state.best_epoch, run_id=state.run_id)
+                ckpt["pending_metrics"] = pending
+                ckpt["world_size"] = ctx.world_size
+                save_checkpoint(latest, ckpt)
+                if improved:
+                    save_checkpoint(out_dir / BEST, ckpt)
+                _send(tracker, pending)
+                for path in qa_paths:
+                    tracker.log_artifact(path, artifact_path="qa")
+            log.info(summary_line(epoch, cfg.train.epochs, epoch_metrics, elapsed, improved))
+        if ctx.is_main:
+            if cfg.train.recalibrate:
+                recalibrate_best(out_dir, val_cases, device, tracker, state.epoch)
+            finish_run(cfg, out_dir, tracker, state, register)
         status = "FINISHED"
         return state
     except KeyboardInterrupt:
@@ -233,19 +266,19 @@ def _flush_pending(tracker: Tracker, pending: list, epoch: int) -> None:
 
 
 def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, state, device, amp_dtype,
-                 epoch, progress, out_dir):
+                 epoch, progress, out_dir, ctx: DistContext):
     model.train()
     loss_fn.train()
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     step_metrics: list[tuple[int, dict[str, float]]] = []
     n_steps = n_patches = 0
-    bar = _progress_bar(progress, len(loader), epoch, cfg.train.epochs)
+    bar = progress_bar(progress, len(loader), epoch, cfg.train.epochs)
     t0 = time.perf_counter()
     for batch in loader:
         batch = to_device(batch, device)
         terms, loss, parts = forward_losses(model, loss_fn, batch, amp_dtype)
-        if not math.isfinite(parts["loss_total"]):
+        if not all_finite(parts["loss_total"], ctx, device):  # every rank stops on any rank's NaN
             last = out_dir / LATEST
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at step {state.global_step + 1} (epoch {epoch}); last good "
@@ -269,15 +302,17 @@ def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, stat
         bar.set_postfix(loss=f"{loss.item():.4f}", patches_s=f"{rate:.1f}", refresh=False)
         bar.update(1)
     bar.close()
-    epoch_metrics = {f"train_{k}": v / counts[k] for k, v in sums.items()}
-    return step_metrics, epoch_metrics, n_patches
-
-
-def _progress_bar(enabled: bool, total: int, epoch: int, epochs: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False, file=sys.stderr,
-                dynamic_ncols=True, disable=not enabled)
+    # Epoch means over every rank's steps (per-step values, logged every log_every, are rank 0's).
+    totals: dict[str, float] = {}
+    numbers: dict[str, int] = {}
+    all_patches = 0
+    for rank_sums, rank_counts, rank_patches in gather_lists([(sums, counts, n_patches)], ctx):
+        for key, value in rank_sums.items():
+            totals[key] = totals.get(key, 0.0) + value
+            numbers[key] = numbers.get(key, 0) + rank_counts[key]
+        all_patches += rank_patches
+    epoch_metrics = {f"train_{k}": v / numbers[k] for k, v in totals.items()}
+    return step_metrics, epoch_metrics, all_patches
 
 
 def _update_best(state: TrainState, epoch: int, val_metrics: dict[str, float], cfg: Config) -> bool:
@@ -295,55 +330,6 @@ def _update_best(state: TrainState, epoch: int, val_metrics: dict[str, float], c
     return better
 
 
-def _summary_line(epoch: int, epochs: int, m: dict[str, float], seconds: float, improved: bool) -> str:
-    parts = [f"epoch {epoch}/{epochs}", f"loss {m.get('train_loss_total', float('nan')):.4f}"]
-    for key, fmt in (("train_mae_hu", "train MAE {:.1f} HU"), ("val_mae_hu", "val MAE {:.1f} HU"),
-                     ("val_mean_sigma_hu", "val σ {:.1f} HU"), ("val_dice_mean", "val Dice {:.3f}"),
-                     ("train_sigma_seg", "σ_seg {:.3f}"), ("patches_per_s", "{:.1f} patches/s")):
-        if key in m:
-            parts.append(fmt.format(m[key]))
-    parts.append(f"{seconds:.0f} s" + ("  *best*" if improved else ""))
-    return "  ".join(parts)
-
-
-def _recalibrate(out_dir: Path, val_cases: list, device: torch.device, tracker: Tracker, epoch: int) -> None:
-    """Fit the σ-scaling factor into the best checkpoint and log it (DESIGN.md section 1)."""
-    from radmtl.training.recalibration import recalibrate
-
-    best = out_dir / BEST
-    if not best.exists():
-        return
-    try:
-        record = recalibrate(best, val_cases, device)
-    except (ValueError, RadmtlError) as err:
-        log.warning("σ recalibration failed (%s); %s keeps the uncalibrated σ", err, best)
-        return
-    if record is None:
-        return
-    metrics = {"sigma_scale": record["factor"]}
-    for when in ("before", "after"):
-        metrics |= {f"val_{k}_{when}_recalibration": v for k, v in record[when].items()}
-    tracker.log_metrics(metrics, step=epoch)
-
-
-def _finish(cfg: Config, out_dir: Path, tracker: Tracker, state: TrainState, register: str | None) -> None:
-    """Log the best (else latest) checkpoint, the servable model (and register it), the training curves."""
-    best = out_dir / BEST if (out_dir / BEST).exists() else out_dir / LATEST
-    tracker.log_artifact(best, artifact_path="checkpoints")
-    from radmtl.inference.pyfunc_model import log_servable_model
-
-    model_uri = log_servable_model(tracker, best)
-    if register is not None:
-        state.registered = register_model(tracker, register, model_uri, cfg.train.best_metric, cfg.train.best_mode,
-                                          state.best_epoch)
-    from radmtl.evaluation.qa import training_curves
-
-    curves = training_curves(out_dir / "metrics.jsonl", out_dir / "training_curves.png")
-    if curves is not None:
-        tracker.log_artifact(curves)
-    tracker.log_artifact(out_dir / "train.log")
-
-
 def _config_for_resume(cfg: Config, saved: Config, path: Path, no_config_given: bool) -> Config:
     """Resume with the saved config; only ``train.epochs`` may change (to extend a run)."""
     if no_config_given:
@@ -357,17 +343,6 @@ def _config_for_resume(cfg: Config, saved: Config, path: Path, no_config_given: 
     return candidate
 
 
-def _attach_file_log(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path, delay=True)  # no empty train.log from a run that fails at once
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    logger = logging.getLogger("radmtl")
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    return handler
-
-
 def train_from_cli(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     data_dir = args.data or [Path(__file__).resolve().parents[2] / "data_samples"]
@@ -375,6 +350,8 @@ def train_from_cli(args: argparse.Namespace) -> int:
     state = train(cfg, data_dir, args.out, resume=args.resume, tracking_uri=args.tracking_uri,
                   experiment=args.experiment, device=args.device, progress=progress,
                   register=getattr(args, "register", None))
+    if not context_from_env().is_main:  # under torchrun the summary is rank 0's to print
+        return 0
     best = f"{state.best_metric:.4g} at epoch {state.best_epoch}" if state.best_metric is not None else "n/a"
     print(f"trained {state.epoch} epochs; best {cfg.train.best_metric} {best}")
     print(f"checkpoints: {Path(args.out) / BEST}, {Path(args.out) / LATEST}")

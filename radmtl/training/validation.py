@@ -9,7 +9,7 @@ final numbers on the original grid.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +31,12 @@ def validate(
     amp_dtype: torch.dtype | None = None,
     qa_dir: Path | None = None,
     qa_prefix: str = "val",
+    gather: Callable[[list[dict[str, float]]], list[dict[str, float]]] | None = None,
 ) -> tuple[dict[str, float], list[Path]]:
     """Validate on preprocessed whole volumes (dicts from ``eval_transforms``).
+
+    ``gather`` (under torchrun) turns this rank's per-case rows into every rank's, so that sharded
+    validation averages over all cases.
 
     Returns:
         Metrics averaged over cases (``val_mae_hu``, ``val_mean_sigma_hu``, ``val_sigma_over_mae``,
@@ -72,6 +76,8 @@ def validate(
         per_case.append(row)
         if i == 0 and qa_dir is not None:
             qa_paths = _qa(case, ct_hu, sct_hu, sigma_hu, seg, ref, body, cfg, label_names, qa_dir, qa_prefix)
+    if gather is not None:
+        per_case = gather(per_case)
     keys = sorted({k for row in per_case for k in row})
     metrics = {k: float(np.nanmean([row.get(k, np.nan) for row in per_case])) for k in keys}
     return metrics, qa_paths

@@ -1,0 +1,59 @@
+"""After the last epoch: σ recalibration, the logged and registered model, the training curves."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from radmtl.config import Config
+from radmtl.errors import RadmtlError
+from radmtl.nn.checkpoint import BEST, LATEST
+from radmtl.tracking.registry import register_model
+from radmtl.tracking.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def recalibrate_best(out_dir: Path, val_cases: list, device: torch.device, tracker: Tracker, epoch: int) -> None:
+    """Fit the σ-scaling factor into the best checkpoint and log it (DESIGN.md section 1)."""
+    from radmtl.training.recalibration import recalibrate
+
+    best = out_dir / BEST
+    if not best.exists():
+        return
+    try:
+        record = recalibrate(best, val_cases, device)
+    except (ValueError, RadmtlError) as err:
+        log.warning("σ recalibration failed (%s); %s keeps the uncalibrated σ", err, best)
+        return
+    if record is None:
+        return
+    metrics = {"sigma_scale": record["factor"]}
+    for when in ("before", "after"):
+        metrics |= {f"val_{k}_{when}_recalibration": v for k, v in record[when].items()}
+    tracker.log_metrics(metrics, step=epoch)
+
+
+def finish_run(cfg: Config, out_dir: Path, tracker: Tracker, state, register: str | None) -> None:
+    """Log the best (else latest) checkpoint, the servable model (and register it), the training curves.
+
+    ``state`` is the run's ``TrainState``; its ``registered`` is set when ``register`` is given.
+    """
+    best = out_dir / BEST if (out_dir / BEST).exists() else out_dir / LATEST
+    tracker.log_artifact(best, artifact_path="checkpoints")
+    from radmtl.inference.pyfunc_model import log_servable_model
+
+    model_uri = log_servable_model(tracker, best)
+    if register is not None:
+        state.registered = register_model(tracker, register, model_uri, cfg.train.best_metric, cfg.train.best_mode,
+                                          state.best_epoch)
+    from radmtl.evaluation.qa import training_curves
+
+    curves = training_curves(out_dir / "metrics.jsonl", out_dir / "training_curves.png")
+    if curves is not None:
+        tracker.log_artifact(curves)
+    tracker.log_artifact(out_dir / "train.log")
+
+
