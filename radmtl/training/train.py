@@ -134,6 +134,10 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
         raise RadmtlError(f"{out_dir}: already holds a run ({LATEST}); add --resume to continue it "
                           "or choose another --out")
 
+    if ctx.enabled and len(set(seen := gather_lists([state.epoch], ctx))) > 1:
+        raise RadmtlError(f"--resume: the processes found different checkpoints in {out_dir} (epochs {seen} "
+                          "by rank); every node must see the same --out: put it on a file system they share")
+
     # --- data ------------------------------------------------------------------------------
     no_config_given = cfg == Config()
     data = prepare_training_data(cfg, data_dirs)
