@@ -23,8 +23,6 @@ full-size coordinate grid or temporary exists at once; slabs are copied into one
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -38,39 +36,8 @@ SLAB_VOXELS = 16 * 1024 * 1024
 # The axis-aligned path is taken when ignoring the off-axis terms of the voxel map moves no target
 # voxel by more than this many source voxels (float64 rounding of oblique affines is ~1e-13).
 AXIS_ALIGNED_TOL_VOXELS = 1e-4
-
-
-_threads_lock = threading.Lock()
-_threads_users = 0
-_threads_saved = 0
-
-
-@contextlib.contextmanager
-def _one_torch_thread(device: torch.device) -> Iterator[None]:
-    """Run torch's CPU ops on one thread inside the block (re-entrant, thread-safe).
-
-    The axis-aligned path issues thousands of small ops (one per target plane); with several
-    intra-op threads each op pays a thread barrier, which costs more than the op itself and becomes
-    pathological when the cores are shared (measured on 2 cores with the writer threads busy:
-    0.1 s on one thread against 3-6 s on two for a 400×400×120 map). One thread also leaves the
-    other cores to the output writers that run at the same time.
-    """
-    global _threads_users, _threads_saved
-    if device.type != "cpu":
-        yield
-        return
-    with _threads_lock:
-        if _threads_users == 0:
-            _threads_saved = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _threads_users += 1
-    try:
-        yield
-    finally:
-        with _threads_lock:
-            _threads_users -= 1
-            if _threads_users == 0:
-                torch.set_num_threads(_threads_saved)
+# torch runs an elementwise op on the calling thread below this many elements (at::internal::GRAIN_SIZE).
+_SERIAL_ELEMENTS = 32768
 
 
 def _as_affine(affine: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -127,29 +94,38 @@ def _along_axis(x: torch.Tensor, dim: int, coords: np.ndarray, mode: str) -> tor
 
 
 def _separable_blocks(image: torch.Tensor, axes: list[tuple[int, float, float]], dst_shape: tuple[int, int, int],
-                      slab: int, mode: str, per_plane: bool) -> Iterator[tuple[int, int, torch.Tensor]]:
+                      slab: int, mode: str, per_plane: bool) -> Iterator[tuple[int, int, int, torch.Tensor]]:
     # Bring the source axes into target order once (the source is the small network grid).
     source = image.permute(0, *(1 + a for a, _, _ in axes)).contiguous()
     full = [scale * np.arange(n, dtype=np.float64) + offset for (_, scale, offset), n in zip(axes, dst_shape)]
     low, weight = _taps(int(source.shape[1]), full[0], mode)
     high = np.minimum(low + 1, int(source.shape[1]) - 1)
+    channels = int(source.shape[0])
     for z0 in range(0, dst_shape[2], slab):
         # Innermost axis first: a gather along the last axis moves single floats and is much
         # slower per voxel than one along an outer axis, so it runs on the smallest intermediate.
         part = _along_axis(source, 3, full[2][z0:z0 + slab], mode)
         part = _along_axis(part, 2, full[1], mode)
         if not per_plane:  # a GPU: one gather for the slab, one copy back per slab
-            yield 0, z0, _along_axis(part, 1, full[0], mode)
+            yield 0, 0, z0, _along_axis(part, 1, full[0], mode)
             continue
         # On a CPU the full-size (outermost) pass goes plane by plane: each target plane is a blend
-        # of two source planes that stay in cache, and no slab-sized temporaries are made.
+        # of two source planes, with no gather and no slab-sized temporary. Blocks stay below
+        # torch's parallel grain so each op runs on the calling thread: thousands of small
+        # multi-threaded ops would each pay a thread barrier, which costs more than the op and
+        # becomes pathological on shared cores (measured on 2 busy cores: 3-6 s against 0.1 s
+        # for one 400×400×120 map).
+        nz = int(part.shape[3])
+        ny = max(1, min(dst_shape[1], _SERIAL_ELEMENTS // (channels * nz)))
         for i in range(dst_shape[0]):
-            lower = part[:, low[i]:low[i] + 1]
-            yield i, z0, (lower if weight[i] == 0 else torch.lerp(lower, part[:, high[i]:high[i] + 1], float(weight[i])))
+            for y0 in range(0, dst_shape[1], ny):
+                lower = part[:, low[i]:low[i] + 1, y0:y0 + ny]
+                yield i, y0, z0, (lower if weight[i] == 0 else
+                                  torch.lerp(lower, part[:, high[i]:high[i] + 1, y0:y0 + ny], float(weight[i])))
 
 
 def _general_blocks(image: torch.Tensor, src_affine: np.ndarray, dst_affine: np.ndarray,
-                    dst_shape: tuple[int, int, int], slab: int, mode: str) -> Iterator[tuple[int, int, torch.Tensor]]:
+                    dst_shape: tuple[int, int, int], slab: int, mode: str) -> Iterator[tuple[int, int, int, torch.Tensor]]:
     src = MetaTensor(image, affine=torch.as_tensor(src_affine))
     resampler = SpatialResample(mode=mode, padding_mode="border", align_corners=False, dtype=torch.float32)
     for z0 in range(0, dst_shape[2], slab):
@@ -159,7 +135,7 @@ def _general_blocks(image: torch.Tensor, src_affine: np.ndarray, dst_affine: np.
         shift[2, 3] = z0
         part = resampler(src, dst_affine=torch.as_tensor(dst_affine @ shift),
                          spatial_size=(dst_shape[0], dst_shape[1], nz))
-        yield 0, z0, torch.as_tensor(part)
+        yield 0, 0, z0, torch.as_tensor(part)
 
 
 def resample_blocks(
@@ -169,12 +145,12 @@ def resample_blocks(
     dst_shape: Sequence[int],
     mode: str = "bilinear",
     slab_voxels: int = SLAB_VOXELS,
-) -> Iterator[tuple[int, int, torch.Tensor]]:
+) -> Iterator[tuple[int, int, int, torch.Tensor]]:
     """Resample a channel-first image onto the target grid, one block of the target at a time.
 
-    Yields ``(x0, z0, block)``: ``block`` is (C, nx, Y, nz) float32 on ``image``'s device, the target
-    voxels ``[x0:x0 + nx, :, z0:z0 + nz]``; together the blocks tile the target grid once. Arguments
-    as :func:`resample_to_grid`.
+    Yields ``(x0, y0, z0, block)``: ``block`` is (C, nx, ny, nz) float32 on ``image``'s device, the
+    target voxels ``[x0:x0 + nx, y0:y0 + ny, z0:z0 + nz]``; together the blocks tile the target grid
+    once. Arguments as :func:`resample_to_grid`.
     """
     if image.ndim != 4:
         raise ValueError(f"image: expected (C, x, y, z), got shape {tuple(image.shape)}")
@@ -220,9 +196,8 @@ def resample_to_grid(
     """
     dst_shape = tuple(int(s) for s in dst_shape)
     out = np.empty((int(image.shape[0]), *dst_shape), dtype=np.float32)
-    with _one_torch_thread(image.device):
-        for x0, z0, block in resample_blocks(image, src_affine, dst_affine, dst_shape, mode, slab_voxels):
-            out[:, x0:x0 + block.shape[1], :, z0:z0 + block.shape[3]] = block.cpu().numpy()
+    for x0, y0, z0, block in resample_blocks(image, src_affine, dst_affine, dst_shape, mode, slab_voxels):
+        out[:, x0:x0 + block.shape[1], y0:y0 + block.shape[2], z0:z0 + block.shape[3]] = block.cpu().numpy()
     return out
 
 
@@ -257,13 +232,15 @@ def argmax_labels_on_grid(
     dst_shape = tuple(int(s) for s in dst_shape)
     labels = np.empty(dst_shape, dtype=np.uint8 if n_classes <= 256 else np.int64)
     kept = np.empty((n_classes, *dst_shape), dtype=np.float32) if keep_probs else None
-    with _one_torch_thread(probs.device):
-        for x0, z0, block in resample_blocks(probs, src_affine, dst_affine, dst_shape, "bilinear", slab_voxels):
-            where = (slice(x0, x0 + block.shape[1]), slice(None), slice(z0, z0 + block.shape[3]))
-            # max(dim).indices, not argmax: the same first-maximum rule, several times faster on a
-            # CPU when the reduced axis is the outermost one (torch 2.x).
-            best = torch.max(block, dim=0).indices
-            labels[where] = best.to(torch.uint8 if n_classes <= 256 else torch.int64).cpu().numpy()
-            if kept is not None:
-                kept[(slice(None), *where)] = block.cpu().numpy()
+    for x0, y0, z0, block in resample_blocks(probs, src_affine, dst_affine, dst_shape, "bilinear", slab_voxels):
+        where = tuple(slice(start, start + n) for start, n in zip((x0, y0, z0), block.shape[1:]))
+        if block.device.type == "cpu":
+            # numpy, not torch: a torch reduction over a small block pays a thread barrier (~8 ms per
+            # block on 2 busy cores against ~40 µs here); np.argmax keeps the first maximum too.
+            best = np.argmax(block.numpy(), axis=0)
+        else:
+            best = torch.max(block, dim=0).indices.cpu().numpy()
+        labels[where] = best
+        if kept is not None:
+            kept[(slice(None), *where)] = block.cpu().numpy()
     return labels, kept

@@ -18,7 +18,7 @@ from radmtl.inference import resample as R
 
 def _general(image: torch.Tensor, src: np.ndarray, dst: np.ndarray, shape, mode="bilinear") -> np.ndarray:
     out = np.empty((image.shape[0], *shape), np.float32)
-    for _, z0, part in R._general_blocks(image.float(), src, dst, tuple(shape), 10**9, mode):
+    for _, _, z0, part in R._general_blocks(image.float(), src, dst, tuple(shape), 10**9, mode):
         out[..., z0:z0 + part.shape[-1]] = part.numpy()
     return out
 
@@ -71,18 +71,21 @@ def test_a_rotated_target_takes_the_general_path():
     assert R.axis_aligned(R.voxel_map(np.eye(4), tiny), (512, 512, 300)) is not None
 
 
-def test_slab_at_once_gpu_branch_equals_plane_by_plane_cpu_branch():
+@pytest.mark.parametrize("serial_elements", [32768, 13])  # 13: rows of 2 voxels (3 channels, 2 slices)
+def test_slab_at_once_gpu_branch_equals_plane_by_plane_cpu_branch(monkeypatch, serial_elements):
+    monkeypatch.setattr(R, "_SERIAL_ELEMENTS", serial_elements)
     image, src, dst, dst_shape = _grids(3)
     axes = R.axis_aligned(R.voxel_map(src, dst), dst_shape)
 
     def assemble(per_plane: bool) -> np.ndarray:
         out = np.full((3, *dst_shape), np.nan, np.float32)
-        for x0, z0, block in R._separable_blocks(image, axes, dst_shape, 2, "bilinear", per_plane):
-            out[:, x0:x0 + block.shape[1], :, z0:z0 + block.shape[3]] = block.numpy()
+        for x0, y0, z0, block in R._separable_blocks(image, axes, dst_shape, 2, "bilinear", per_plane):
+            assert np.isnan(out[:, x0:x0 + block.shape[1], y0:y0 + block.shape[2], z0:z0 + block.shape[3]]).all()
+            out[:, x0:x0 + block.shape[1], y0:y0 + block.shape[2], z0:z0 + block.shape[3]] = block.numpy()
         return out
 
     planes, slabs = assemble(True), assemble(False)
-    assert not np.isnan(planes).any()  # the blocks tile the whole target
+    assert not np.isnan(planes).any()  # the blocks tile the whole target, each voxel once
     np.testing.assert_allclose(planes, slabs, atol=1e-6)
 
 
@@ -95,18 +98,3 @@ def test_labels_are_the_argmax_of_the_resampled_probabilities_with_ties_to_the_l
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, np.argmax(resampled, axis=0))
     assert (labels != 2).all() and (labels == 1).any() and (labels == 0).any()
-
-
-def test_torch_threads_are_one_inside_and_restored_after():
-    before = torch.get_num_threads()
-    seen = []
-    with R._one_torch_thread(torch.device("cpu")):
-        seen.append(torch.get_num_threads())
-        with R._one_torch_thread(torch.device("cpu")):  # nested: still one, restored only at the outer exit
-            seen.append(torch.get_num_threads())
-        seen.append(torch.get_num_threads())
-    assert seen == [1, 1, 1] and torch.get_num_threads() == before
-    with pytest.raises(RuntimeError):
-        with R._one_torch_thread(torch.device("cpu")):
-            raise RuntimeError("boom")
-    assert torch.get_num_threads() == before
