@@ -5,6 +5,8 @@ after training, so that the σ-scaling factor is fitted on exactly what infer wr
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,37 +28,25 @@ MAP_OUTPUTS: dict[str, tuple[str, type, bool, bool]] = {
 VARIANCE_MAPS = ("sigma_aleatoric", "sigma_epistemic", "sigma_total")
 
 
-def predict_on_network_grid(
-    loaded: Any,
-    mr_path: Path,
-    *,
-    mc_samples: int,
-    overlap: float,
-    sw_batch_size: int,
-    device: Any,
-    amp_dtype: Any,
-    sigma_scale: float = 1.0,
-    timings: dict[str, float] | None = None,
-) -> tuple[dict[str, Any], np.ndarray, tuple[int, ...]]:
-    """The training preprocessing of one MR file, then the network on its grid.
+@dataclass(frozen=True)
+class NetworkMR:
+    """An MR after the training preprocessing: (1, 1, x, y, z) on the network grid, and that grid."""
 
-    Shared by ``radmtl infer`` and the σ recalibration after training, so that the factor is
-    fitted on exactly what infer produces.
+    mr: Any
+    affine: np.ndarray
+    shape: tuple[int, ...]
 
-    Returns:
-        (maps of :func:`radmtl.inference.predict.predict_volume` in scaled units, network-grid affine,
-        network-grid shape).
+
+def preprocess_mr(loaded: Any, mr_path: Path) -> NetworkMR:
+    """The training preprocessing (:func:`radmtl.data.transforms.eval_transforms`) of one MR file.
+
+    Raises:
+        VolumeError: the reader's own one-line message, or one naming the file and the failing step.
     """
-    import torch
-
-    from radmtl.inference.predict import predict_volume
     from radmtl.data.transforms import eval_transforms
 
-    cfg = loaded.cfg
-    timings = {} if timings is None else timings
-    t0 = time.perf_counter()
     try:
-        net_mr = eval_transforms(cfg.data, ["mr"])({"mr": str(mr_path)})["mr"]
+        net_mr = eval_transforms(loaded.cfg.data, ["mr"])({"mr": str(mr_path)})["mr"]
     except Exception as err:  # MONAI wraps reader/transform errors in RuntimeError chains
         from radmtl.data.reader import volume_error_in
 
@@ -65,19 +55,54 @@ def predict_on_network_grid(
             raise VolumeError(str(cause)) from err
         raise VolumeError(f"{mr_path}: preprocessing failed ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); check the file") from err
-    net_affine = np.asarray(net_mr.affine, np.float64)
-    net_shape = tuple(int(s) for s in net_mr.shape[1:])
-    timings["preprocess_s"] = time.perf_counter() - t0
+    return NetworkMR(mr=net_mr.as_tensor()[None], affine=np.asarray(net_mr.affine, np.float64),
+                     shape=tuple(int(s) for s in net_mr.shape[1:]))
 
+
+def predict_on_network_grid(
+    loaded: Any,
+    mr_path: Path | NetworkMR,
+    *,
+    mc_samples: int,
+    overlap: float,
+    sw_batch_size: int,
+    device: Any,
+    amp_dtype: Any,
+    sigma_scale: float = 1.0,
+    timings: dict[str, float] | None = None,
+    keep_on_device: bool = False,
+) -> tuple[dict[str, Any], np.ndarray, tuple[int, ...]]:
+    """The training preprocessing of one MR file (unless given already done), then the network on its grid.
+
+    Shared by ``radmtl infer`` and the σ recalibration after training, so that the factor is
+    fitted on exactly what infer produces.
+
+    Args:
+        keep_on_device: leave the maps where the network ran (a GPU), for resampling there.
+
+    Returns:
+        (maps of :func:`radmtl.inference.predict.predict_volume` in scaled units, network-grid affine,
+        network-grid shape).
+    """
+    import torch
+
+    from radmtl.inference.predict import predict_volume
+
+    cfg = loaded.cfg
+    timings = {} if timings is None else timings
+    if not isinstance(mr_path, NetworkMR):
+        t0 = time.perf_counter()
+        mr_path = preprocess_mr(loaded, mr_path)
+        timings["preprocess_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)  # MC dropout masks: the same outputs for the same case and model
     maps = predict_volume(
-        loaded.model, net_mr.as_tensor()[None], cfg.data.patch_size, overlap=overlap,
+        loaded.model, mr_path.mr, cfg.data.patch_size, overlap=overlap,
         sw_batch_size=sw_batch_size, mc_samples=mc_samples, likelihood=cfg.loss.likelihood,
-        device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale,
+        device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale, keep_on_device=keep_on_device,
     )
     timings["predict_s"] = time.perf_counter() - t0
-    return maps, net_affine, net_shape
+    return maps, mr_path.affine, mr_path.shape
 
 
 def map_to_input_grid(key: str, network_map: Any, net_affine: np.ndarray, volume: Volume,
@@ -94,3 +119,28 @@ def map_to_input_grid(key: str, network_map: Any, net_affine: np.ndarray, volume
     if MAP_OUTPUTS[key][2]:
         array *= ct_scale_hu
     return array
+
+
+def input_grid_outputs(maps: dict[str, Any], net_affine: np.ndarray, volume: Volume, ct_scale_hu: float,
+                       mc_samples: int, keep_probs: bool = False) -> Iterator[tuple[str, np.ndarray, type, str]]:
+    """Each map that infer writes, on the input grid: ``(stem, array, dtype, units)``.
+
+    Maps are produced one at a time and ``maps`` entries are dropped as they are used, so a caller
+    that writes each array and lets it go holds few full-resolution maps at once. ``seg`` (uint8
+    labels, the argmax of the resampled probabilities) follows the float maps, then
+    ``seg_probabilities`` (X, Y, Z, C) when ``keep_probs``.
+    """
+    from radmtl.inference.resample import argmax_labels_on_grid
+
+    for key, (stem, dtype, to_hu, needs_mc) in MAP_OUTPUTS.items():
+        network_map = maps.pop(key, None)
+        if network_map is None or (needs_mc and mc_samples <= 1):
+            continue
+        yield stem, map_to_input_grid(key, network_map, net_affine, volume, ct_scale_hu), dtype, \
+            "HU" if to_hu else "nats"
+    if "seg_probs" in maps:
+        labels, probs = argmax_labels_on_grid(maps.pop("seg_probs")[0], net_affine, volume.affine, volume.shape,
+                                              keep_probs=keep_probs)
+        yield "seg", labels, np.uint8, "label"
+        if probs is not None:
+            yield "seg_probabilities", np.moveaxis(probs, 0, -1), np.float32, "probability"

@@ -21,13 +21,14 @@ sCT and the organs are also written as a CT series and an RT Structure Set in ``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,18 +40,23 @@ from radmtl import __version__
 from radmtl.device import amp_dtype_for, resolve_device
 from radmtl.errors import RadmtlError
 from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
-from radmtl.data.dicom_series import SeriesInfo
-from radmtl.data.io import (OUTPUT_FORMATS, VolumeError, Grid, output_suffix, read_volume,
-                            strip_volume_suffix, write_like, write_volume)
+from radmtl.data.io import OUTPUT_FORMATS, VolumeError, Grid, output_suffix, strip_volume_suffix, write_like
 
-from radmtl.inference.case_maps import MAP_OUTPUTS, map_to_input_grid, predict_on_network_grid
-from radmtl.inference.inputs import (case_folder, check_mr, find_cases,  # noqa: F401  (find_cases: public here too)
-                                     make_parents, prepare_output_root, remove_if_empty)
-from radmtl.inference.work_dirs import remove_stale_work_folders, work_folder, work_prefix
+from radmtl.inference.case_maps import MAP_OUTPUTS, input_grid_outputs, predict_on_network_grid
+from radmtl.inference.inputs import (PreparedCase, case_folder, find_cases, prepare_case, prepare_output_root,
+                                     read_ahead, remove_if_empty)
+from radmtl.inference.work_dirs import CaseWriter, remove_stale_work_folders
 
 log = logging.getLogger(__name__)
 
 PROVENANCE = "provenance.json"
+# What the stage times in provenance.json measure, for the reader of that file.
+TIMINGS_NOTE = ("read_s, preprocess_s: reading/checking the MR and the training preprocessing, on the read-ahead "
+                "thread (for a case after the first, while the previous case ran); input_wait_s: the part of "
+                "them the run waited for; predict_s: the network; resample_s: maps back onto the input grid; "
+                "write_s: time spent writing files, on writer threads, overlapping resample_s; write_wait_s: "
+                "the part of writing not hidden behind resampling; total_s: from waiting for the input to the "
+                "last file written")
 
 
 @dataclass(frozen=True)
@@ -91,197 +97,173 @@ def _progress_bar(enabled: bool, total: int, desc: str):
                 disable=not enabled)
 
 
-def _publish(tmp_dir: Path, final_dir: Path) -> None:
-    """Rename the finished hidden folder onto ``final_dir``, replacing an older result."""
-    old = None
-    if final_dir.exists():
-        old = work_folder(final_dir, "old")
-        os.replace(final_dir, old)
-    os.replace(tmp_dir, final_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+# Writer threads. Two keep a gzip (zlib, GIL released) busy on each of two cores while the caller
+# resamples the next map or runs the next case; more only queue arrays in memory. 0: write on the
+# calling thread, one file after another (the sequential path the tests compare against).
+WRITERS = 2
 
 
-def infer_case(
-    loaded: Any,
-    source: ModelSource,
-    case_id: str,
-    mr_path: Path | SeriesInfo | None,
-    output: Path,
-    options: InferOptions,
-) -> CaseResult:
-    """Predict one case and write ``output/<case_id>/``.
+def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options: InferOptions,
+               pool: Executor | None, t_start: float) -> Callable[[], CaseResult]:
+    """Run the network on a prepared case, resample its maps and queue their writes on ``pool``.
 
-    ``mr_path`` is an MR volume file or a DICOM MR series chosen by :func:`find_cases`; maps are
-    written in ``options.output_format`` (:func:`radmtl.data.io.output_suffix`).
+    Returns the case's finish: a call that waits for the writes, writes ``provenance.json`` and
+    publishes the folder (or removes it and returns the error), meant to run while the next case
+    is predicted.
 
     Raises:
-        RadmtlError: the MR cannot be used or an output cannot be written; nothing is left under
-            ``output/<case_id>`` from this attempt.
+        RadmtlError: the network could not be run or the hidden folder not made; nothing is left.
     """
-    from radmtl.config import to_dict
-    from radmtl.inference.resample import argmax_labels_on_grid
-
-    if mr_path is None:
-        raise VolumeError(f"case {case_id}: has no mr file; add mr.nii.gz to the case folder")
-    final_dir = case_folder(output, case_id)
     cfg = loaded.cfg
+    volume = prepared.volume
     mc_samples = int(options.mc_samples if options.mc_samples is not None else cfg.infer.mc_samples)
     overlap = float(options.overlap if options.overlap is not None else cfg.infer.overlap)
     sw_batch_size = int(options.sw_batch_size if options.sw_batch_size is not None else cfg.infer.sw_batch_size)
     device = resolve_device(options.device)
     amp_dtype = amp_dtype_for(cfg.train.amp, device, fp16_fallback=False)
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
-
-    from radmtl.data.dicom_common import generated_identity
-    from radmtl.data.dicom_series import read_series
-
-    is_dicom = isinstance(mr_path, SeriesInfo)
-    dicom_out = is_dicom if options.dicom_out is None else options.dicom_out
-    identity, source_series = None, None
-    if is_dicom:
-        dicom_mr = read_series(mr_path)
-        volume, identity, source_series = dicom_mr.volume, dicom_mr.identity, dicom_mr.source
-        mr_path = mr_path.folder
-    else:
-        volume = read_volume(mr_path)
-    check_mr(volume)
-    if dicom_out and identity is None:
-        identity = generated_identity(case_id, mr_path)
-    timings["read_s"] = time.perf_counter() - t_start
-
-    n_maps = len(MAP_OUTPUTS) + 1 + int(dicom_out)
-    suffix = output_suffix(options.output_format, None if is_dicom else mr_path)
+    dicom_out = prepared.is_dicom if options.dicom_out is None else options.dicom_out
+    suffix = output_suffix(options.output_format, None if prepared.is_dicom else prepared.mr_path)
     file_format = suffix.lstrip(".")
-    # The hidden folders sit beside the final one (OUT/AB/.1ABA005.partial-*), so the rename stays
-    # within one folder and a nested id never creates OUT/.AB/.
-    created = make_parents(final_dir.parent)
-    bar = _progress_bar(options.progress, total=3 + n_maps, desc=case_id)
-    tmp_dir = work_folder(final_dir, "partial")
-    # The network reads a file; a DICOM MR goes to it as a NIfTI copy that is not an output.
-    scratch = (tempfile.TemporaryDirectory(prefix=work_prefix(final_dir.name, "mr"), dir=final_dir.parent)
-               if is_dicom else None)
-    sct_hu, labels = None, None
-    published = False
+    timings: dict[str, float] = dict(prepared.timings)
+    timings["input_wait_s"] = time.perf_counter() - t_start  # what read-ahead did not hide
+    bar = _progress_bar(options.progress, total=3 + len(MAP_OUTPUTS) + 1 + int(dicom_out), desc=prepared.case_id)
+    writer: CaseWriter | None = None
+    written: dict[str, dict[str, Any]] = {}
+    dicom_future = None
     try:
-        network_input = mr_path
-        if scratch is not None:
-            network_input = write_volume(volume.array, volume.affine, Path(scratch.name) / "mr.nii.gz", np.float32)
         sigma_scale = sigma_scale_of(loaded.payload) if options.sigma_scaling else 1.0
+        # On a GPU the maps stay there and are resampled there (DESIGN.md section 3).
         maps, net_affine, net_shape = predict_on_network_grid(
-            loaded, network_input, mc_samples=mc_samples, overlap=overlap, sw_batch_size=sw_batch_size,
-            device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale, timings=timings)
+            loaded, prepared.network_mr, mc_samples=mc_samples, overlap=overlap, sw_batch_size=sw_batch_size,
+            device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale, timings=timings,
+            keep_on_device=device.type == "cuda")
         bar.update(2)
-
-        t0 = time.perf_counter()
-        tmp_dir.mkdir()
-        written: dict[str, dict[str, Any]] = {}
-        for key, (stem, dtype, to_hu, needs_mc) in MAP_OUTPUTS.items():
-            network_map = maps.pop(key, None)
-            if network_map is None or (needs_mc and mc_samples <= 1):
-                continue
-            array = map_to_input_grid(key, network_map, net_affine, volume, cfg.data.ct_scale_hu)
-            write_like(array, volume, tmp_dir / f"{stem}{suffix}", dtype)
+        try:
+            writer = CaseWriter(prepared.final_dir, pool)
+        except OSError as err:
+            raise VolumeError(f"{prepared.final_dir}: cannot write ({err.strerror}); check space and "
+                              "permissions") from err
+        on_input = {}
+        resample_s, t0 = 0.0, time.perf_counter()
+        for stem, array, dtype, units in input_grid_outputs(maps, net_affine, volume, cfg.data.ct_scale_hu,
+                                                            mc_samples, keep_probs=options.save_probabilities):
+            resample_s += time.perf_counter() - t0
+            writer.submit(write_like, array, volume, writer.tmp_dir / f"{stem}{suffix}", dtype)
             written[stem] = {"file": f"{stem}{suffix}", "format": file_format, "dtype": np.dtype(dtype).name,
-                             "units": "HU" if to_hu else "nats"}
-            if key == "sct" and dicom_out:
-                sct_hu = array
+                             "units": units}
+            if stem == "seg":
+                written[stem]["labels"] = dict(loaded.label_names)
+            elif stem == "seg_probabilities":
+                written[stem]["axis_3"] = ("class index" if file_format.startswith("nii")
+                                           else "vector component = class index")
+            if dicom_out and stem in ("sct", "seg"):
+                on_input[stem] = array
             del array
             bar.update(1)
-        if "seg_probs" in maps:
-            probs = maps.pop("seg_probs")[0]
-            labels, probs_on_input = argmax_labels_on_grid(
-                probs, net_affine, volume.affine, volume.shape, keep_probs=options.save_probabilities)
-            write_like(labels, volume, tmp_dir / f"seg{suffix}", np.uint8)
-            written["seg"] = {"file": f"seg{suffix}", "format": file_format, "dtype": "uint8", "units": "label",
-                              "labels": dict(loaded.label_names)}
-            if not dicom_out:
-                del labels
-            if probs_on_input is not None:
-                write_like(np.moveaxis(probs_on_input, 0, -1), volume, tmp_dir / f"seg_probabilities{suffix}",
-                           np.float32)
-                written["seg_probabilities"] = {"file": f"seg_probabilities{suffix}", "format": file_format,
-                                                "dtype": "float32", "units": "probability",
-                                                "axis_3": "class index" if file_format.startswith("nii")
-                                                else "vector component = class index"}
-                del probs_on_input
-            bar.update(1)
-        dicom_provenance = None
+            t0 = time.perf_counter()
+        resample_s += time.perf_counter() - t0
+        timings["resample_s"] = resample_s
+        del maps
         if dicom_out:
             from radmtl.inference.dicom_out import DICOM_FOLDER, write_dicom_outputs
 
-            if sct_hu is None:
+            if "sct" not in on_input:
                 raise RadmtlError(f"{source.argument}: the model has no sCT task; --dicom-out needs one")
-            dicom_provenance = write_dicom_outputs(
-                tmp_dir / DICOM_FOLDER, sct_hu=sct_hu, labels=labels, label_names=loaded.label_names,
-                volume=volume, identity=identity, source=source_series, model_sha256=source.sha256)
+            dicom_future = writer.submit(
+                write_dicom_outputs, writer.tmp_dir / DICOM_FOLDER, sct_hu=on_input.pop("sct"),
+                labels=on_input.pop("seg", None), label_names=loaded.label_names, volume=volume,
+                identity=prepared.identity, source=prepared.source_series, model_sha256=source.sha256)
             written["dicom"] = {"file": f"{DICOM_FOLDER}/", "format": "dicom",
                                 "dtype": "int16 CT series + RT structure set", "units": "HU"}
-            del sct_hu, labels
-            bar.update(1)
-        timings["resample_write_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - t_start
-
-        provenance = {
-            "radmtl_version": __version__,
-            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "case": case_id,
-            "input": {
-                "path": str(Path(mr_path).resolve()),
-                "format": "dicom" if is_dicom else "volume",
-                "grid": volume.grid.describe(),
-                "affine": np.round(volume.affine, 6).tolist(),
-                "qform_code": int(volume.header["qform_code"]) if volume.header is not None else None,
-                "sform_code": int(volume.header["sform_code"]) if volume.header is not None else None,
-            },
-            "network_grid": Grid.from_affine(net_shape, net_affine).describe(),
-            "model": {
-                "source": source.argument,
-                "checkpoint": source.recorded,  # a lasting path, or the URI when the copy was temporary
-                "sha256": source.sha256,
-                "epoch": loaded.payload.get("epoch"),
-                "mlflow_run_id": loaded.payload.get("mlflow_run_id"),
-                "checkpoint_radmtl_version": loaded.payload.get("radmtl_version"),
-                "label_names": dict(loaded.label_names),
-            },
-            "config": to_dict(cfg),
-            "inference": {
-                "mc_samples": mc_samples, "overlap": overlap, "sw_batch_size": sw_batch_size,
-                "device": str(device), "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
-                "seed": cfg.seed, "sliding_window": "gaussian", "roi_size": list(cfg.data.patch_size),
-                "label_resampling": "argmax of bilinearly resampled probabilities",
-                "sigma_scaling": {
-                    "applied": bool(options.sigma_scaling and "sigma_scaling" in loaded.payload),
-                    "factor": sigma_scale,
-                    "fitted": loaded.payload.get("sigma_scaling"),
-                },
-                "sigma_epistemic": "spread of the MC-dropout samples only; window overlap excluded",
-                "output_format": options.output_format,
-            },
-            "outputs": written,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        }
-        if dicom_provenance is not None:
-            provenance["dicom"] = dicom_provenance
-        try:
-            (tmp_dir / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
-            _publish(tmp_dir, final_dir)
-            published = True
-        except OSError as err:
-            raise VolumeError(f"{final_dir}: cannot write ({err.strerror}); check space and "
-                              "permissions") from err
-        bar.update(1)
-    finally:
+    except BaseException:
         bar.close()
-        if scratch is not None:
-            scratch.cleanup()
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-        if not published:
-            remove_if_empty(created)
-    outputs = [info["file"] for info in written.values()] + [PROVENANCE]
-    return CaseResult(case_id=case_id, seconds=time.perf_counter() - t_start, outputs=outputs)
+        if writer is not None:
+            writer.discard()
+        remove_if_empty(prepared.created)
+        raise
+    t_resampled = time.perf_counter()
+    context = dict(mc_samples=mc_samples, overlap=overlap, sw_batch_size=sw_batch_size, device=device,
+                   amp_dtype=amp_dtype, sigma_scale=sigma_scale, net_affine=net_affine, net_shape=net_shape)
+
+    def finish() -> CaseResult:
+        try:
+            writer.wait()
+            timings["write_s"] = writer.write_s
+            timings["write_wait_s"] = writer.blocked_s + time.perf_counter() - t_resampled
+            timings["total_s"] = time.perf_counter() - t_start
+            provenance = _provenance(loaded, source, prepared, options, written, timings, context)
+            if dicom_future is not None:
+                provenance["dicom"] = dicom_future.result()
+            try:
+                (writer.tmp_dir / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+                writer.publish()
+            except OSError as err:
+                raise VolumeError(f"{prepared.final_dir}: cannot write ({err.strerror}); check space and "
+                                  "permissions") from err
+            bar.update(1)
+        except RadmtlError as err:
+            log.debug("case %s failed", prepared.case_id, exc_info=True)
+            writer.discard()
+            remove_if_empty(prepared.created)
+            return CaseResult(case_id=prepared.case_id, seconds=time.perf_counter() - t_start, error=str(err))
+        except BaseException:
+            writer.discard()
+            remove_if_empty(prepared.created)
+            raise
+        finally:
+            bar.close()
+        outputs = [info["file"] for info in written.values()] + [PROVENANCE]
+        return CaseResult(case_id=prepared.case_id, seconds=time.perf_counter() - t_start, outputs=outputs)
+
+    return finish
+
+
+def _provenance(loaded: Any, source: ModelSource, prepared: PreparedCase, options: InferOptions,
+                written: dict[str, Any], timings: dict[str, float], c: dict[str, Any]) -> dict[str, Any]:
+    from radmtl.config import to_dict
+
+    volume, cfg = prepared.volume, loaded.cfg
+    return {
+        "radmtl_version": __version__,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "case": prepared.case_id,
+        "input": {
+            "path": str(Path(prepared.mr_path).resolve()),
+            "format": "dicom" if prepared.is_dicom else "volume",
+            "grid": volume.grid.describe(),
+            "affine": np.round(volume.affine, 6).tolist(),
+            "qform_code": int(volume.header["qform_code"]) if volume.header is not None else None,
+            "sform_code": int(volume.header["sform_code"]) if volume.header is not None else None,
+        },
+        "network_grid": Grid.from_affine(c["net_shape"], c["net_affine"]).describe(),
+        "model": {
+            "source": source.argument,
+            "checkpoint": source.recorded,  # a lasting path, or the URI when the copy was temporary
+            "sha256": source.sha256,
+            "epoch": loaded.payload.get("epoch"),
+            "mlflow_run_id": loaded.payload.get("mlflow_run_id"),
+            "checkpoint_radmtl_version": loaded.payload.get("radmtl_version"),
+            "label_names": dict(loaded.label_names),
+        },
+        "config": to_dict(cfg),
+        "inference": {
+            "mc_samples": c["mc_samples"], "overlap": c["overlap"], "sw_batch_size": c["sw_batch_size"],
+            "device": str(c["device"]),
+            "amp_dtype": str(c["amp_dtype"]).replace("torch.", "") if c["amp_dtype"] else None,
+            "seed": cfg.seed, "sliding_window": "gaussian", "roi_size": list(cfg.data.patch_size),
+            "label_resampling": "argmax of bilinearly resampled probabilities",
+            "sigma_scaling": {
+                "applied": bool(options.sigma_scaling and "sigma_scaling" in loaded.payload),
+                "factor": c["sigma_scale"],
+                "fitted": loaded.payload.get("sigma_scaling"),
+            },
+            "sigma_epistemic": "spread of the MC-dropout samples only; window overlap excluded",
+            "output_format": options.output_format,
+        },
+        "outputs": written,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "timings_note": TIMINGS_NOTE,
+    }
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -313,6 +295,12 @@ def run_inference(
 ) -> list[CaseResult]:
     """Run every case of ``input_path``; a failing case is recorded and the others still run.
 
+    Three things overlap: the next case is read and preprocessed on a background thread
+    (:func:`~radmtl.inference.inputs.read_ahead`) while the network runs, each map is written on the
+    writer threads while the next one is resampled, and a case's last writes and its publication run
+    while the next case is predicted. At most one case is read ahead and one is finishing, which
+    bounds memory.
+
     Raises:
         RadmtlError: problems that stop every case (model, input, output folder, options).
     """
@@ -327,19 +315,33 @@ def run_inference(
                           f"{options.output_format!r}")
     cases = find_cases(input_path, options.series)
     output, created = prepare_output_root(output)
-    results: list[CaseResult] = []
+    slots: list[CaseResult | Future] = []
     try:
         # What killed runs left here: in OUT and beside each case's final folder (OUT/AB/.1ABA005.partial-*).
         remove_stale_work_folders([output, *(_case_parent(output, case_id) for case_id, _ in cases)])
         loaded, source = load_model(model, tracking_uri, options.device)
         log.info("%s: %d case(s), model %s", input_path, len(cases), source.checkpoint)
-        for case_id, mr_path in cases:
-            t0 = time.perf_counter()
-            try:
-                results.append(infer_case(loaded, source, case_id, mr_path, output, options))
-            except RadmtlError as err:
-                log.debug("case %s failed", case_id, exc_info=True)
-                results.append(CaseResult(case_id=case_id, seconds=time.perf_counter() - t0, error=str(err)))
+
+        def prepare(case: tuple[str, Any]) -> PreparedCase:
+            return prepare_case(loaded, case[0], case[1], output, options.dicom_out)
+
+        writer_pool = (ThreadPoolExecutor(WRITERS, thread_name_prefix="radmtl-write") if WRITERS > 0
+                       else contextlib.nullcontext())
+        with writer_pool as writers, ThreadPoolExecutor(1, thread_name_prefix="radmtl-publish") as publisher:
+            finishing: Future | None = None
+            for (case_id, _), prepared in read_ahead(cases, prepare):
+                t0 = time.perf_counter()
+                try:
+                    finish = start_case(loaded, source, prepared.result(), options, writers, t0)
+                except RadmtlError as err:
+                    log.debug("case %s failed", case_id, exc_info=True)
+                    slots.append(CaseResult(case_id=case_id, seconds=time.perf_counter() - t0, error=str(err)))
+                    continue
+                if finishing is not None:  # one case finishing at a time
+                    futures_wait([finishing])
+                finishing = publisher.submit(finish)
+                slots.append(finishing)
+            results = [slot.result() if isinstance(slot, Future) else slot for slot in slots]
     finally:
         remove_if_empty(created)  # no case written: leave no output folder this run made
     return results

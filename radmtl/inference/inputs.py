@@ -1,12 +1,22 @@
 """What ``radmtl infer`` is given: the cases of ``--input`` (a file, a folder, a dataset, a DICOM
-series), the checks an MR must pass before the network runs, and a writable output folder per case."""
+series), the checks an MR must pass before the network runs, a writable output folder per case, and
+each case read and preprocessed (:func:`prepare_case`) one case ahead of the network (:func:`read_ahead`)."""
 
 from __future__ import annotations
 
 import logging
 import re
+import tempfile
+import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+
+import numpy as np
 
 from radmtl.data.dicom_series import SeriesInfo
 from radmtl.data.io import VolumeError, Volume, has_volume_suffix, strip_volume_suffix
@@ -20,6 +30,8 @@ NOT_MR_ENDINGS = ("ct_noise_sd", "sct_sigma_aleatoric", "sct_sigma_epistemic", "
                   "seg_entropy", "seg_mutual_info", "seg_probabilities")
 _NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _SHOWN = 5  # skipped files named in the log line
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def find_cases(input_path: str | Path, series: str | None = None) -> list[tuple[str, Path | SeriesInfo | None]]:
@@ -196,3 +208,101 @@ def remove_if_empty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:  # not empty: another case landed there
             return
+
+
+# --- one case, read and preprocessed (ahead of the network) ------------------------------------
+
+
+@dataclass
+class PreparedCase:
+    """One case read, checked and preprocessed: everything the network and the writers need from the input.
+
+    ``created`` are the output folders made for it (removed again if the case is not written).
+    """
+
+    case_id: str
+    final_dir: Path
+    created: list[Path]
+    volume: Volume
+    mr_path: Path  # the MR file, or the DICOM folder
+    network_mr: Any  # radmtl.inference.case_maps.NetworkMR
+    is_dicom: bool = False
+    identity: Any = None
+    source_series: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_case(loaded: Any, case_id: str, mr_path: Path | SeriesInfo | None, output: Path,
+                 dicom_out: bool | None) -> PreparedCase:
+    """Read and check one case's MR, make its output parents, and run the training preprocessing.
+
+    Raises:
+        RadmtlError: the MR cannot be used (one line naming the file and the fix); the folders made
+            for the case are removed again.
+    """
+    from radmtl.data.dicom_common import generated_identity
+    from radmtl.data.dicom_series import read_series
+    from radmtl.data.io import read_volume, write_volume
+    from radmtl.inference.case_maps import preprocess_mr
+    from radmtl.inference.work_dirs import work_prefix
+
+    if mr_path is None:
+        raise VolumeError(f"case {case_id}: has no mr file; add mr.nii.gz to the case folder")
+    final_dir = case_folder(output, case_id)
+    t0 = time.perf_counter()
+    is_dicom = isinstance(mr_path, SeriesInfo)
+    identity, source_series = None, None
+    if is_dicom:
+        dicom_mr = read_series(mr_path)
+        volume, identity, source_series = dicom_mr.volume, dicom_mr.identity, dicom_mr.source
+        mr_path = mr_path.folder
+    else:
+        volume = read_volume(mr_path)
+    check_mr(volume)
+    if (is_dicom if dicom_out is None else dicom_out) and identity is None:
+        identity = generated_identity(case_id, mr_path)
+    read_s = time.perf_counter() - t0
+    # The hidden folders sit beside the final one (OUT/AB/.1ABA005.partial-*), so the rename stays
+    # within one folder and a nested id never creates OUT/.AB/.
+    created = make_parents(final_dir.parent)
+    # The network reads a file; a DICOM MR goes to it as a NIfTI copy that is not an output.
+    scratch = (tempfile.TemporaryDirectory(prefix=work_prefix(final_dir.name, "mr"), dir=final_dir.parent)
+               if is_dicom else None)
+    try:
+        t0 = time.perf_counter()
+        network_input = mr_path
+        if scratch is not None:
+            network_input = write_volume(volume.array, volume.affine, Path(scratch.name) / "mr.nii.gz", np.float32)
+        network_mr = preprocess_mr(loaded, network_input)
+        preprocess_s = time.perf_counter() - t0
+    except BaseException:
+        remove_if_empty(created)
+        raise
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    return PreparedCase(case_id=case_id, final_dir=final_dir, created=created, volume=volume, mr_path=Path(mr_path),
+                        network_mr=network_mr, is_dicom=is_dicom, identity=identity, source_series=source_series,
+                        timings={"read_s": read_s, "preprocess_s": preprocess_s})
+
+
+def read_ahead(items: Sequence[T], prepare: Callable[[T], R]) -> Iterator[tuple[T, Future]]:
+    """``(item, future of prepare(item))`` for each item, preparing the next one on a background thread.
+
+    The next item's ``prepare`` starts when its predecessor is handed out, so it runs while the
+    caller works on that one (the network), and at most two prepared items exist at once. An error
+    of ``prepare`` is raised by its future's ``result()``; the items after it are still prepared.
+    """
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="radmtl-read") as pool:
+        future = pool.submit(prepare, items[0])
+        try:
+            for index, item in enumerate(items):
+                current = future
+                futures_wait([current])  # one case ahead, not two
+                future = pool.submit(prepare, items[index + 1]) if index + 1 < len(items) else None
+                yield item, current
+        finally:
+            if future is not None:
+                future.cancel()  # the caller stopped early: do not start what it will not take

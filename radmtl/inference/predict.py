@@ -73,6 +73,8 @@ def finalize(stats: dict[str, torch.Tensor], mc_samples: int, sigma_scale: float
     out: dict[str, torch.Tensor] = {}
     if "sct" in stats:
         out["sct"] = stats["sct"]
+        if "var_epistemic" not in stats:  # T = 1 in predict_volume: 0 by definition, not stitched
+            stats = {**stats, "var_epistemic": torch.zeros_like(stats["sct"])}
         var_epistemic = stats["var_epistemic"].clamp_min(0.0)
         var_aleatoric = stats.get("var_aleatoric")
         if var_aleatoric is not None:
@@ -110,6 +112,7 @@ def predict_volume(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
     sigma_scale: float = 1.0,
+    keep_on_device: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Predict a whole (1, 1, X, Y, Z) normalised MR volume on its own (network) grid.
 
@@ -125,9 +128,10 @@ def predict_volume(
         amp_dtype: autocast dtype on CUDA (``torch.bfloat16``/``torch.float16``) or None.
         progress: MONAI's per-window progress bar.
         sigma_scale: σ-scaling factor applied to the aleatoric σ (see :func:`finalize`).
+        keep_on_device: return the maps on ``device`` (a GPU: resampled there) instead of the CPU.
 
     Returns:
-        Maps from :func:`finalize`, each (1, C, X, Y, Z) on the CPU.
+        Maps from :func:`finalize`, each (1, C, X, Y, Z) on the CPU (on ``device`` if ``keep_on_device``).
     """
     device = torch.device(device)
     model.eval()
@@ -136,13 +140,19 @@ def predict_volume(
     n_voxels = math.prod(mr.shape[2:])
     stitch_device = torch.device("cpu") if (device.type == "cpu" or n_voxels > CPU_STITCH_VOXELS) else device
 
+    # At T = 1 the sample variance and the expected entropy are 0 and unused: not stitching them
+    # saves two of the ten stitched channels.
+    unused = ("var_epistemic", "seg_expected_entropy") if mc_samples <= 1 else ()
+
     def predictor(window: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            return window_statistics(model, window, mc_samples, likelihood)
+            stats = window_statistics(model, window, mc_samples, likelihood)
+        return {k: v for k, v in stats.items() if k not in unused}
 
     stats = sliding_window_inference(
         mr.float(), roi_size=tuple(int(r) for r in roi_size), sw_batch_size=sw_batch_size,
         predictor=predictor, overlap=overlap, mode="gaussian", sw_device=device, device=stitch_device,
         progress=progress,
     )
-    return {k: v.float().cpu() for k, v in finalize(dict(stats), mc_samples, sigma_scale).items()}
+    target = device if keep_on_device else torch.device("cpu")
+    return {k: v.float().to(target) for k, v in finalize(dict(stats), mc_samples, sigma_scale).items()}

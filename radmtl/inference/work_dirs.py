@@ -7,6 +7,9 @@ power loss, out of memory) leaves them behind; the next run into the same output
 writer is gone: same host, and no process with that pid (a moved-aside result whose case folder is
 missing is renamed back instead). A folder of another host, of a live process,
 or of an older radmtl that did not put its pid in the name is never touched.
+
+:class:`CaseWriter` writes a case's files into its partial folder concurrently and publishes the folder
+(one rename) only when every file is complete.
 """
 
 from __future__ import annotations
@@ -16,9 +19,14 @@ import os
 import re
 import shutil
 import socket
+import threading
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Executor, Future
+from concurrent.futures import wait as futures_wait
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +103,88 @@ def remove_stale_work_folders(folders: Iterable[Path]) -> list[Path]:
         log.info("removed %d hidden folder(s) left by killed radmtl infer runs: %s%s", len(removed),
                  ", ".join(str(p) for p in removed[:_SHOWN]), more)
     return removed
+
+
+def publish(tmp_dir: Path, final_dir: Path) -> None:
+    """Rename the finished hidden folder onto ``final_dir``, replacing an older result."""
+    old = None
+    if final_dir.exists():
+        old = work_folder(final_dir, "old")
+        os.replace(final_dir, old)
+    os.replace(tmp_dir, final_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class CaseWriter:
+    """One case's files, written into its hidden partial folder on a thread pool, then published.
+
+    ``submit`` returns at once, so writing a map overlaps whatever the caller does next (resampling
+    the next map, the next case's network): gzip (zlib) and SimpleITK release the GIL while they
+    compress. ``wait`` returns when every file is complete and raises the first failed write (its own
+    one-line :class:`~radmtl.data.io.VolumeError`); only then may the folder be published, so nothing
+    half-written ever appears under the final name. ``discard`` removes the folder after a failure.
+
+    Args:
+        final_dir: where the case is published.
+        pool: the writer threads; None writes in the calling thread (the same files, in order).
+        max_pending: writes queued or running at once; ``submit`` waits beyond it, which bounds the
+            full-resolution arrays held by pending writes.
+    """
+
+    def __init__(self, final_dir: Path, pool: Executor | None = None, max_pending: int = 3) -> None:
+        self.final_dir = final_dir
+        self.tmp_dir = work_folder(final_dir, "partial")
+        self.write_s = 0.0  # seconds spent in the writes themselves (overlapping other work)
+        self.blocked_s = 0.0  # seconds ``submit`` waited for a free slot
+        self._pool = pool
+        self._max_pending = max(1, max_pending)
+        self._futures: list[Future] = []
+        self._lock = threading.Lock()
+        self.tmp_dir.mkdir()
+
+    def _timed(self, write: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return write(*args, **kwargs)
+        finally:
+            with self._lock:
+                self.write_s += time.perf_counter() - t0
+
+    def submit(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """Run ``write(*args, **kwargs)`` (which writes into :attr:`tmp_dir`) on the pool; its future.
+
+        Without a pool the write runs here and now, and its error is raised here.
+        """
+        if self._pool is None:
+            future: Future = Future()
+            future.set_result(self._timed(write, args, kwargs))
+            return future
+        pending = [f for f in self._futures if not f.done()]
+        if len(pending) >= self._max_pending:
+            t0 = time.perf_counter()
+            futures_wait(pending, return_when=FIRST_COMPLETED)
+            self.blocked_s += time.perf_counter() - t0
+        future = self._pool.submit(self._timed, write, args, kwargs)
+        self._futures.append(future)
+        return future
+
+    def wait(self) -> None:
+        """Wait for every write; raise the first one's error (in submission order) if any failed."""
+        futures_wait(self._futures)
+        for future in self._futures:
+            error = future.exception()
+            if error is not None:
+                raise error
+
+    def publish(self) -> None:
+        """Wait for every write, then rename the folder onto its final name."""
+        self.wait()
+        publish(self.tmp_dir, self.final_dir)
+
+    def discard(self) -> None:
+        """Drop what was queued, wait for what runs, and remove the hidden folder."""
+        for future in self._futures:
+            future.cancel()
+        futures_wait(self._futures)
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
