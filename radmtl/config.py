@@ -25,6 +25,9 @@ WEIGHTINGS = ("fixed", "homoscedastic", "hetero_homo", "hetero")
 # s_b = log b with σ = √2·b: √2·exp(-2.9) = 0.078). 0 would start σ at 1000 HU, far above CT
 # noise (10-50 HU), and the σ head would spend most of a short run walking down.
 DEFAULT_SCT_LOG_VAR_INIT = {"gaussian": -5.0, "laplace": -2.9}
+# A saved config without model.mc_dropout_at predates it: it was trained with encoder dropout.
+MC_DROPOUT_PLACES = ("encoder", "last_block", "heads")
+LEGACY_MC_DROPOUT_AT = "encoder"
 
 
 class ConfigError(RadmtlError, ValueError):
@@ -76,6 +79,8 @@ class ModelConfig:
     # Initial bias of the s(x) head (s = log σ² for gaussian, log b for laplace, scaled units);
     # derived from loss.likelihood when left out (DEFAULT_SCT_LOG_VAR_INIT).
     sct_log_var_init: float = DEFAULT_SCT_LOG_VAR_INIT["gaussian"]
+    # Where MC dropout acts (radmtl/nn/model.py); all before it runs once for the T samples.
+    mc_dropout_at: Literal["encoder", "last_block", "heads"] = "encoder"
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,8 @@ def _validate(cfg: Config) -> None:
         )
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.model.mc_dropout_at not in MC_DROPOUT_PLACES:
+        raise ConfigError(f"model.mc_dropout_at: one of {list(MC_DROPOUT_PLACES)}, got {cfg.model.mc_dropout_at!r}")
     if cfg.model.num_classes < 2 and "seg" in tasks:
         raise ConfigError(f"model.num_classes: needs >= 2 for segmentation, got {cfg.model.num_classes}")
     if any(s <= 0 for s in cfg.data.spacing):
@@ -296,13 +303,14 @@ def _build(cls: type, raw: Any, prefix: str = "") -> Any:
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Build a validated :class:`Config`; model heads are derived from the loss when omitted."""
+    """Build a validated :class:`Config` (saved ones too); model heads are derived from the loss when omitted."""
     raw = dict(raw or {})
     loss = _build(LossConfig, raw.get("loss"), "loss")
     model_raw = dict(raw.get("model") or {})
     for key, value in required_heads(loss).items():
         model_raw.setdefault(key, list(value) if isinstance(value, tuple) else value)
     model_raw.setdefault("sct_log_var_init", DEFAULT_SCT_LOG_VAR_INIT[loss.likelihood])
+    model_raw.setdefault("mc_dropout_at", LEGACY_MC_DROPOUT_AT)
     raw["model"] = model_raw
     return _build(Config, raw)
 
@@ -377,6 +385,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     raw = apply_overrides(raw, overrides)
+    if isinstance(raw.get("model") or {}, dict):  # a YAML file without the key gets today's default
+        raw["model"] = {"mc_dropout_at": ModelConfig.mc_dropout_at, **(raw.get("model") or {})}
     try:
         return config_from_dict(raw)
     except ConfigError as err:

@@ -145,3 +145,10 @@ def test_help_is_fast_and_does_not_import_torch():
            "print('torch' in sys.modules, 'mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_mc_dropout_at_checked_when_built_directly():
+    from radmtl.config import ModelConfig
+
+    with pytest.raises(ConfigError, match="model.mc_dropout_at"):
+        Config(model=ModelConfig(mc_dropout_at="tail"))

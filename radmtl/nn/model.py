@@ -4,10 +4,17 @@ One encoder reads the MR; one decoder per task (``sct``, ``seg``) rebuilds full 
 the encoder's skip features, and 1×1×1 heads give the sCT mean, the organ logits and, where the
 loss needs them, per-voxel log-variances ``s = log σ²``. No final activations.
 
-Epistemic uncertainty (Gal & Ghahramani 2016): Bernoulli dropout sits on the encoder outputs the
-decoders consume — every skip feature map and the bottleneck — so at inference the encoder runs
-once and only the decoders are repeated, batched over the T samples (:meth:`MultiTaskUNet.mc_forward`).
-Both decoders see the same dropped features, so one sample is a coherent (sCT, segmentation) pair.
+Epistemic uncertainty (Gal & Ghahramani 2016): Bernoulli dropout at one place, ``mc_dropout_at``:
+
+- ``encoder`` (the original placement, and what a saved config without the key was trained with):
+  every encoder feature map the decoders consume. Both decoders see the same dropped features, so
+  one sample is a coherent (sCT, segmentation) pair, but each sample repeats both whole decoders.
+- ``last_block``: the input of each decoder's last, full-resolution block.
+- ``heads``: each decoder's output features, the input of the 1×1×1 heads.
+
+Everything before the dropout is computed once per window and shared by the T samples
+(:meth:`MultiTaskUNet.mc_forward`); only what follows it is repeated. docs/mc_dropout.md has the
+timings and the calibration that chose the default.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import Tensor, nn
 
-from radmtl.config import TASKS, ModelConfig
+from radmtl.config import MC_DROPOUT_PLACES, TASKS, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +127,17 @@ class TaskDecoder(nn.Module):
             )
             self.fuse.append(_conv_block(2 * channels[i - 1], channels[i - 1], 1, num_res_units, norm, act))
 
-    def forward(self, features: list[Tensor]) -> Tensor:
-        """Args: encoder features, finest first. Returns (N, channels[0], D, H, W)."""
+    def trunk(self, features: list[Tensor]) -> Tensor:
+        """Everything before the last block: its input (N, 2·channels[0], D, H, W)."""
         x = features[-1]
         skips = features[-2::-1]
-        for upsample, fuse, skip in zip(self.upsample, self.fuse, skips):
+        for upsample, fuse, skip in zip(self.upsample[:-1], self.fuse[:-1], skips[:-1]):
             x = fuse(torch.cat([upsample(x), skip], dim=1))
-        return x
+        return torch.cat([self.upsample[-1](x), skips[-1]], dim=1)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        """Args: encoder features, finest first. Returns (N, channels[0], D, H, W)."""
+        return self.fuse[-1](self.trunk(features))
 
 
 def _head(in_channels: int, out_channels: int) -> nn.Module:
@@ -144,7 +155,9 @@ class MultiTaskUNet(nn.Module):
         num_res_units: sub-units per MONAI ResidualUnit; 0 uses plain convolutions.
         norm: ``"instance"``, ``"batch"`` or ``"group"``.
         act: MONAI activation name, e.g. ``"leakyrelu"``.
-        dropout: MC-dropout probability on the encoder features the decoders consume.
+        dropout: MC-dropout probability.
+        mc_dropout_at: where dropout acts: ``"encoder"``, ``"last_block"`` or ``"heads"`` (module
+            docstring); in training and in :meth:`mc_forward` alike.
         tasks: subset of ``("sct", "seg")``.
         sct_log_var: add a per-voxel ``s(x)`` head to the sCT decoder.
         sct_log_var_init: initial bias of that head (log σ² in scaled units; log b for Laplace).
@@ -169,6 +182,7 @@ class MultiTaskUNet(nn.Module):
         sct_log_var: bool = True,
         seg_log_var: bool = False,
         sct_log_var_init: float = 0.0,
+        mc_dropout_at: str = "encoder",
     ) -> None:
         super().__init__()
         channels, strides, tasks = tuple(channels), tuple(strides), tuple(tasks)
@@ -186,6 +200,8 @@ class MultiTaskUNet(nn.Module):
             raise ValueError(f"norm: must be one of {list(NORMS)}, got {norm!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout: must be in [0, 1), got {dropout}")
+        if mc_dropout_at not in MC_DROPOUT_PLACES:
+            raise ValueError(f"mc_dropout_at: must be one of {list(MC_DROPOUT_PLACES)}, got {mc_dropout_at!r}")
         if not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
             raise ValueError(f"tasks: expected a non-empty subset of {list(TASKS)}, got {list(tasks)}")
         if "seg" in tasks and num_classes < 2:
@@ -197,6 +213,7 @@ class MultiTaskUNet(nn.Module):
 
         self.tasks = tasks
         self.dropout = float(dropout)
+        self.mc_dropout_at = mc_dropout_at
         self.size_multiple = math.prod(strides)
         self.encoder = SharedEncoder(in_channels, channels, strides, num_res_units, norm, act)
         self.decoders = nn.ModuleDict(
@@ -242,33 +259,47 @@ class MultiTaskUNet(nn.Module):
 
     # --- dropout -------------------------------------------------------------------------------
 
-    def _draw_masks(self, features: list[Tensor], samples: int) -> list[Tensor]:
-        """Boolean keep-masks (T, B, C, d, h, w) per feature level.
+    def _draw_masks(self, points: list[Tensor], samples: int) -> list[Tensor]:
+        """Boolean keep-masks (samples, B, C, d, h, w), one per tensor dropout acts on.
 
-        Drawn sample by sample, level by level, and every MC path calls this once for all T
-        samples, so the RNG stream (hence every sample) is the same whether the decoders then run
-        batched, in chunks or in a loop. Per-sample draws keep the float temporaries of ``rand`` to
-        one sample; ``rand < keep`` is about twice as fast as ``bernoulli_`` on CPU.
+        Drawn sample by sample, tensor by tensor, and the MC paths draw the samples in order, so
+        the RNG stream (hence every sample) is the same whether the samples then run batched, in
+        chunks or in a loop, and a training forward under a seed equals ``mc_forward(mr, 1)``.
+        ``rand < keep`` is about twice as fast as ``bernoulli_`` on CPU.
         """
         keep = 1.0 - self.dropout
-        per_sample = [[torch.rand(f.shape, device=f.device) < keep for f in features] for _ in range(samples)]
+        per_sample = [[torch.rand(f.shape, device=f.device) < keep for f in points] for _ in range(samples)]
         return [torch.stack(level) for level in zip(*per_sample)]
 
-    def _apply_masks(self, features: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
-        """Inverted dropout (kept features scaled by 1 / keep so eval needs no rescaling).
+    def _apply_masks(self, scaled: list[Tensor], masks: list[Tensor]) -> list[Tensor]:
+        """Inverted dropout on tensors already divided by keep, so eval needs no rescaling.
 
         ``masks`` carry any number of leading sample dimensions in front of (B, C, d, h, w).
         """
-        keep = 1.0 - self.dropout
-        return [torch.where(mask, f / keep, 0.0) for f, mask in zip(features, masks)]
+        return [torch.where(mask, f, 0.0) for f, mask in zip(scaled, masks)]
 
     # --- forward paths -------------------------------------------------------------------------
 
-    def _decode(self, features: list[Tensor], crop: tuple[slice, ...]) -> dict[str, Tensor]:
-        decoded = {task: decoder(features) for task, decoder in self.decoders.items()}
+    def _before_dropout(self, padded: Tensor) -> list[Tensor]:
+        """The tensors dropout acts on: all the network computes before it, shared by the samples."""
+        features = self.encoder(padded)
+        if self.mc_dropout_at == "encoder":
+            return features
+        if self.mc_dropout_at == "last_block":
+            return [decoder.trunk(features) for decoder in self.decoders.values()]
+        return [decoder(features) for decoder in self.decoders.values()]
+
+    def _after_dropout(self, points: list[Tensor], crop: tuple[slice, ...]) -> dict[str, Tensor]:
+        """From the (dropped) tensors of :meth:`_before_dropout` to the outputs: the per-sample part."""
+        if self.mc_dropout_at == "encoder":
+            decoded = {task: decoder(points) for task, decoder in self.decoders.items()}
+        elif self.mc_dropout_at == "last_block":
+            decoded = {task: self.decoders[task].fuse[-1](x) for task, x in zip(self.decoders, points)}
+        else:
+            decoded = dict(zip(self.decoders, points))
         # The 1×1×1 heads run in float32 outside autocast: a bf16 sCT would be rounded to steps of
         # ≈8 HU at 1000-2000 HU, and a bf16 s(x) to steps of ≈3 % in σ, before any .float().
-        with torch.autocast(device_type=features[0].device.type, enabled=False):
+        with torch.autocast(device_type=points[0].device.type, enabled=False):
             return {key: head(decoded[self._head_source[key]].float())[crop] for key, head in self.heads.items()}
 
     def forward(self, mr: Tensor) -> dict[str, Tensor]:
@@ -281,29 +312,32 @@ class MultiTaskUNet(nn.Module):
             Dropout is applied only in training mode, so ``eval()`` is deterministic.
         """
         padded, crop = self._pad(mr)
-        features = self.encoder(padded)
+        points = self._before_dropout(padded)
         if self.training and self.dropout > 0:
-            features = self._apply_masks(features, [m[0] for m in self._draw_masks(features, 1)])
-        return self._decode(features, crop)
+            keep = 1.0 - self.dropout
+            masks = [m[0] for m in self._draw_masks(points, 1)]
+            points = self._apply_masks([p / keep for p in points], masks)
+        return self._after_dropout(points, crop)
 
     def mc_forward(
         self, mr: Tensor, samples: int, batched: bool = True, decoder_batch: int | None = None
     ) -> dict[str, Tensor]:
         """Monte-Carlo dropout samples; dropout is on whatever the train/eval mode is.
 
-        The encoder runs once and all T masks are drawn up front. With ``batched=True`` the
-        decoders run as one call over T·B items (or over chunks of at most ``decoder_batch``
-        items, to bound memory); with ``batched=False`` they run T times — the reference path,
-        giving the same samples under the same seed. Other layers follow the module's mode: after
-        ``eval()`` norm layers use running statistics. With batch norm in training mode a batched
-        call normalises over all its items and therefore differs from the loop.
+        All the network computes before the dropout (``mc_dropout_at``) runs once; the masks are
+        drawn and the rest runs per chunk of samples. With ``batched=False`` the chunks are single
+        samples — the reference path, giving the same samples under the same seed. Other layers
+        follow the module's mode: after ``eval()`` norm layers use running statistics. With batch
+        norm in training mode a chunk normalises over all its items, so chunkings differ.
 
         Args:
             mr: (B, in_channels, D, H, W), any spatial size.
             samples: T >= 1.
-            batched: run the T decoder passes as one batch.
-            decoder_batch: at most this many items (whole samples of B, at least one sample)
-                per decoder call; None = all T·B at once.
+            batched: run several samples per call (``decoder_batch``); False runs one at a time.
+            decoder_batch: at most this many items (whole samples of B, at least one sample) per
+                call of the per-sample part. None chooses by device: all T·B at once on a GPU, one
+                sample at a time on a CPU, where large batches only cost allocation and cache
+                misses (measured in docs/mc_dropout.md).
 
         Returns:
             The keys of :meth:`forward`, each of shape (T, B, C, D, H, W).
@@ -313,25 +347,26 @@ class MultiTaskUNet(nn.Module):
         if decoder_batch is not None and decoder_batch < 1:
             raise ValueError(f"decoder_batch: must be >= 1 or None, got {decoder_batch}")
         padded, crop = self._pad(mr)
-        features = self.encoder(padded)
+        points = self._before_dropout(padded)
         batch_size = mr.shape[0]
-        masks = self._draw_masks(features, samples) if self.dropout > 0 else []
+        keep = 1.0 - self.dropout
+        scaled = [p / keep for p in points] if self.dropout > 0 else points
 
-        def decode_samples(first: int, stop: int) -> dict[str, Tensor]:
+        def run_samples(count: int) -> dict[str, Tensor]:
             if self.dropout > 0:
-                dropped = self._apply_masks(features, [m[first:stop] for m in masks])
+                dropped = self._apply_masks(scaled, self._draw_masks(points, count))
             else:
-                dropped = [f.expand(stop - first, *f.shape) for f in features]
-            outputs = self._decode([d.flatten(0, 1) for d in dropped], crop)
-            return {key: value.unflatten(0, (stop - first, batch_size)) for key, value in outputs.items()}
+                dropped = [p.expand(count, *p.shape) for p in points]
+            outputs = self._after_dropout([d.flatten(0, 1) for d in dropped], crop)
+            return {key: value.unflatten(0, (count, batch_size)) for key, value in outputs.items()}
 
         if not batched:
             step = 1
-        elif decoder_batch is None:
-            step = samples
-        else:
+        elif decoder_batch is not None:
             step = max(1, decoder_batch // batch_size)
-        chunks = [decode_samples(first, min(first + step, samples)) for first in range(0, samples, step)]
+        else:
+            step = 1 if mr.device.type == "cpu" else samples
+        chunks = [run_samples(min(step, samples - first)) for first in range(0, samples, step)]
         if len(chunks) == 1:
             return chunks[0]
         return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}

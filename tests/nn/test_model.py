@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from radmtl.config import ModelConfig, config_from_dict
+from radmtl.config import MC_DROPOUT_PLACES, ConfigError, ModelConfig, config_from_dict, load_config, to_dict
 from radmtl.nn.losses import MultiTaskLoss, masked_mean, parameter_groups
 from radmtl.nn.model import MultiTaskUNet, build_model
 
@@ -53,8 +53,9 @@ def test_padding_is_cropped_back_exactly():
     assert tuple(model(mr)["seg_logits"].shape) == (1, 3, 13, 16, 10)
 
 
-def test_eval_is_deterministic_and_train_uses_dropout():
-    model = tiny()
+@pytest.mark.parametrize("place", MC_DROPOUT_PLACES)
+def test_eval_is_deterministic_and_train_uses_dropout(place):
+    model = tiny(mc_dropout_at=place)
     mr = torch.randn(1, 1, 16, 16, 8)
     model.eval()
     assert torch.equal(model(mr)["sct"], model(mr)["sct"])
@@ -62,8 +63,9 @@ def test_eval_is_deterministic_and_train_uses_dropout():
     assert not torch.allclose(model(mr)["sct"], model(mr)["sct"])
 
 
-def test_mc_forward_shapes_and_dropout_active_in_eval():
-    model = tiny(seg_log_var=True).eval()
+@pytest.mark.parametrize("place", MC_DROPOUT_PLACES)
+def test_mc_forward_shapes_and_dropout_active_in_eval(place):
+    model = tiny(seg_log_var=True, mc_dropout_at=place).eval()
     samples = model.mc_forward(torch.randn(2, 1, *ODD), samples=4)
     assert {k: tuple(v.shape) for k, v in samples.items()} == {
         "sct": (4, 2, 1, *ODD),
@@ -71,39 +73,119 @@ def test_mc_forward_shapes_and_dropout_active_in_eval():
         "seg_logits": (4, 2, 3, *ODD),
         "seg_log_var": (4, 2, 1, *ODD),
     }
-    assert not torch.allclose(samples["sct"][0], samples["sct"][1])
+    for key, value in samples.items():
+        assert not torch.allclose(value[0], value[1]), key
     with pytest.raises(ValueError, match="samples"):
         model.mc_forward(torch.randn(1, 1, 8, 8, 8), samples=0)
     with pytest.raises(ValueError, match="decoder_batch"):
         model.mc_forward(torch.randn(1, 1, 8, 8, 8), samples=2, decoder_batch=0)
 
 
+@pytest.mark.parametrize("place", MC_DROPOUT_PLACES)
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_batched_mc_matches_naive_loop_under_same_seed(mode):
-    model = tiny(seg_log_var=True)
+def test_batched_mc_matches_naive_loop_under_same_seed(mode, place):
+    model = tiny(seg_log_var=True, mc_dropout_at=place)
     getattr(model, mode)()
     mr = torch.randn(2, 1, 12, 20, 9)
     torch.manual_seed(123)
-    batched = model.mc_forward(mr, samples=3)
+    batched = model.mc_forward(mr, samples=3, decoder_batch=6)  # one call of T·B items
     torch.manual_seed(123)
     naive = model.mc_forward(mr, samples=3, batched=False)
     torch.manual_seed(123)
     chunked = model.mc_forward(mr, samples=3, decoder_batch=4)  # chunks of 2 + 1 samples
+    torch.manual_seed(123)
+    by_device = model.mc_forward(mr, samples=3)  # CPU: one sample per call
     for key in batched:
         torch.testing.assert_close(batched[key], naive[key], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(chunked[key], naive[key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(by_device[key], naive[key], rtol=1e-5, atol=1e-6)
     torch.manual_seed(124)
     other = model.mc_forward(mr, samples=3)
     assert not torch.allclose(other["sct"], batched["sct"])
 
 
-def test_encoder_runs_once_per_mc_call():
-    model = tiny().eval()
-    calls = []
-    model.encoder.register_forward_hook(lambda *_: calls.append(1))
-    model.mc_forward(torch.randn(1, 1, 8, 8, 8), samples=5)
+@pytest.mark.parametrize(
+    ("place", "decoder_calls", "last_block_calls"), [("encoder", 5, 5), ("last_block", 1, 5), ("heads", 1, 1)]
+)
+def test_mc_forward_shares_everything_before_the_dropout(place, decoder_calls, last_block_calls):
+    model = tiny(mc_dropout_at=place).eval()
+    calls = {"encoder": 0, "decoder": 0, "last_block": 0}
+
+    def count(name):
+        return lambda *_: calls.__setitem__(name, calls[name] + 1)
+
+    model.encoder.register_forward_hook(count("encoder"))
+    model.decoders["sct"].upsample[0].register_forward_hook(count("decoder"))  # the decoder's first layer
+    model.decoders["sct"].fuse[-1].register_forward_hook(count("last_block"))
     model.mc_forward(torch.randn(1, 1, 8, 8, 8), samples=5, batched=False)
-    assert len(calls) == 2
+    assert calls == {"encoder": 1, "decoder": decoder_calls, "last_block": last_block_calls}
+
+
+@pytest.mark.parametrize("place", MC_DROPOUT_PLACES)
+def test_training_forward_draws_the_masks_of_one_mc_sample(place):
+    # forward (training) and mc_forward put dropout at the same place with the same draws.
+    model = tiny(seg_log_var=True, mc_dropout_at=place).train()
+    mr = torch.randn(2, 1, 12, 20, 9)
+    torch.manual_seed(7)
+    trained = model(mr)
+    torch.manual_seed(7)
+    sampled = model.mc_forward(mr, samples=1)
+    for key, value in trained.items():
+        torch.testing.assert_close(sampled[key][0], value, rtol=1e-5, atol=1e-6)
+
+
+def test_heads_samples_equal_heads_on_masked_decoder_outputs():
+    # Reference written out by hand: decoders once, then each sample's heads on its dropped features.
+    model = tiny(seg_log_var=True, mc_dropout_at="heads").eval()
+    mr = torch.randn(2, 1, 8, 12, 8)
+    keep = 1.0 - model.dropout
+    with torch.no_grad():
+        features = model.encoder(mr)
+        decoded = {task: decoder(features) for task, decoder in model.decoders.items()}
+        torch.manual_seed(5)
+        draws = [[torch.rand(decoded[task].shape) < keep for task in ("sct", "seg")] for _ in range(3)]
+        torch.manual_seed(5)
+        samples = model.mc_forward(mr, samples=3)
+    for t, masks in enumerate(draws):
+        dropped = {task: decoded[task] * mask / keep for task, mask in zip(("sct", "seg"), masks)}
+        for key, head in model.heads.items():
+            expected = head(dropped[model._head_source[key]])
+            torch.testing.assert_close(samples[key][t], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_saved_config_without_the_key_rebuilds_the_encoder_placement(tmp_path):
+    # A checkpoint written before model.mc_dropout_at existed carries no such key; its network had
+    # dropout on the encoder features and must come back so, whatever the default is today.
+    from radmtl.nn.checkpoint import make_payload, model_from_checkpoint, save_checkpoint
+
+    cfg = load_config(None, ["model.channels=[4, 8]", "model.strides=[2]", "model.mc_dropout_at=encoder"])
+    old_style = to_dict(cfg)
+    del old_style["model"]["mc_dropout_at"]
+    assert config_from_dict(old_style).model == cfg.model
+    torch.manual_seed(0)
+    trained = build_model(cfg.model)
+    payload = make_payload(cfg=cfg, label_names={"background": 0}, model=trained, with_rng=False)
+    payload["config"] = old_style
+    save_checkpoint(tmp_path / "old.pt", payload)
+    loaded = model_from_checkpoint(tmp_path / "old.pt")
+    assert loaded.model.mc_dropout_at == "encoder"
+    mr = torch.randn(1, 1, 8, 8, 8)
+    trained.eval()
+    for seed in (1, 2):  # same samples as the network it was saved from, under the same seed
+        torch.manual_seed(seed)
+        expected = trained.mc_forward(mr, samples=2)
+        torch.manual_seed(seed)
+        got = loaded.model.mc_forward(mr, samples=2)
+        torch.testing.assert_close(got["sct"], expected["sct"])
+    # a YAML file that leaves the key out gets today's default, not the legacy placement
+    assert load_config(None).model.mc_dropout_at == ModelConfig().mc_dropout_at
+
+
+def test_mc_dropout_at_is_validated():
+    with pytest.raises(ConfigError, match=r"model.mc_dropout_at: must be one of \['encoder', 'last_block', 'heads'\]"):
+        load_config(None, ["model.mc_dropout_at=decoder"])
+    with pytest.raises(ConfigError, match="model.mc_dropout_at"):
+        config_from_dict({"model": {"mc_dropout_at": "tail"}})
 
 
 @pytest.mark.parametrize("norm", ["instance", "batch", "group"])
@@ -136,6 +218,7 @@ def test_no_residual_units_and_group_norm_build():
         ({"tasks": ("sct", "dose")}, "tasks"),
         ({"tasks": ("seg",), "sct_log_var": True}, "sct_log_var"),
         ({"num_classes": 1}, "num_classes"),
+        ({"mc_dropout_at": "tail"}, "mc_dropout_at"),
     ],
 )
 def test_constructor_arguments_are_validated(changes, argument):
