@@ -3,11 +3,9 @@
     .venv/bin/python scripts/bench.py                          # full sizes → docs/benchmarks.md (minutes)
     .venv/bin/python scripts/bench.py --quick --out /tmp/b.md  # tiny sizes, a smoke test
 
-Sections: (1) ``radmtl infer`` end to end vs MONAI's bare sliding window, with stage times;
-(2) MC dropout vs T plain forward passes; (3) one multi-task network vs two single-task ones;
-(4) the real training step vs a bare loop; (5) peak RSS of ``radmtl infer`` on a large MR;
-(6) the same on CUDA with bf16 AMP where a GPU is present. Every figure in the markdown is measured
-by this run; each section prints its numbers as it finishes. Nothing is asserted.
+Sections 1-5 are the ``*_section`` functions (their docstrings say what each compares); 6 repeats them
+on CUDA with bf16 AMP where a GPU is present. Every figure written is measured by this run, and each
+section prints its numbers as it finishes. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -31,14 +29,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SCRIPTS = Path(__file__).resolve().parent
-ROOT = SCRIPTS.parent
-
 from radmtl.config import load_config
 from radmtl.nn.losses import MultiTaskLoss, parameter_groups
 from radmtl.nn.model import build_model
 from radmtl.training.step import forward_losses, optimise
 
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 
 
@@ -46,17 +42,15 @@ DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 class Sizes:
     """What one run measures; ``overrides`` shrink the default model for ``--quick`` only."""
 
-    infer_shape: tuple[int, int, int]
-    infer_spacing: tuple[float, float, float]
-    memory_shape: tuple[int, int, int]
-    memory_spacing: tuple[float, float, float]
+    infer_mr: tuple[tuple[int, int, int], tuple[float, float, float]]  # MR shape, spacing (mm)
+    memory_mr: tuple[tuple[int, int, int], tuple[float, float, float]]
     mc_samples: int
     repeats: int
     overrides: tuple[str, ...] = ()
 
 
-FULL = Sizes((400, 400, 120), (1.0, 1.0, 2.5), (512, 512, 200), (0.8, 0.8, 2.5), mc_samples=20, repeats=3)
-QUICK = Sizes((40, 40, 24), (2.0, 2.0, 2.5), (48, 48, 24), (2.0, 2.0, 2.5), mc_samples=3, repeats=1,
+FULL = Sizes(((400, 400, 120), (1.0, 1.0, 2.5)), ((512, 512, 200), (0.8, 0.8, 2.5)), mc_samples=20, repeats=3)
+QUICK = Sizes(((40, 40, 24), (2.0, 2.0, 2.5)), ((48, 48, 24), (2.0, 2.0, 2.5)), mc_samples=3, repeats=1,
               overrides=("model.channels=[4,8]", "model.strides=[2]", "data.patch_size=[16,16,16]",
                          "data.spacing=[3.0,3.0,3.0]"))
 
@@ -76,45 +70,40 @@ class Section:
 
     def figure(self, measure: str, unit: str, value: float) -> None:
         self.figures.append((measure, unit, value))
-        print(f"  {measure}: {_num(value)} {unit}", flush=True)
+        print(f"  {measure}: {_num(value)} {unit}".rstrip(), flush=True)
+
+    def stages(self, stages: dict[str, float]) -> None:
+        for stage, seconds in stages.items():
+            if seconds > 0:  # provenance.json rounds to ms: a wait that overlapped entirely reads 0, no cost
+                self.figure(f"radmtl infer stage: {stage.removesuffix('_s')}", "s", seconds)
 
     def markdown(self) -> str:
         lines = [f"## {self.title}", "", self.text, ""]
         if self.rows:
-            lines += ["| measure | unit | A | B | A / B |", "| --- | --- | ---: | ---: | ---: |"]
-            lines += [f"| {m} | {u} | {_num(a)} | {_num(b)} | {a / b:.3f} |" for m, u, a, b in self.rows]
-            lines.append("")
+            lines += ["| measure | unit | A | B | A / B |", "| --- | --- | ---: | ---: | ---: |", *(
+                f"| {m} | {u} | {_num(a)} | {_num(b)} | {a / b:.3f} |" for m, u, a, b in self.rows), ""]
         if self.figures:
-            lines += ["| measure | unit | value |", "| --- | --- | ---: |"]
-            lines += [f"| {m} | {u} | {_num(v)} |" for m, u, v in self.figures]
-            lines.append("")
+            lines += ["| measure | unit | value |", "| --- | --- | ---: |",
+                      *(f"| {m} | {u} | {_num(v)} |" for m, u, v in self.figures), ""]
         return "\n".join(lines)
 
 
 def _num(value: float) -> str:
-    """Four significant digits: enough that A / B recomputed from the printed A and B agrees to ~0.1 %."""
-    return f"{value:.4g}" if abs(value) < 1e6 else f"{value:.0f}"
-
-
-# --- timing ------------------------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    """At least four significant digits: A / B recomputed from the printed A and B agrees to ~0.1 %."""
+    return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
 def timed(fns: dict[str, object], device: torch.device, repeats: int) -> dict[str, float]:
-    """Median seconds per function over ``repeats`` rounds, after one warm-up round (allocator,
-    kernel selection). Each round calls every function once, back to back, so a burst of load on a
-    shared machine hits the things compared alike instead of whichever happened to run during it."""
+    """Median seconds per function over ``repeats`` rounds after a warm-up round. Each round calls every
+    function once, back to back, so a burst of load on a shared machine hits the things compared alike."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(repeats + 1):
         for name, fn in fns.items():
-            _sync(device)
+            sync()
             start = time.perf_counter()
             fn()
-            _sync(device)
+            sync()
             if round_:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
@@ -124,33 +113,34 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
 
-# --- sections 1 and 2: the sibling benchmarks -------------------------------------------------
-
-
-def infer_section(sizes: Sizes, device: torch.device) -> Section:
+def infer_section(sizes: Sizes, device: torch.device, amp_dtype, folder: Path) -> Section:
+    """[1] radmtl infer end to end vs MONAI's bare sliding window, with stage times."""
     from bench_infer import measure_infer_ratio
 
-    shape, spacing = sizes.infer_shape, sizes.infer_spacing
-    print(f"[1] radmtl infer vs bare sliding window, MR {shape} at {spacing} mm, T = 1, {device}", flush=True)
-    result = measure_infer_ratio(shape, spacing, mc_samples=1, device=str(device), overrides=sizes.overrides)
+    shape, spacing = sizes.infer_mr
+    result = measure_infer_ratio(shape, spacing, mc_samples=1, device=device.type, overrides=sizes.overrides,
+                                 repeats=sizes.repeats)
     section = Section(
         "1. `radmtl infer` end to end vs MONAI's bare sliding window",
-        f"MR {_dims(shape)} voxels at {_dims(spacing)} mm, T = 1, `configs/default.yaml` model (random "
-        "weights). A: `radmtl infer` (read, preprocess, predict, resample, write). B: MONAI's "
-        "`sliding_window_inference` of the same model on the same preprocessed tensor.")
-    section.compare("wall time: radmtl infer (A) vs bare sliding window (B)", "s",
-                    result["infer_s"], result["sliding_window_s"])
-    for stage, seconds in result["stages_s"].items():
-        section.figure(f"radmtl infer stage: {stage}", "s", seconds)
+        f"MR {_dims(shape)} voxels at {_dims(spacing)} mm (network grid {_dims(result['network_grid'])} at "
+        f"the model's spacing), T = 1, `configs/default.yaml` model with random weights "
+        "(`scripts/bench_infer.py`). A: `radmtl infer` end to end (read, preprocess, predict, resample, write, "
+        "publish). B: MONAI's `sliding_window_inference` of the same model on the same preprocessed tensor "
+        "(same window, overlap, batch and Gaussian mode). A and B alternate in one process; the stage times "
+        "are those of the median run of A, from its `provenance.json`.")
+    section.compare("wall time: radmtl infer (A) vs bare sliding window (B)", "s", result["infer_s"],
+                    result["sliding_window_s"])
+    section.figure("paired ratio A / B, median over rounds", "ratio", result["ratio"])
+    section.stages(result["stages_s"])
     return section
 
 
-def mc_section(sizes: Sizes, device: torch.device, overrides: tuple[str, ...]) -> Section:
+def mc_section(sizes: Sizes, device: torch.device, amp_dtype, folder: Path) -> Section:
+    """[2] MC dropout with T samples vs T plain forward passes on one window."""
     from bench_mc import measure_mc_ratio
 
     t = sizes.mc_samples
-    print(f"[2] MC dropout T = {t} vs {t} plain forward passes, one window, {device}", flush=True)
-    result = measure_mc_ratio(samples=t, device=str(device), overrides=overrides, repeats=sizes.repeats)
+    result = measure_mc_ratio(samples=t, device=device.type, overrides=sizes.overrides, repeats=sizes.repeats)
     section = Section(
         f"2. MC dropout T = {t} vs {t} plain forward passes",
         f"One {_dims(result['window'])} window, default model (random weights). A: `mc_forward` with T = {t} "
@@ -158,18 +148,11 @@ def mc_section(sizes: Sizes, device: torch.device, overrides: tuple[str, ...]) -
         f"(`model.mc_dropout_at`; the configured one is `{result['placement']}`). B: {t} plain eval-mode "
         "forward passes. Each round times B and every A back to back, so the paired ratio (median over "
         "the rounds) is less exposed to a busy machine than the ratio of the medians.")
-    section.compare(f"wall time: MC dropout T = {t}, `{result['placement']}` (A) vs {t} forward passes (B)",
-                    "s", result["mc_s"], result["full_passes_s"])
-    for name, placement in result["placements"].items():
-        if name != result["placement"]:
-            section.compare(f"wall time: MC dropout T = {t}, `{name}` (A) vs {t} forward passes (B)", "s",
-                            placement["mc_s"], result["full_passes_s"])
-    for name, placement in result["placements"].items():
-        section.figure(f"paired ratio A / B, median over rounds: `{name}`", "", placement["ratio"])
+    for name, placement in result["placements"].items():  # the configured placement first
+        section.compare(f"wall time: MC dropout T = {t}, `{name}` (A) vs {t} forward passes (B)", "s",
+                        placement["mc_s"], result["full_passes_s"])
+        section.figure(f"paired ratio A / B, median over rounds: `{name}`", "ratio", placement["ratio"])
     return section
-
-
-# --- section 3 and 4: networks and training steps ---------------------------------------------
 
 
 def _configs(overrides: tuple[str, ...]) -> dict[str, object]:
@@ -188,65 +171,51 @@ def synthetic_batch(cfg, batch_size: int, device: torch.device) -> dict[str, tor
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def real_step(cfg, batch, device, amp_dtype, per_task: bool = True):
-    """One step as ``radmtl train`` takes it: MultiTaskLoss, AdamW groups, per-task gradient passes.
-
-    ``per_task=False`` keeps the real loss and optimiser but back-propagates the total once, so the
-    difference from the real step is the cost of the per-task passes alone.
-    """
+def make_step(cfg, batch, device, amp_dtype, mode: str = "real"):
+    """A fresh model and one optimiser step on ``batch``: (model, step). ``real``: as ``radmtl train``
+    takes it (MultiTaskLoss, AdamW parameter groups, ``optimise``'s per-task passes and clipping).
+    ``one_backward``: the same loss and optimiser, the total back-propagated once, so real minus this is
+    the per-task passes alone. ``bare``: plain MSE + CE, one backward, one AdamW over all parameters."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device).train()
     loss_fn = MultiTaskLoss(cfg.loss).to(device)
-    groups = parameter_groups(model, loss_fn, cfg.train.weight_decay, cfg.train.log_var_lr)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr)
+    params = (model.parameters() if mode == "bare" else
+              parameter_groups(model, loss_fn, cfg.train.weight_decay, cfg.train.log_var_lr))
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     def step() -> None:
-        terms, total, _ = forward_losses(model, loss_fn, batch, amp_dtype)
-        if per_task:
-            optimise(terms, model, loss_fn, optimizer, scaler, cfg.train)
+        if mode == "real":
+            optimise(forward_losses(model, loss_fn, batch, amp_dtype)[0], model, loss_fn, optimizer, scaler,
+                     cfg.train)
             return
         optimizer.zero_grad(set_to_none=True)
+        if mode == "bare":
+            with _autocast(device, amp_dtype):
+                out = model(batch["mr"])
+            total = F.mse_loss(out["sct"].float(), batch["ct"]) + F.cross_entropy(out["seg_logits"].float(),
+                                                                                 batch["labels"][:, 0])
+        else:
+            total = forward_losses(model, loss_fn, batch, amp_dtype)[1]
         total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        if mode != "bare":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         optimizer.step()
 
     return model, step
 
 
-def bare_step(cfg, batch, device, amp_dtype):
-    """The textbook loop: plain MSE + CE, one backward, one AdamW over all parameters."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, amp_dtype):
-            outputs = model(batch["mr"])
-        loss = F.mse_loss(outputs["sct"].float(), batch["ct"]) + F.cross_entropy(
-            outputs["seg_logits"].float(), batch["labels"][:, 0])
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def multitask_section(sizes: Sizes, device, amp_dtype, overrides) -> Section:
-    print(f"[3] multi-task vs two single-task networks, {device}", flush=True)
-    cfgs = _configs(overrides)
+def multitask_section(sizes: Sizes, device: torch.device, amp_dtype, folder: Path) -> Section:
+    """[3] One multi-task network vs two single-task ones: parameters, forward, training step."""
+    cfgs = _configs(sizes.overrides)
     cfg = cfgs["multi-task"]
-    window = synthetic_batch(cfg, 1, device)["mr"]
-    batch = synthetic_batch(cfg, cfg.train.batch_size, device)
-    models, steps = {}, {}
-    for name, task_cfg in cfgs.items():
-        models[name], steps[name] = real_step(task_cfg, batch, device, amp_dtype)
+    window, batch = synthetic_batch(cfg, 1, device)["mr"], synthetic_batch(cfg, cfg.train.batch_size, device)
+    built = {name: make_step(task_cfg, batch, device, amp_dtype) for name, task_cfg in cfgs.items()}
+    models, steps = {k: v[0] for k, v in built.items()}, {k: v[1] for k, v in built.items()}
     params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
     step = timed(steps, device, sizes.repeats)
-    for model in models.values():
-        model.eval()
     with torch.inference_mode(), _autocast(device, amp_dtype):
-        forward = timed({name: (lambda m=model: m(window)) for name, model in models.items()}, device,
+        forward = timed({name: (lambda m=model.eval(): m(window)) for name, model in models.items()}, device,
                         sizes.repeats)
     section = Section(
         "3. One multi-task network vs two single-task networks",
@@ -254,28 +223,24 @@ def multitask_section(sizes: Sizes, device, amp_dtype, overrides) -> Section:
         f"networks (`loss.tasks=[sct]` and `[seg]`, the same channels). Forward: one {_dims(cfg.data.patch_size)} "
         f"window, eval mode. Training step: the real step (`forward_losses` + `optimise`), batch "
         f"{cfg.train.batch_size}.")
-    pair = lambda d: d["sct only"] + d["seg only"]  # noqa: E731
-    section.compare("parameters: multi-task (A) vs sCT-only + seg-only (B)", "count", params["multi-task"],
-                    pair(params))
-    section.compare("forward per window: multi-task (A) vs sCT-only + seg-only (B)", "ms",
-                    1e3 * forward["multi-task"], 1e3 * pair(forward))
-    section.compare("training step: multi-task (A) vs sCT-only + seg-only (B)", "ms", 1e3 * step["multi-task"],
-                    1e3 * pair(step))
+    measures = (("parameters", "count", params, 1), ("forward per window", "ms", forward, 1e3),
+                ("training step", "ms", step, 1e3))
+    for what, unit, values, scale in measures:
+        section.compare(f"{what}: multi-task (A) vs sCT-only + seg-only (B)", unit, scale * values["multi-task"],
+                        scale * (values["sct only"] + values["seg only"]))
     for name in ("sct only", "seg only"):
-        section.figure(f"{name}: parameters", "count", params[name])
-        section.figure(f"{name}: forward per window", "ms", 1e3 * forward[name])
-        section.figure(f"{name}: training step", "ms", 1e3 * step[name])
+        for what, unit, values, scale in measures:
+            section.figure(f"{name}: {what}", unit, scale * values[name])
     return section
 
 
-def training_section(sizes: Sizes, device, amp_dtype, overrides) -> Section:
-    print(f"[4] training patches/s: real step vs bare loop, {device}", flush=True)
-    cfg = _configs(overrides)["multi-task"]
+def training_section(sizes: Sizes, device: torch.device, amp_dtype, folder: Path) -> Section:
+    """[4] Training patches/s: the real step vs one backward vs a bare loop."""
+    cfg = _configs(sizes.overrides)["multi-task"]
     batch = synthetic_batch(cfg, cfg.train.batch_size, device)
-    seconds = timed({"real": real_step(cfg, batch, device, amp_dtype)[1],
-                     "single": real_step(cfg, batch, device, amp_dtype, per_task=False)[1],
-                     "bare": bare_step(cfg, batch, device, amp_dtype)}, device, sizes.repeats)
-    real, single, bare = seconds["real"], seconds["single"], seconds["bare"]
+    modes = ("real", "one_backward", "bare")
+    real, single, bare = timed({mode: make_step(cfg, batch, device, amp_dtype, mode)[1] for mode in modes}, device,
+                               sizes.repeats).values()
     n = cfg.train.batch_size
     section = Section(
         "4. Training throughput: the real step vs a bare loop",
@@ -287,32 +252,6 @@ def training_section(sizes: Sizes, device, amp_dtype, overrides) -> Section:
     section.compare("step time: real step (A) vs real loss with one backward (B)", "ms", 1e3 * real, 1e3 * single)
     section.compare("step time: real loss with one backward (A) vs bare loop (B)", "ms", 1e3 * single, 1e3 * bare)
     return section
-
-
-# --- section 5: peak memory of radmtl infer, in a child process --------------------------------
-
-
-def _write_inputs(folder: Path, sizes: Sizes) -> tuple[Path, Path]:
-    """A synthetic MR (ellipse body, smooth pattern, noise) and a random-weight default checkpoint."""
-    import numpy as np
-
-    from radmtl.data.io import write_volume
-    from radmtl.data.phantom import PHANTOM_LABELS
-    from radmtl.nn.checkpoint import make_payload, save_checkpoint
-
-    shape = sizes.memory_shape
-    x = (np.arange(shape[0], dtype=np.float32) - shape[0] / 2) / (0.42 * shape[0])
-    y = (np.arange(shape[1], dtype=np.float32) - shape[1] / 2) / (0.32 * shape[1])
-    body = x[:, None] ** 2 + y[None, :] ** 2
-    rng = np.random.default_rng(0)
-    mr = np.empty(shape, np.float32)
-    for z in range(shape[2]):  # slice by slice: no float64 temporary of the whole volume
-        mr[:, :, z] = np.where(body < 1, 600 + 200 * np.cos(6 * body + z / 20), 5) + rng.normal(0, 10, shape[:2])
-    mr_path = write_volume(mr, np.diag([*sizes.memory_spacing, 1.0]), folder / "mr.nii", np.float32)
-    cfg = load_config(DEFAULT_CONFIG, list(sizes.overrides))
-    torch.manual_seed(0)
-    payload = make_payload(cfg=cfg, label_names=dict(PHANTOM_LABELS), model=build_model(cfg.model), with_rng=False)
-    return mr_path, save_checkpoint(folder / "model.pt", payload)
 
 
 def _peak_rss_mib() -> float:
@@ -330,17 +269,15 @@ def _child(checkpoint: str, mr: str, out: str, device: str, model_only: bool) ->
     """Child process: ``radmtl infer`` (or only loading the model); its own peaks and stage times as JSON."""
     from radmtl.inference.infer import PROVENANCE, InferOptions, load_model, run_inference
 
-    start = time.perf_counter()
-    stages = {}
+    start, stages = time.perf_counter(), {}
     if model_only:
         load_model(checkpoint, None, device)
+    elif error := run_inference(checkpoint, mr, out, InferOptions(mc_samples=1, device=device))[0].error:
+        raise SystemExit(error)
     else:
-        if error := run_inference(checkpoint, mr, out, InferOptions(mc_samples=1, device=device))[0].error:
-            raise SystemExit(error)
         stages = json.loads(next(Path(out).rglob(PROVENANCE)).read_text())["timings_s"]
-    gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-    print(json.dumps({"wall_s": time.perf_counter() - start, "gpu_peak_mb": gpu, "stages_s": stages,
-                      "peak_rss_mb": _peak_rss_mib()}))
+    print(json.dumps({"wall_s": time.perf_counter() - start, "stages_s": stages, "peak_rss_mb": _peak_rss_mib(),
+                      "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}))
 
 
 def _run_child(args: list[str]) -> dict:
@@ -350,31 +287,30 @@ def _run_child(args: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def memory_section(sizes: Sizes, device: torch.device, folder: Path) -> Section:
-    shape, spacing = sizes.memory_shape, sizes.memory_spacing
-    print(f"[5] peak memory of radmtl infer, MR {shape} at {spacing} mm, T = 1, {device}", flush=True)
-    if not (folder / "model.pt").exists():
-        _write_inputs(folder, sizes)
+def memory_section(sizes: Sizes, device: torch.device, amp_dtype, folder: Path) -> Section:
+    """[5] Peak RSS of radmtl infer on a large MR, in child processes."""
+    from bench_infer import make_inputs
+
+    shape, spacing = sizes.memory_mr
+    if not (folder / "model.pt").exists():  # the CUDA pass reuses the CPU pass's MR and model
+        make_inputs(folder, shape, spacing, sizes.overrides)
     common = [str(folder / "model.pt"), str(folder / "mr.nii"), str(folder / f"out-{device.type}"), device.type]
     infer = _run_child([*common, "infer"])
     loaded = _run_child([*common, "model-only"])
     section = Section(
         "5. Peak memory of `radmtl infer` on a large MR",
-        f"MR {_dims(shape)} voxels at {_dims(spacing)} mm, T = 1, default model, each run in its own child "
-        "process (its VmHWM; see `_peak_rss_mib` for why not `ru_maxrss`). A: `radmtl infer` end to end. B: a child that only imports "
-        "radmtl and loads the model, the floor every run pays.")
+        f"MR {_dims(shape)} voxels at {_dims(spacing)} mm, T = 1, default model, each run in a child process of "
+        "its own; peak RSS is the child's VmHWM (`ru_maxrss` would include this parent's RSS at the fork). "
+        "A: `radmtl infer` end to end. B: a child that only imports radmtl and loads the model, the floor "
+        "every run pays.")
     section.compare("peak RSS: radmtl infer (A) vs loading the model only (B)", "MiB", infer["peak_rss_mb"],
                     loaded["peak_rss_mb"])
     section.figure("MR as float32 (for scale)", "MiB", math.prod(shape) * 4 / 2**20)
     section.figure("radmtl infer wall time in the child", "s", infer["wall_s"])
-    for stage, seconds in infer["stages_s"].items():
-        section.figure(f"radmtl infer stage (provenance.json): {stage}", "s", seconds)
+    section.stages(infer["stages_s"])
     if infer["gpu_peak_mb"] is not None:
         section.figure("radmtl infer peak GPU memory (`max_memory_allocated`)", "MiB", infer["gpu_peak_mb"])
     return section
-
-
-# --- the report ---------------------------------------------------------------------------------
 
 
 def _dims(values) -> str:
@@ -382,10 +318,7 @@ def _dims(values) -> str:
 
 
 def _relative(path: str) -> str:
-    try:
-        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else path
-    except ValueError:
-        return path
+    return os.path.relpath(path) if Path(path).absolute().is_relative_to(Path.cwd()) else path
 
 
 def machine_lines(command: str) -> list[str]:
@@ -393,28 +326,26 @@ def machine_lines(command: str) -> list[str]:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or platform.machine())
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    devices = f"cpu, cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu (no GPU)"
     return ["| | |", "| --- | --- |", f"| CPU | {cpu} |",
-            f"| cores | {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable, torch threads "
-            f"{torch.get_num_threads()}) |",
-            f"| load average at start (1 min) | {os.getloadavg()[0]:.2f} |",
-            f"| GPU | {gpu} |", f"| torch / MONAI | {torch.__version__} / {monai.__version__} |",
-            f"| Python | {platform.python_version()} on {platform.platform()} |",
+            f"| cores | {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable; torch threads "
+            f"{torch.get_num_threads()}) |", f"| devices measured | {devices} |",
+            f"| torch / MONAI / Python | {torch.__version__} / {monai.__version__} / {platform.python_version()} "
+            f"on {platform.platform()} |",
             f"| date (UTC) | {datetime.now(timezone.utc).isoformat(timespec='seconds')} |",
             f"| command | `{command}` |"]
 
 
+SECTIONS = (infer_section, mc_section, multitask_section, training_section, memory_section)
+
+
 def run_all(sizes: Sizes, device: torch.device, amp_dtype, folder: Path) -> list[Section]:
-    overrides = sizes.overrides
-    makers = [lambda: infer_section(sizes, device), lambda: mc_section(sizes, device, overrides),
-              lambda: multitask_section(sizes, device, amp_dtype, overrides),
-              lambda: training_section(sizes, device, amp_dtype, overrides),
-              lambda: memory_section(sizes, device, folder)]
     sections = []
-    for make in makers:
+    for make in SECTIONS:
+        print(f"{make.__doc__.rstrip('.')} ({device})", flush=True)  # progress before the long work
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        section = make()
+        section = make(sizes, device, amp_dtype, folder)
         # Zero where the section ran its network in a child process, which reports its own peak.
         if device.type == "cuda" and (peak := torch.cuda.max_memory_allocated(device)) > 0:
             section.figure("peak GPU memory in this process (`max_memory_allocated`)", "MiB", peak / 2**20)
@@ -429,7 +360,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     # The sibling benchmarks (bench_infer, bench_mc) are modules beside this file, not a package.
-    sys.path.insert(0, str(SCRIPTS))
+    sys.path.insert(0, str(ROOT / "scripts"))
     if args.child:
         checkpoint, mr, out, device, what = args.child
         _child(checkpoint, mr, out, device, model_only=what == "model-only")
@@ -437,27 +368,29 @@ def main() -> None:
     if args.quick and args.out is None:
         parser.error("--quick needs --out: its tiny sizes must not overwrite docs/benchmarks.md")
     out = args.out or ROOT / "docs" / "benchmarks.md"
-    command = shlex.join([_relative(sys.executable), _relative(sys.argv[0]), *sys.argv[1:]])
     sizes = QUICK if args.quick else FULL
-    header = machine_lines(command)  # before the run, so the load average is the machine's own
-    start = time.perf_counter()
+    header = machine_lines(shlex.join([_relative(sys.executable), _relative(sys.argv[0]), *sys.argv[1:]]))
+    load_before, start = os.getloadavg()[0], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="radmtl-bench-") as tmp:
         sections = run_all(sizes, torch.device("cpu"), None, Path(tmp))
         if torch.cuda.is_available():
-            cuda = torch.device("cuda")
-            print(f"CUDA: {torch.cuda.get_device_name(0)}, bf16 autocast", flush=True)
-            for section in run_all(sizes, cuda, torch.bfloat16, Path(tmp)):
-                section.title = f"6. CUDA ({torch.cuda.get_device_name(0)}, bf16 AMP): {section.title}"
+            name = torch.cuda.get_device_name(0)
+            for section in run_all(sizes, torch.device("cuda"), torch.bfloat16, Path(tmp)):
+                section.title = f"6. CUDA ({name}, bf16 AMP): {section.title}"
                 sections.append(section)
         else:
             sections.append(Section("6. CUDA", "No GPU was available on the machine that ran it "
                                     "(`torch.cuda.is_available()` was False), so there are no CUDA figures."))
     total = time.perf_counter() - start
-    text = "\n".join(["# radmtl benchmarks", "",
-                      f"Written by `scripts/bench.py`{' (--quick: tiny sizes, not representative)' if args.quick else ''}"
-                      f" in {total:.0f} s. Every figure below was measured in that run; A / B is computed from "
-                      "the unrounded times. Times are medians over rounds after one warm-up round; each round runs the things compared back to back.", "",
-                      *header, "", *(s.markdown() for s in sections)])
+    # Other work on the machine slows both sides of a ratio but rarely alike: say how busy it was.
+    header.insert(-1, f"| load average (1 min) at start / end | {load_before:.2f} / {os.getloadavg()[0]:.2f} |")
+    quick = " (`--quick`: tiny sizes, a smoke test, not representative)" if args.quick else ""
+    text = "\n".join([
+        "# radmtl benchmarks", "",
+        f"Written by `scripts/bench.py`{quick} in {total:.0f} s; every figure below was measured in that run. "
+        "Times are medians over rounds after one warm-up round, each round running the things compared back "
+        "to back; A / B is computed from the unrounded figures.", "",
+        *header, "", *(section.markdown() for section in sections)])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"wrote {out} ({total:.0f} s)")
