@@ -1,31 +1,48 @@
-"""Wall time and peak RSS of ``radmtl infer`` on one large synthetic MR (not part of the tests).
+"""``radmtl infer`` end to end against MONAI's bare sliding window of the same model (not part of the tests).
 
-    .venv/bin/python scripts/bench_infer.py [--shape 512 512 200] [--spacing 0.8 0.8 2.5] [--t 1 4]
+    .venv/bin/python scripts/bench_infer.py [--shape 400 400 120] [--spacing 1 1 2.5] [--repeats 3]
+                                            [--output-format auto] [--device cpu]
 
-Each T runs in its own child process so its peak RSS (``ru_maxrss``) is its own.
+On one synthetic MR (an elliptical body with a smooth pattern and noise, written as ``.nii``) and the
+``configs/default.yaml`` model with random weights (``build_model``, saved with ``make_payload`` /
+``save_checkpoint``), T = 1, each repeat times, in this one process and back to back:
+
+- A: ``run_inference`` end to end (read, preprocess, predict, resample, write, publish), and
+- B: ``monai.inferers.sliding_window_inference`` of the same network on the same preprocessed tensor,
+  with the same roi, overlap, sw_batch_size and Gaussian mode,
+
+and prints A, B, A / B and the stage times from ``provenance.json``. A shared machine makes single
+timings swing, so the ratio of each pair is reported with its median over the repeats.
+
+Another script imports :func:`measure_infer_ratio` (put this folder on ``sys.path``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
+STAGES = ("read_s", "preprocess_s", "input_wait_s", "predict_s", "resample_s", "write_s", "write_wait_s", "total_s")
 
-def _make_inputs(folder: Path, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[Path, Path]:
+
+def make_inputs(folder: Path, shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                overrides: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A synthetic MR ``folder/mr.nii`` and a random-weight checkpoint ``folder/model.pt`` of the default model."""
     import numpy as np
     import torch
 
-    from radmtl.nn.checkpoint import make_payload, save_checkpoint
     from radmtl.config import load_config
     from radmtl.data.io import write_volume
-    from radmtl.nn.model import build_model
     from radmtl.data.phantom import PHANTOM_LABELS
+    from radmtl.nn.checkpoint import make_payload, save_checkpoint
+    from radmtl.nn.model import build_model
 
     # An elliptical "body" with a smooth interior pattern and noise, in float32, built slice by slice.
     x = (np.arange(shape[0], dtype=np.float32) - shape[0] / 2) / (0.42 * shape[0])
@@ -36,57 +53,136 @@ def _make_inputs(folder: Path, shape: tuple[int, int, int], spacing: tuple[float
     for z in range(shape[2]):
         mr[:, :, z] = np.where(r2 < 1, 600 + 200 * np.cos(6 * r2 + z / 20), 5)
         mr[:, :, z] += rng.normal(0, 10, shape[:2]).astype(np.float32)
-    affine = np.diag([*spacing, 1.0])
-    mr_path = write_volume(mr, affine, folder / "mr_large.nii", np.float32)
-    cfg = load_config(None, ["model.channels=[8,16]", "model.strides=[2]", "data.patch_size=[64,64,32]",
-                             "data.spacing=[3.0,3.0,3.0]", "infer.sw_batch_size=4"])
+    mr_path = write_volume(mr, np.diag([*spacing, 1.0]), folder / "mr.nii", np.float32)
+    cfg = load_config(DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None, list(overrides))
     torch.manual_seed(0)
-    ckpt = save_checkpoint(folder / "model.pt", make_payload(cfg=cfg, label_names=dict(PHANTOM_LABELS),
-                                                             model=build_model(cfg.model), with_rng=False))
-    return mr_path, ckpt
+    checkpoint = save_checkpoint(folder / "model.pt", make_payload(
+        cfg=cfg, label_names=dict(PHANTOM_LABELS), model=build_model(cfg.model), with_rng=False))
+    return mr_path, checkpoint
 
 
-def _child(model: str, mr: str, out: str, t: int) -> None:
-    from radmtl.inference.infer import InferOptions, run_inference
+def _bare_sliding_window(checkpoint: Path, mr_path: Path, device: str, mc_samples: int):
+    """A no-argument call running MONAI's sliding window of the checkpoint's network on the preprocessed MR."""
+    import torch
+    from monai.inferers import sliding_window_inference
 
-    t0 = time.perf_counter()
-    results = run_inference(model, mr, out, InferOptions(mc_samples=t, device="cpu"))
-    wall = time.perf_counter() - t0
-    if results[0].error:
-        raise SystemExit(results[0].error)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(json.dumps({"T": t, "wall_s": round(wall, 1), "peak_rss_mb": round(peak_mb),
-                      "outputs": results[0].outputs}))
+    from radmtl.device import resolve_device
+    from radmtl.inference.case_maps import preprocess_mr
+    from radmtl.nn.checkpoint import model_from_checkpoint
+
+    torch_device = resolve_device(device)
+    loaded = model_from_checkpoint(checkpoint, torch_device)
+    cfg = loaded.cfg
+    mr = preprocess_mr(loaded, mr_path).mr.float()
+    model = loaded.model.eval()
+    # The same stitching device rule as predict_volume: the CPU, or the GPU for a grid that fits.
+    from radmtl.inference.predict import CPU_STITCH_VOXELS
+
+    n_voxels = int(torch.tensor(mr.shape[2:]).prod())
+    stitch = torch.device("cpu") if torch_device.type == "cpu" or n_voxels > CPU_STITCH_VOXELS else torch_device
+
+    def predictor(window):
+        return model(window) if mc_samples <= 1 else model.mc_forward(window, mc_samples)
+
+    @torch.no_grad()
+    def run() -> None:
+        out = sliding_window_inference(mr, roi_size=tuple(cfg.data.patch_size), sw_batch_size=cfg.infer.sw_batch_size,
+                                       predictor=predictor, overlap=cfg.infer.overlap, mode="gaussian",
+                                       sw_device=torch_device, device=stitch)
+        for value in (out.values() if isinstance(out, dict) else [out]):
+            value.cpu()
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize(torch_device)
+
+    return run
+
+
+def measure_infer_ratio(
+    shape: tuple[int, int, int] = (400, 400, 120),
+    spacing: tuple[float, float, float] = (1.0, 1.0, 2.5),
+    *,
+    mc_samples: int = 1,
+    device: str = "cpu",
+    overrides: tuple[str, ...] = (),
+    repeats: int = 1,
+    output_format: str = "auto",
+    folder: Path | None = None,
+) -> dict:
+    """Time ``radmtl infer`` end to end (A) and the bare sliding window (B) on one synthetic MR, in this process.
+
+    Args:
+        shape, spacing: the MR grid (voxels, mm).
+        mc_samples: T for radmtl infer (the bare sliding window runs ``mc_forward`` with the same T).
+        device: ``cpu``, ``cuda`` or ``auto``.
+        overrides: config overrides (e.g. a smaller model for a quick run).
+        repeats: timed pairs after one untimed warm-up pair; A and B alternate so both see the same load.
+        output_format: ``--output-format`` of radmtl infer (``auto``: ``.nii`` like the input).
+        folder: where inputs and outputs go (a temporary folder if None).
+
+    Returns:
+        ``infer_s`` and ``sliding_window_s`` (medians), ``ratio`` (median of the per-pair ratios),
+        ``ratios`` (each pair), ``stages_s`` (stage times of the median run, from provenance.json), and
+        the inputs (shape, spacing, mc_samples, device, network grid).
+    """
+    from radmtl.inference.infer import PROVENANCE, InferOptions, run_inference
+
+    with tempfile.TemporaryDirectory(prefix="radmtl-bench-infer-") as tmp:
+        work = Path(folder) if folder is not None else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        mr_path, checkpoint = make_inputs(work, tuple(shape), tuple(spacing), tuple(overrides))
+        bare = _bare_sliding_window(checkpoint, mr_path, device, mc_samples)
+        options = InferOptions(mc_samples=mc_samples, device=device, output_format=output_format)
+        runs = []
+        for index in range(repeats + 1):  # the first pair warms caches and allocators: not counted
+            out = work / f"out{index}"
+            t0 = time.perf_counter()
+            results = run_inference(str(checkpoint), mr_path, out, options)
+            infer_s = time.perf_counter() - t0
+            if results[0].error:
+                raise SystemExit(f"radmtl infer failed: {results[0].error}")
+            t0 = time.perf_counter()
+            bare()
+            window_s = time.perf_counter() - t0
+            provenance = json.loads(next(out.rglob(PROVENANCE)).read_text())
+            if index > 0:
+                runs.append({"infer_s": infer_s, "sliding_window_s": window_s, "ratio": infer_s / window_s,
+                             "stages_s": provenance["timings_s"], "network_grid": provenance["network_grid"]["shape"],
+                             "files": sorted(p.name for p in (out / results[0].case_id).iterdir())})
+    median = sorted(runs, key=lambda r: r["infer_s"])[len(runs) // 2]
+    return {
+        "shape": list(shape), "spacing": list(spacing), "mc_samples": mc_samples, "device": device,
+        "network_grid": median["network_grid"], "files": median["files"],
+        "infer_s": statistics.median(r["infer_s"] for r in runs),
+        "sliding_window_s": statistics.median(r["sliding_window_s"] for r in runs),
+        "ratio": statistics.median(r["ratio"] for r in runs),
+        "ratios": [round(r["ratio"], 3) for r in runs],
+        "stages_s": {k.removesuffix("_s"): median["stages_s"][k] for k in STAGES if k in median["stages_s"]},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 200))
-    parser.add_argument("--spacing", type=float, nargs=3, default=(0.8, 0.8, 2.5))
-    parser.add_argument("--t", type=int, nargs="+", default=(1, 4))
-    parser.add_argument("--child", nargs=4, metavar=("MODEL", "MR", "OUT", "T"), help=argparse.SUPPRESS)
+    parser.add_argument("--shape", type=int, nargs=3, default=(400, 400, 120))
+    parser.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 2.5))
+    parser.add_argument("--t", type=int, default=1, help="MC samples T (default 1)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output-format", default="auto", choices=("auto", "nii.gz", "nii", "mha"))
+    parser.add_argument("--override", action="append", default=[], help="config override, e.g. model.channels=[8,16]")
     args = parser.parse_args()
-    if args.child:
-        model, mr, out, t = args.child
-        _child(model, mr, out, int(t))
-        return
     import torch
 
-    with tempfile.TemporaryDirectory(prefix="radmtl-bench-") as tmp:
-        folder = Path(tmp)
-        t0 = time.perf_counter()
-        mr_path, ckpt = _make_inputs(folder, tuple(args.shape), tuple(args.spacing))
-        print(f"input {list(args.shape)} at {list(args.spacing)} mm written in {time.perf_counter() - t0:.1f} s; "
-              f"CPU threads {torch.get_num_threads()}", flush=True)
-        for t in args.t:
-            done = subprocess.run([sys.executable, __file__, "--child", str(ckpt), str(mr_path),
-                                   str(folder / f"out_T{t}"), str(t)], capture_output=True, text=True)
-            if done.returncode != 0:
-                print(done.stderr[-2000:], file=sys.stderr)
-                raise SystemExit(done.returncode)
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"T={result['T']}: wall {result['wall_s']} s, peak RSS {result['peak_rss_mb']} MB, "
-                  f"{len(result['outputs'])} files", flush=True)
+    sys.path.insert(0, str(REPO))
+    print(f"MR {list(args.shape)} at {list(args.spacing)} mm, T = {args.t}, device {args.device}, "
+          f"torch threads {torch.get_num_threads()}, output format {args.output_format}", flush=True)
+    result = measure_infer_ratio(tuple(args.shape), tuple(args.spacing), mc_samples=args.t, device=args.device,
+                                 overrides=tuple(args.override), repeats=args.repeats,
+                                 output_format=args.output_format)
+    print(f"network grid {result['network_grid']}; files {', '.join(result['files'])}")
+    print(f"radmtl infer end to end (A): {result['infer_s']:.2f} s")
+    print(f"bare sliding window (B):     {result['sliding_window_s']:.2f} s")
+    print(f"A / B: ratio {result['ratio']:.3f} (median of pairs {result['ratios']})")
+    print("stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result["stages_s"].items()))
 
 
 if __name__ == "__main__":

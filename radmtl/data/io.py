@@ -37,6 +37,14 @@ DIRECTION_TOL = 1e-3
 # RAS <-> LPS: ITK/DICOM world coordinates are LPS, nibabel's are RAS.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
+# gzip level of .nii.gz outputs, set here rather than left to nibabel's default (1 today). Measured on
+# 400×400×120 maps of radmtl infer (float32 76.8 MB, uint8 labels 19.2 MB), zlib CPU time and size:
+# sCT level 1: 1.6 s, 69.6 MB; 3: 1.8 s, 69.6 MB; 6: 2.0 s, 69.2 MB; 9: 2.0 s, 69.2 MB. σ: 1.5 s 63.7 MB
+# at 1 against 2.6 s 63.3 MB at 6 or 9. Labels: 0.07 s 1.7 MB at 1, 0.26 s 1.1 MB at 6, 2.6 s 1.0 MB at 9.
+# Float maps hardly compress beyond level 1 (random low mantissa bits), so a higher level costs up to
+# 1.7× the time (40× for labels) for < 1 % of the size; ``--output-format nii`` skips compression.
+NIFTI_GZIP_LEVEL = 1
+
 # ``radmtl infer --output-format``; "auto" writes in the input's own format.
 OUTPUT_FORMATS = ("auto", "nii.gz", "nii", "mha")
 # Single-file formats only: a .mhd/.nhdr header names its data file, which an atomic rename would orphan.
@@ -331,7 +339,11 @@ def write_like(
     _check_writable_dir(path.parent)
     try:
         with atomic_path(path) as tmp:
-            nib.save(img, str(tmp))
+            if suffix == ".nii.gz":
+                with nib.openers.ImageOpener(str(tmp), "wb", compresslevel=NIFTI_GZIP_LEVEL) as stream:
+                    img.to_file_map({"image": nib.fileholders.FileHolder(filename=str(tmp), fileobj=stream)})
+            else:
+                nib.save(img, str(tmp))
     except OSError as err:
         raise VolumeError(f"{path}: cannot write ({err.strerror}); check space and permissions") from err
     log.debug("wrote %s %s %s", path, list(data.shape), dtype.name)
@@ -354,6 +366,8 @@ def _write_itk(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.SetOrigin([float(o) for o in affine_lps[:3, 3]])
     try:
         with atomic_path(path) as tmp:  # the temporary name keeps the suffix: SimpleITK picks the writer by it
+            # SimpleITK's own default level: 1.0 s and 69.1 MB for the sCT map measured above (its level 1
+            # wrote 80.5 MB, more than the raw data).
             sitk.WriteImage(img, str(tmp), useCompression=True)
     except RuntimeError as err:  # SimpleITK reports I/O failures as RuntimeError
         first_line = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
