@@ -22,14 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
-STAGES = ("read_s", "preprocess_s", "input_wait_s", "predict_s", "resample_s", "write_s", "write_wait_s", "total_s")
+
+
+def _default_config() -> Path:
+    """``configs/default.yaml`` beside the radmtl package being measured (an older checkout's own)."""
+    import radmtl
+
+    return Path(radmtl.__file__).resolve().parents[1] / "configs" / "default.yaml"
 
 
 def make_inputs(folder: Path, shape: tuple[int, int, int], spacing: tuple[float, float, float],
@@ -54,7 +57,7 @@ def make_inputs(folder: Path, shape: tuple[int, int, int], spacing: tuple[float,
         mr[:, :, z] = np.where(r2 < 1, 600 + 200 * np.cos(6 * r2 + z / 20), 5)
         mr[:, :, z] += rng.normal(0, 10, shape[:2]).astype(np.float32)
     mr_path = write_volume(mr, np.diag([*spacing, 1.0]), folder / "mr.nii", np.float32)
-    cfg = load_config(DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None, list(overrides))
+    cfg = load_config(_default_config() if _default_config().exists() else None, list(overrides))
     torch.manual_seed(0)
     checkpoint = save_checkpoint(folder / "model.pt", make_payload(
         cfg=cfg, label_names=dict(PHANTOM_LABELS), model=build_model(cfg.model), with_rng=False))
@@ -66,14 +69,16 @@ def _bare_sliding_window(checkpoint: Path, mr_path: Path, device: str, mc_sample
     import torch
     from monai.inferers import sliding_window_inference
 
+    from radmtl.data.transforms import eval_transforms
     from radmtl.device import resolve_device
-    from radmtl.inference.case_maps import preprocess_mr
     from radmtl.nn.checkpoint import model_from_checkpoint
 
     torch_device = resolve_device(device)
     loaded = model_from_checkpoint(checkpoint, torch_device)
     cfg = loaded.cfg
-    mr = preprocess_mr(loaded, mr_path).mr.float()
+    # The training preprocessing that radmtl infer applies (called directly, so this script also
+    # measures older radmtl versions).
+    mr = eval_transforms(cfg.data, ["mr"])({"mr": str(mr_path)})["mr"].as_tensor()[None].float()
     model = loaded.model.eval()
     # The same stitching device rule as predict_volume: the CPU, or the GPU for a grid that fits.
     from radmtl.inference.predict import CPU_STITCH_VOXELS
@@ -156,7 +161,8 @@ def measure_infer_ratio(
         "sliding_window_s": statistics.median(r["sliding_window_s"] for r in runs),
         "ratio": statistics.median(r["ratio"] for r in runs),
         "ratios": [round(r["ratio"], 3) for r in runs],
-        "stages_s": {k.removesuffix("_s"): median["stages_s"][k] for k in STAGES if k in median["stages_s"]},
+        # every stage the run recorded (an older radmtl has fewer, e.g. resample_write_s)
+        "stages_s": {k.removesuffix("_s"): v for k, v in median["stages_s"].items()},
     }
 
 
@@ -172,7 +178,6 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    sys.path.insert(0, str(REPO))
     print(f"MR {list(args.shape)} at {list(args.spacing)} mm, T = {args.t}, device {args.device}, "
           f"torch threads {torch.get_num_threads()}, output format {args.output_format}", flush=True)
     result = measure_infer_ratio(tuple(args.shape), tuple(args.spacing), mc_samples=args.t, device=args.device,

@@ -11,6 +11,9 @@ into the same output removes what a killed one left (:mod:`radmtl.inference.work
 :func:`radmtl.data.volume_rules.mr_problems` rejects (broken affine, NaN, a constant image) is refused
 in one line, and an output folder this run created stays only if a case was written into it. A case id
 may hold folders (``AB/1ABA005`` from a SynthRAD2025 tree): its outputs go to ``OUT/AB/1ABA005/``.
+Around the network everything overlaps (:func:`run_inference`): the next case is read ahead, files are
+written on writer threads (:class:`radmtl.inference.work_dirs.CaseWriter`), a case is published while the
+next one runs, and ``provenance.json`` says where the time went.
 
 A folder of DICOM files is one case: its MR series (``--series`` picks one of several) is read with
 :mod:`radmtl.data.dicom_series` and run like a NIfTI MR; with ``--dicom-out`` (on for DICOM input) the
