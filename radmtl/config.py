@@ -107,7 +107,8 @@ class TrainConfig:
 
     An epoch is ``steps_per_epoch`` optimiser steps on cases drawn with replacement (as nnU-Net
     does), not one pass over the cases, so a small dataset still gets enough steps; 0 means one
-    pass. A step sees ``batch_size`` cases × ``data.patches_per_volume`` crops.
+    pass. A step sees ``batch_size`` cases × ``data.patches_per_volume`` crops per process: under
+    torchrun with N processes a step sees N times that, and ``lr`` is not rescaled.
 
     ``lr``, ``weight_decay`` and the warm-up/cosine schedule apply to the network. The learned
     scalar log-variances of the loss have their own group: ``log_var_lr``, constant, no decay.
