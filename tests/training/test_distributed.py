@@ -19,24 +19,11 @@ import pytest
 import torch
 
 from radmtl.config import load_config
-from radmtl.data.phantom import generate_dataset
 from radmtl.nn.checkpoint import BEST, LATEST, load_checkpoint
 from radmtl.training.schedule import epoch_loader
+from tiny_config import TINY as TRAIN_TINY
 
-TINY = [
-    "data.spacing=[12.0, 12.0, 12.0]",
-    "data.patch_size=[16, 16, 16]",
-    "data.patches_per_volume=2",
-    "model.channels=[4, 8]",
-    "model.strides=[2]",
-    "model.dropout=0.1",
-    "train.steps_per_epoch=2",
-    "train.batch_size=1",
-    "train.val_every=1",
-    "train.log_every=1",
-    "train.lr=0.003",
-    "infer.overlap=0.25",
-]
+TINY = TRAIN_TINY + ["train.batch_size=1"]  # one case per process and step
 
 DRIVER = textwrap.dedent('''
     """Run `radmtl` as torchrun's worker; dump this rank's trained network and log-variances."""
@@ -110,13 +97,6 @@ GRAD_CHECK = textwrap.dedent('''
     shutdown(ctx)
     sys.exit(0 if err < 1e-6 and differ > 1e-4 else 1)
 ''')
-
-
-@pytest.fixture(scope="module")
-def phantom_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("phantom")
-    generate_dataset(root, cases=4, seed=3, shape=(32, 32, 24))
-    return root
 
 
 def _torchrun(script: Path, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -16,32 +16,11 @@ import torch
 from radmtl.nn.checkpoint import BEST, LATEST, load_checkpoint, model_from_checkpoint
 from radmtl.config import load_config
 from radmtl.errors import RadmtlError
-from radmtl.data.phantom import generate_dataset
 from radmtl.tracking.tracker import NullTracker
 from radmtl.training.train import NonFiniteLossError, train
 from radmtl.data.transforms import RandLeftRightFlipd, left_right_label_swaps
+from tiny_config import TINY
 
-TINY = [
-    "data.spacing=[12.0, 12.0, 12.0]",
-    "data.patch_size=[16, 16, 16]",
-    "data.patches_per_volume=2",
-    "model.channels=[4, 8]",
-    "model.strides=[2]",
-    "model.dropout=0.1",
-    "train.epochs=2",
-    "train.steps_per_epoch=2",
-    "train.val_every=1",
-    "train.log_every=1",
-    "train.lr=0.003",
-    "infer.overlap=0.25",
-]
-
-
-@pytest.fixture(scope="module")
-def phantom_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("phantom")
-    generate_dataset(root, cases=4, seed=3, shape=(32, 32, 24))
-    return root
 
 
 def _read_jsonl(path: Path) -> list[dict]:
