@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from radmtl.cli import main
+from radmtl.data.io import write_volume
 from radmtl.data.phantom import generate_case
 from radmtl.inference import infer as infer_module
 from radmtl.inference.inputs import read_ahead
@@ -39,12 +40,8 @@ def mr() -> np.ndarray:
 
 
 def _write(path: Path, array: np.ndarray) -> Path:
-    img = nib.Nifti1Image(np.asarray(array, np.float32), AFFINE)
-    img.set_qform(AFFINE, code=1)
-    img.set_sform(AFFINE, code=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
+    return write_volume(array, AFFINE, path, np.float32)
 
 
 def _infer(model: Path, inp: Path, out: Path, *extra: str) -> int:
