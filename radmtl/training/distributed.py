@@ -163,9 +163,10 @@ def average_gradients(model: nn.Module, log_vars: list[Tensor]) -> None:
 
 def all_finite(value: float, ctx: DistContext, device: torch.device) -> bool:
     """True when ``value`` is finite on every rank, so all ranks stop together on a NaN loss."""
+    if not ctx.enabled:  # one process: no tensor, no device round trip on every step
+        return math.isfinite(value)
     finite = torch.tensor([1.0 if math.isfinite(value) else 0.0], device=device)
-    if ctx.enabled:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     return bool(finite.item() > 0)
 
 
