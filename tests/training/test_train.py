@@ -258,3 +258,27 @@ def test_unusable_out_is_one_line_and_a_failed_start_leaves_nothing(phantom_data
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "new"),
                  "--no-progress"]) == 1
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_training_runs_the_convolutions_in_bf16_when_asked_for_and_native(phantom_data, tmp_path,
+                                                                              monkeypatch, native):
+    from radmtl import device as device_module
+    from radmtl.nn import model as model_module
+
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
+    seen: dict[str, set] = {"encoder": set(), "heads": set()}
+    build = model_module.build_model
+
+    def build_and_watch(model_cfg):
+        net = build(model_cfg)
+        net.encoder.register_forward_hook(lambda m, i, out: seen["encoder"].add(out[0].dtype))
+        for head in net.heads.values():
+            head.register_forward_hook(lambda m, i, out: seen["heads"].add(out.dtype))
+        return net
+
+    monkeypatch.setattr("radmtl.training.train.build_model", build_and_watch)
+    cfg = load_config(None, TINY + ["train.amp=bf16", "train.epochs=1"])
+    train(cfg, phantom_data, tmp_path / "run", progress=False, tracker=NullTracker())
+    assert seen["encoder"] == ({torch.bfloat16} if native else {torch.float32})
+    assert seen["heads"] == {torch.float32}  # the 1×1×1 heads stay outside autocast either way
