@@ -53,7 +53,7 @@ MODES = {
                      "model.strides=[2]", "data.spacing=[12.0,12.0,9.6]", "data.patch_size=[16,16,16]",
                      "train.warmup_epochs=0", "data.cache=false"]),
     "budget": dict(base="quick.yaml", shape=(64, 48, 40), spacing=(6.0, 6.0, 4.8), n_train=19, n_val=5,
-                   n_test=3, mc=8, overrides=[]),
+                   n_test=6, mc=8, overrides=[]),
     "full": dict(base="default.yaml", shape=(96, 96, 64), spacing=(4.0, 3.0, 3.0), n_train=24, n_val=4,
                  n_test=8, mc=20, overrides=["data.spacing=[4.0,3.0,3.0]"]),
 }
@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     data_dir, test_dir = make_data(args.data.resolve() if args.data else out / "data", mode)
 
+    from radmtl.device import cpu_has_native_bf16
     from radmtl.tracking.tracker import start_tracking
 
     experiment = cfgs[names[0]].tracking.experiment + f"-{args.mode}"
@@ -408,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{c0.train.epochs} epochs × {c0.train.steps_per_epoch} steps, lr {c0.train.lr} "
                       f"(log-variances {c0.train.log_var_lr}), grad clip {c0.train.grad_clip} "
                       f"({c0.train.grad_clip_mode}), Dice weight {c0.loss.seg_dice_weight}, "
-                      f"β-NLL {c0.loss.beta_nll}, likelihood {c0.loss.likelihood}; recipe configs/{mode['base']}",
+                      f"β-NLL {c0.loss.beta_nll}, likelihood {c0.loss.likelihood}, train.amp {c0.train.amp} "
+                      f"(CPU with native bf16: {cpu_has_native_bf16()}); recipe configs/{mode['base']}",
             "total_s": time.perf_counter() - t_start,
             "trajectories": trajectories,
         }
