@@ -41,8 +41,8 @@ def amp_dtype_for(
     has a GradScaler) and to full precision otherwise.
 
     CPU: off, except ``bf16`` asked for explicitly with ``cpu_bf16`` (training) on a CPU that
-    computes bf16 natively: there the convolutions run about 1.6× faster (docs/benchmarks.md). A CPU
-    without it would emulate bf16 and run slower than float32, so it trains in float32 with a
+    computes bf16 natively: there a training step of configs/quick.yaml is about 1.6× faster
+    (``scripts/bench_cpu_bf16.py`` prints it for this machine). A CPU without it would emulate bf16 and run slower than float32, so it trains in float32 with a
     warning. ``auto`` stays off on a CPU, and inference on a CPU stays float32, so the σ-scaling fit
     and ``radmtl infer`` compute the same numbers.
     """
