@@ -42,9 +42,10 @@ def amp_dtype_for(
 
     CPU: off, except ``bf16`` asked for explicitly with ``cpu_bf16`` (training) on a CPU that
     computes bf16 natively: there a training step of configs/quick.yaml is about 1.6× faster
-    (``scripts/bench_cpu_bf16.py`` prints it for this machine). A CPU without it would emulate bf16 and run slower than float32, so it trains in float32 with a
-    warning. ``auto`` stays off on a CPU, and inference on a CPU stays float32, so the σ-scaling fit
-    and ``radmtl infer`` compute the same numbers.
+    (``scripts/bench_cpu_bf16.py`` prints it for this machine). A CPU without it would emulate bf16
+    and run slower than float32, so it trains in float32 with a warning. ``auto`` stays off on a
+    CPU, and inference on a CPU stays float32, so the σ-scaling fit and ``radmtl infer`` compute
+    the same numbers.
     """
     if setting == "off":
         return None
