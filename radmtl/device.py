@@ -32,25 +32,23 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def amp_dtype_for(
-    setting: str, device: torch.device, fp16_fallback: bool = True, cpu_bf16: bool = False
-) -> torch.dtype | None:
+def amp_dtype_for(setting: str, device: torch.device, *, training: bool) -> torch.dtype | None:
     """Autocast dtype for ``train.amp``: bf16 where the GPU supports it (no loss scaling needed).
 
-    On a GPU without bf16, ``auto`` falls back to fp16 when ``fp16_fallback`` (training, which
-    has a GradScaler) and to full precision otherwise.
+    ``training`` decides the two cases where training and inference differ. On a GPU without bf16,
+    ``auto`` falls back to fp16 in training, which has a GradScaler, and to full precision in
+    inference.
 
-    CPU: off, except ``bf16`` asked for explicitly with ``cpu_bf16`` (training) on a CPU that
-    computes bf16 natively: there a training step of configs/quick.yaml is about 1.6× faster
-    (``scripts/bench_cpu_bf16.py`` prints it for this machine). A CPU without it would emulate bf16
-    and run slower than float32, so it trains in float32 with a warning. ``auto`` stays off on a
-    CPU, and inference on a CPU stays float32, so the σ-scaling fit and ``radmtl infer`` compute
-    the same numbers.
+    CPU: off, except ``bf16`` asked for explicitly in training on a CPU that computes bf16 natively:
+    there a training step of configs/quick.yaml is about 1.6× faster (``scripts/bench_cpu_bf16.py``
+    prints it for this machine). A CPU without it would emulate bf16 and run slower than float32, so
+    it trains in float32 with a warning. ``auto`` stays off on a CPU, and inference on a CPU stays
+    float32, so the σ-scaling fit and ``radmtl infer`` compute the same numbers.
     """
     if setting == "off":
         return None
     if device.type == "cpu":
-        if setting != "bf16" or not cpu_bf16:
+        if setting != "bf16" or not training:
             return None
         if cpu_has_native_bf16():
             return torch.bfloat16
@@ -63,4 +61,4 @@ def amp_dtype_for(
         return torch.float16
     if setting == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
-    return torch.float16 if fp16_fallback else None
+    return torch.float16 if training else None

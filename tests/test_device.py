@@ -17,13 +17,13 @@ CPU = torch.device("cpu")
 def test_cpu_bf16_only_when_asked_for_in_training_and_native(monkeypatch, caplog, native):
     monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
     with caplog.at_level(logging.WARNING, logger="radmtl.device"):
-        chosen = amp_dtype_for("bf16", CPU, cpu_bf16=True)
+        chosen = amp_dtype_for("bf16", CPU, training=True)
     assert chosen == (torch.bfloat16 if native else None)
     assert ("no native bf16" in caplog.text) == (not native)
-    # auto, fp16 and off keep a CPU in float32, and inference (no cpu_bf16) never autocasts
+    # auto, fp16 and off keep a CPU in float32, and inference (training=False) never autocasts
     for setting in ("auto", "fp16", "off"):
-        assert amp_dtype_for(setting, CPU, cpu_bf16=True) is None
-    assert amp_dtype_for("bf16", CPU, fp16_fallback=False) is None
+        assert amp_dtype_for(setting, CPU, training=True) is None
+    assert amp_dtype_for("bf16", CPU, training=False) is None
 
 
 def test_native_check_reads_torch_cpu_helpers(monkeypatch):

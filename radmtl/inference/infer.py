@@ -123,7 +123,7 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
     overlap = float(options.overlap if options.overlap is not None else cfg.infer.overlap)
     sw_batch_size = int(options.sw_batch_size if options.sw_batch_size is not None else cfg.infer.sw_batch_size)
     device = resolve_device(options.device)
-    amp_dtype = amp_dtype_for(cfg.train.amp, device, fp16_fallback=False)
+    amp_dtype = amp_dtype_for(cfg.train.amp, device, training=False)
     dicom_out = prepared.is_dicom if options.dicom_out is None else options.dicom_out
     suffix = output_suffix(options.output_format, None if prepared.is_dicom else prepared.mr_path)
     file_format = suffix.lstrip(".")

@@ -157,7 +157,7 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
 
     # --- model and optimisation ------------------------------------------------------------
     device = dist_device or resolve_device(device_name)
-    amp_dtype = amp_dtype_for(cfg.train.amp, device, cpu_bf16=True)
+    amp_dtype = amp_dtype_for(cfg.train.amp, device, training=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
     loss_fn = MultiTaskLoss(cfg.loss).to(device)
