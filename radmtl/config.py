@@ -118,7 +118,8 @@ class TrainConfig:
 
     ``grad_clip_mode``: ``per_task`` clips each task's gradient (over the whole network) to
     ``grad_clip`` separately before they are summed, so the task with the larger gradient cannot
-    shrink the other's update through one global clip; ``global`` clips the sum.
+    shrink the other's update through one global clip; ``balanced`` (default) also gives the tasks
+    equal gradient norms on the shared encoder (``training/step.py``); ``global`` clips the sum.
     """
 
     epochs: int = 100
@@ -129,7 +130,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: int = 2
     grad_clip: float = 1.0
-    grad_clip_mode: Literal["per_task", "global"] = "per_task"
+    grad_clip_mode: Literal["balanced", "per_task", "global"] = "balanced"
     # After training, fit the σ-scaling factor on the validation cases (Laves et al. 2020).
     recalibrate: bool = True
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"

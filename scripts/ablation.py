@@ -40,6 +40,7 @@ MODELS = [
     ("mt_fixed", "MT fixed 1:1", ["loss.weighting=fixed"]),
     ("m3_homoscedastic", "M3 homoscedastic", ["loss.weighting=homoscedastic"]),
     ("hetero_homo", "σ(x) sCT + scalar seg (default)", []),
+    ("hetero_homo_per_task", "default, per-task clip, unbalanced", ["train.grad_clip_mode=per_task"]),
     ("hetero_homo_global_clip", "default, one global clip", ["train.grad_clip_mode=global"]),
     ("m4_hetero", "M4 hetero (both)", ["loss.weighting=hetero"]),
 ]
@@ -323,9 +324,10 @@ def write_results(path: Path, results: dict, cfgs: dict, info: dict, figs: list[
     grad_rows = gradient_balance(results)
     if grad_rows:
         lines += ["", "## Gradient balance in the shared encoder: ‖∇ sCT term‖ / ‖∇ segmentation term‖", "",
-                  "'raw': the two tasks' gradients on the encoder before clipping; 'applied': after clipping, "
-                  "what the encoder is updated with (per-task clipping to train.grad_clip; a global clip "
-                  "scales both alike).", ""]
+                  "'raw': the two tasks' gradients on the encoder before clipping; 'applied': what the "
+                  "encoder is updated with (per-task clipping to train.grad_clip; a global clip scales both "
+                  "alike; balanced, the default, then equalises the two encoder norms, so its applied ratio "
+                  "is 1).", ""]
         lines += table(["model", "ratio", "first logged step", "median", "last step"], grad_rows)
     lines += ["", "## Runs and timings", ""]
     lines += table(["model", "MLflow run id", "best epoch", "train (s)", "infer+eval (s)", "total (s)"],

@@ -34,7 +34,8 @@ def test_ablation_models_differ_only_in_the_loss():
     assert {cfgs[n].loss.weighting for n in names} == {"fixed", "homoscedastic", "hetero_homo", "hetero"}
     assert cfgs["m2b_sct_hetero"].loss.tasks == ("sct",) and cfgs["m2b_sct_hetero"].model.sct_log_var
     assert cfgs["hetero_homo_global_clip"].train.grad_clip_mode == "global"
-    assert cfgs["hetero_homo"].train.grad_clip_mode == "per_task"
+    assert cfgs["hetero_homo_per_task"].train.grad_clip_mode == "per_task"
+    assert cfgs["hetero_homo"].train.grad_clip_mode == "balanced"
 
 
 @pytest.mark.slow

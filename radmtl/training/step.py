@@ -8,6 +8,14 @@ without clipping the summed gradients equal those of the total loss. The cost is
 backward pass through the shared encoder per extra task (the decoders are each traversed once,
 since a task's term does not depend on the other task's decoder).
 
+``balanced`` (the default) clips per task and then rescales each task's *encoder* gradient to the
+mean of the tasks' clipped encoder norms, so the shared encoder is updated by both tasks with equal
+magnitude while each decoder, head and learned log-variance keeps its own gradient. That is the
+goal of GradNorm (Chen et al., ICML 2018) with asymmetry α = 0, reached in closed form at every
+step instead of through extra learned weights. Without it the segmentation term, weighted up by
+its learned σ as its loss falls, sends the encoder ~20× the sCT gradient, and the sCT mean and
+σ(x) decode from features shaped for the organs (docs/results.md has the ratio and the effect).
+
 The learned scalar log-variances of the loss are in their own optimiser group and are never
 clipped: their gradient is a scalar that Adam normalises anyway, and clipping it together with
 the network would tie how fast the task weights move to the network's gradient scale.
@@ -63,7 +71,7 @@ def optimise(
         loss_fn: the loss module; its parameters are the learned log-variances.
         optimizer: holds the network's and the loss's parameters.
         scaler: the AMP grad scaler (disabled unless fp16).
-        train_cfg: ``grad_clip`` and ``grad_clip_mode``.
+        train_cfg: ``grad_clip`` and ``grad_clip_mode`` (``per_task``, ``balanced`` or ``global``).
 
     Returns:
         Gradient norms (0-dim tensors, before clipping and in unscaled units):
@@ -76,11 +84,12 @@ def optimise(
     encoder_ids = {id(p) for p in net.encoder.parameters()}
     log_vars = [p for p in loss_fn.parameters() if p.requires_grad]
     inv_scale = 1.0 / scaler.get_scale() if scaler.is_enabled() else 1.0
-    per_task = train_cfg.grad_clip_mode == "per_task"
+    per_task = train_cfg.grad_clip_mode in ("per_task", "balanced")
+    balanced = train_cfg.grad_clip_mode == "balanced"
 
     optimizer.zero_grad(set_to_none=True)
-    summed: list[Tensor | None] = [None] * len(net_params)
     log_var_grads: list[Tensor | None] = [None] * len(log_vars)
+    clipped: dict[str, list[Tensor | None]] = {}
     norms: dict[str, Tensor] = {}
     applied: dict[str, Tensor] = {}
     tasks = list(terms)
@@ -95,14 +104,27 @@ def optimise(
         norms[f"grad_norm_{task}"] = task_norm
         factor = (train_cfg.grad_clip / (task_norm + _NORM_EPS)).clamp(max=1.0) if per_task else None
         applied[task] = norms[f"grad_norm_encoder_{task}"] * (factor if factor is not None else 1.0)
-        for j, g in enumerate(net_grads):
-            if g is None:
-                continue
-            g = g * factor.to(g.device) if factor is not None else g
-            summed[j] = g if summed[j] is None else summed[j] + g
+        clipped[task] = [g * factor.to(g.device) if factor is not None and g is not None else g for g in net_grads]
         for j, g in enumerate(lv_grads):
             if g is not None:
                 log_var_grads[j] = g if log_var_grads[j] is None else log_var_grads[j] + g
+    if balanced:
+        # Only tasks that reach the encoder take part (a batch may carry no target for one task under
+        # mixed supervision): one task alone keeps its norm; tensors throughout, so no GPU sync.
+        norms_now = torch.stack([applied[task] for task in tasks])
+        reaching = norms_now > 0
+        target = norms_now.sum() / reaching.sum().clamp(min=1)
+        factors = torch.where(reaching, target / (norms_now + _NORM_EPS), torch.ones_like(norms_now))
+        encoder_factor = dict(zip(tasks, factors))
+        applied = {task: applied[task] * encoder_factor[task] for task in tasks}
+    summed: list[Tensor | None] = [None] * len(net_params)
+    for task in tasks:
+        for j, (p, g) in enumerate(zip(net_params, clipped[task])):
+            if g is None:
+                continue
+            if balanced and id(p) in encoder_ids:
+                g = g * encoder_factor[task].to(g.device)
+            summed[j] = g if summed[j] is None else summed[j] + g
     for p, g in zip(net_params + log_vars, summed + log_var_grads):
         p.grad = g
     # Under torchrun: average over the ranks (a no-op in one process). The norms above, and the
@@ -111,8 +133,8 @@ def optimise(
     if len(tasks) == 2:
         norms["grad_ratio_encoder_sct_seg"] = norms["grad_norm_encoder_sct"] / (
             norms["grad_norm_encoder_seg"] + _NORM_EPS)
-        # after per-task clipping: the balance the encoder is actually updated with (a global
-        # clip scales both tasks alike and leaves the ratio as it was)
+        # after per-task clipping (and balancing, which makes it 1): the balance the encoder is
+        # actually updated with (a global clip scales both tasks alike and leaves the ratio as it was)
         norms["grad_ratio_encoder_sct_seg_applied"] = applied["sct"] / (applied["seg"] + _NORM_EPS)
     scaler.unscale_(optimizer)
     if not per_task:

@@ -162,6 +162,55 @@ def test_optimise_logs_encoder_norms_and_clips_as_configured(mode):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
 
 
+def test_balanced_mode_gives_both_tasks_equal_encoder_norms_and_keeps_the_decoders_own():
+    model, loss_fn, batch = _tiny_net_and_batch()
+    params, grads = _task_grads(model, loss_fn, batch)
+    encoder = {id(p) for p in model.encoder.parameters()}
+
+    def norm(gs, only_encoder=False):
+        return math.sqrt(sum(float(g.square().sum()) for p, g in zip(params, gs)
+                             if not only_encoder or id(p) in encoder))
+
+    seg_weight = 8.0  # the segmentation term outweighs the sCT term, as its learned weight makes it do
+    grads["seg"] = [g * seg_weight for g in grads["seg"]]
+    clip = 2.0 * norm(grads["sct"])  # clips the segmentation gradient only
+    clip_factor = {t: min(1.0, clip / norm(grads[t])) for t in ("sct", "seg")}
+    assert clip_factor["sct"] == 1.0 and clip_factor["seg"] < 0.5
+    clipped_encoder = {t: norm(grads[t], True) * clip_factor[t] for t in ("sct", "seg")}
+    assert clipped_encoder["sct"] / clipped_encoder["seg"] < 0.6  # there is something to balance
+    target = (clipped_encoder["sct"] + clipped_encoder["seg"]) / 2
+    optimizer = torch.optim.SGD(parameter_groups(model, loss_fn, 0.0, 0.05), lr=0.0)
+    terms, _, _ = forward_losses(model, loss_fn, batch, None)
+    terms["seg"] = terms["seg"] * seg_weight
+    norms = optimise(terms, model, loss_fn, optimizer, torch.amp.GradScaler("cuda", enabled=False),
+                     TrainConfig(grad_clip=clip, grad_clip_mode="balanced"))
+
+    assert float(norms["grad_ratio_encoder_sct_seg"]) == pytest.approx(
+        norm(grads["sct"], True) / norm(grads["seg"], True), rel=1e-4)  # the raw ratio is still logged
+    assert float(norms["grad_ratio_encoder_sct_seg_applied"]) == pytest.approx(1.0, rel=1e-5)
+    for p, gs, gg in zip(params, grads["sct"], grads["seg"]):
+        if id(p) in encoder:  # each task's clipped encoder gradient rescaled to the mean norm
+            want = gs * clip_factor["sct"] * target / clipped_encoder["sct"] \
+                + gg * clip_factor["seg"] * target / clipped_encoder["seg"]
+        else:  # decoders and heads: per-task clipping only
+            want = gs * clip_factor["sct"] + gg * clip_factor["seg"]
+        got = torch.zeros_like(p) if p.grad is None else p.grad
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_balanced_mode_leaves_a_task_that_sends_no_gradient_alone():
+    model, loss_fn, batch = _tiny_net_and_batch()
+    params, grads = _task_grads(model, loss_fn, batch)
+    optimizer = torch.optim.SGD(parameter_groups(model, loss_fn, 0.0, 0.05), lr=0.0)
+    terms, _, _ = forward_losses(model, loss_fn, batch, None)
+    terms["seg"] = terms["seg"] * 0.0  # reaches every parameter with a zero gradient
+    optimise(terms, model, loss_fn, optimizer, torch.amp.GradScaler("cuda", enabled=False),
+             TrainConfig(grad_clip=1e6, grad_clip_mode="balanced"))
+    for p, gs in zip(params, grads["sct"]):  # the sCT gradient is neither halved nor blown up
+        got = torch.zeros_like(p) if p.grad is None else p.grad
+        torch.testing.assert_close(got, gs, rtol=1e-4, atol=1e-7)
+
+
 def test_heads_run_in_float32_outside_bf16_autocast():
     torch.manual_seed(0)
     model = MultiTaskUNet(channels=(4, 8), strides=(2,), num_classes=3, dropout=0.0).eval()
