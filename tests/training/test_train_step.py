@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -127,15 +128,18 @@ def _task_grads(model, loss_fn, batch):
     return params, out
 
 
+def _norm_over(params, encoder_ids, grads, only_encoder=False):
+    """L2 norm of ``grads`` (aligned with ``params``), optionally over the encoder's parameters only."""
+    return math.sqrt(sum(float(g.square().sum()) for p, g in zip(params, grads)
+                         if not only_encoder or id(p) in encoder_ids))
+
+
 @pytest.mark.parametrize("mode", ["per_task", "global"])
 def test_optimise_logs_encoder_norms_and_clips_as_configured(mode):
     model, loss_fn, batch = _tiny_net_and_batch()
     params, grads = _task_grads(model, loss_fn, batch)
     encoder = {id(p) for p in model.encoder.parameters()}
-
-    def norm(gs, only_encoder=False):
-        return math.sqrt(sum(float(g.square().sum()) for p, g in zip(params, gs)
-                             if not only_encoder or id(p) in encoder))
+    norm = functools.partial(_norm_over, params, encoder)
 
     clip = 0.5 * min(norm(grads["sct"]), norm(grads["seg"]))  # both tasks are clipped
     train_cfg = TrainConfig(grad_clip=clip, grad_clip_mode=mode)
@@ -166,10 +170,7 @@ def test_balanced_mode_gives_both_tasks_equal_encoder_norms_and_keeps_the_decode
     model, loss_fn, batch = _tiny_net_and_batch()
     params, grads = _task_grads(model, loss_fn, batch)
     encoder = {id(p) for p in model.encoder.parameters()}
-
-    def norm(gs, only_encoder=False):
-        return math.sqrt(sum(float(g.square().sum()) for p, g in zip(params, gs)
-                             if not only_encoder or id(p) in encoder))
+    norm = functools.partial(_norm_over, params, encoder)
 
     seg_weight = 8.0  # the segmentation term outweighs the sCT term, as its learned weight makes it do
     grads["seg"] = [g * seg_weight for g in grads["seg"]]
