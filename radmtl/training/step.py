@@ -110,14 +110,15 @@ def optimise(
             if g is not None:
                 log_var_grads[j] = g if log_var_grads[j] is None else log_var_grads[j] + g
     if balanced:
-        # Only tasks that reach the encoder take part (a batch may carry no target for one task under
-        # mixed supervision): one task alone keeps its norm; tensors throughout, so no GPU sync.
-        norms_now = torch.stack([applied[task] for task in tasks])
+        # Only tasks whose gradient reaches the encoder take part: a task alone in the step (a batch
+        # with targets for one task only, under mixed supervision) keeps its norm, and a zero gradient
+        # is not blown up. Tensors throughout, so no GPU sync.
+        norms_now = torch.stack([applied[task].to(net_params[0].device) for task in tasks])
         reaching = norms_now > 0
         target = norms_now.sum() / reaching.sum().clamp(min=1)
         factors = torch.where(reaching, target / (norms_now + _NORM_EPS), torch.ones_like(norms_now))
         encoder_factor = dict(zip(tasks, factors))
-        applied = {task: applied[task] * encoder_factor[task] for task in tasks}
+        applied = dict(zip(tasks, norms_now * factors))
     summed: list[Tensor | None] = [None] * len(net_params)
     for task in tasks:
         for j, (p, g) in enumerate(zip(net_params, clipped[task])):
