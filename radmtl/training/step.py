@@ -78,7 +78,8 @@ def optimise(
         Gradient norms (0-dim tensors, before clipping and in unscaled units):
         ``grad_norm_encoder_<task>`` (the task's gradient on the shared encoder),
         ``grad_norm_<task>`` (on the whole network) and, with two tasks,
-        ``grad_ratio_encoder_sct_seg`` and ``grad_ratio_encoder_sct_seg_applied`` (after clipping).
+        ``grad_ratio_encoder_sct_seg`` and ``grad_ratio_encoder_sct_seg_applied`` (after clipping and
+        balancing).
     """
     net = unwrap(model)
     net_params = [p for p in net.parameters() if p.requires_grad]
