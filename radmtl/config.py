@@ -116,10 +116,9 @@ class TrainConfig:
     travel several units (the sCT optimum log MSE is near −5 in scaled units), so at the network's
     rate it would in effect never leave its start.
 
-    ``grad_clip_mode``: ``per_task`` clips each task's gradient (over the whole network) to
-    ``grad_clip`` separately before they are summed, so the task with the larger gradient cannot
-    shrink the other's update through one global clip; ``balanced`` (default) also gives the tasks
-    equal gradient norms on the shared encoder (``training/step.py``); ``global`` clips the sum.
+    ``grad_clip_mode``: ``per_task`` clips each task's gradient to ``grad_clip`` before the sum, so
+    one task cannot shrink the other's update through a global clip; ``balanced`` (default) also
+    gives the tasks equal norms on the shared encoder (``training/step.py``); ``global`` clips the sum.
     """
 
     epochs: int = 100

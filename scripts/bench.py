@@ -245,8 +245,8 @@ def training_section(sizes: Sizes, device: torch.device, amp_dtype, folder: Path
     section = Section(
         "4. Training throughput: the real step vs a bare loop",
         f"Same multi-task model and synthetic batch ({n} patches of {_dims(cfg.data.patch_size)}). Real: "
-        "`forward_losses` + `optimise` (MultiTaskLoss, per-task gradient passes and clipping, AdamW "
-        "parameter groups). One backward: the real loss and optimiser, the total back-propagated once. "
+        "`forward_losses` + `optimise` (MultiTaskLoss, per-task gradient passes, clipping and encoder "
+        "balancing, AdamW parameter groups). One backward: the real loss and optimiser, the total back-propagated once. "
         "Bare: MSE + CE, `loss.backward()`, `optimizer.step()`.")
     section.compare("patches/s: real step (A) vs bare loop (B)", "patches/s", n / real, n / bare)
     section.compare("step time: real step (A) vs real loss with one backward (B)", "ms", 1e3 * real, 1e3 * single)

@@ -118,16 +118,15 @@ def optimise(
         reaching = norms_now > 0
         target = norms_now.sum() / reaching.sum().clamp(min=1)
         factors = torch.where(reaching, target / (norms_now + _NORM_EPS), torch.ones_like(norms_now))
-        encoder_factor = dict(zip(tasks, factors))
         applied = dict(zip(tasks, norms_now * factors))
+        for task, factor in zip(tasks, factors):
+            clipped[task] = [g * factor if g is not None and id(p) in encoder_ids else g
+                             for p, g in zip(net_params, clipped[task])]
     summed: list[Tensor | None] = [None] * len(net_params)
     for task in tasks:
-        for j, (p, g) in enumerate(zip(net_params, clipped[task])):
-            if g is None:
-                continue
-            if balanced and id(p) in encoder_ids:
-                g = g * encoder_factor[task].to(g.device)
-            summed[j] = g if summed[j] is None else summed[j] + g
+        for j, g in enumerate(clipped[task]):
+            if g is not None:
+                summed[j] = g if summed[j] is None else summed[j] + g
     for p, g in zip(net_params + log_vars, summed + log_var_grads):
         p.grad = g
     # Under torchrun: average over the ranks (a no-op in one process). The norms above, and the
