@@ -275,6 +275,28 @@ def _voxel_means(affine, shape, spacing, anatomy, hu_table, mr_table) -> tuple[n
     return ct.astype(np.float32), mr.astype(np.float32)
 
 
+def _case_draws(seed: int):
+    """The case's generator after its grid-independent draws, its anatomy and its tissue tables.
+
+    Everything that does not depend on the grid is drawn first, so anatomy is grid-independent.
+    """
+    rng = np.random.default_rng(seed)
+    anatomy = anat.sample_anatomy(rng)
+    hu_table, mr_table = _tissue_properties(rng)
+    return rng, anatomy, hu_table, mr_table
+
+
+def case_tissue_hu(seed: int) -> dict[str, float]:
+    """The noise-free CT value (HU) that case seed ``seed`` gives each tissue class, by tissue name.
+
+    No MR shows where in its range a case's muscle or organ HU falls, so the mean of these over a
+    training set against a test set is what decides an unbiased model's mean z-score on that test set
+    (scripts/seeds.py reports it).
+    """
+    hu_table = _case_draws(_check_seed(seed))[2]
+    return {name: float(hu_table[tissue]) for tissue, name in anat.TISSUE_NAMES.items()}
+
+
 def generate_case(
     seed: int,
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
@@ -294,10 +316,7 @@ def generate_case(
     """
     seed = _check_seed(seed)
     shape, spacing = _check_grid(shape, spacing)
-    rng = np.random.default_rng(seed)
-    # Draw everything that does not depend on the grid first, so anatomy is grid-independent.
-    anatomy = anat.sample_anatomy(rng)
-    hu_table, mr_table = _tissue_properties(rng)
+    rng, anatomy, hu_table, mr_table = _case_draws(seed)
     mr_gain = rng.uniform(0.8, 1.25)  # arbitrary scanner scale
     mr_noise_fraction = rng.uniform(0.015, 0.03)
     noise_rng = np.random.default_rng(rng.integers(2**63))

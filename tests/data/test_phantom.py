@@ -15,6 +15,7 @@ from radmtl.data.phantom import (
     PHANTOM_LABELS,
     PhantomError,
     case_seed,
+    case_tissue_hu,
     default_spacing,
     generate_case,
     generate_dataset,
@@ -95,6 +96,19 @@ def test_ct_values_per_tissue(case):
     # never above cortical bone's 1350 HU, mostly denser than the marrow they enclose.
     assert cortical.max() <= 1350.0 and np.median(cortical) > trabecular.max()
     assert trabecular.min() >= 150.0 and trabecular.max() <= 400.0
+
+
+def test_case_tissue_hu_is_the_value_the_case_was_drawn_with(case):
+    table = case_tissue_hu(3)
+    pure = _pure(case.tissue == anat.MUSCLE)
+    assert pure.sum() > 100
+    # the interior of a tissue is exactly its drawn value (but for a few voxels next to a thin
+    # structure, which erosion keeps); another seed draws another muscle HU
+    for name, tissue in (("muscle", anat.MUSCLE), ("urine", anat.URINE)):
+        values = case.ct_clean_hu[_pure(case.tissue == tissue)]
+        assert np.mean(np.abs(values - table[name]) < 1e-3) > 0.99, name
+    assert 35.0 <= table["muscle"] <= 50.0 and table["air"] == -1000.0
+    assert case_tissue_hu(4)["muscle"] != table["muscle"]
 
 
 def test_voxel_values_are_partial_volume_means_not_centre_samples():
