@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="voxel size in mm (default: covers a pelvis at the given shape)")
     p.add_argument("--dicom", type=Path, default=None, metavar="DIR",
                    help="also write each case's MR as a DICOM MR series in DIR/<case>/ (to try DICOM input)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes making cases side by side (default: one per CPU from 4 cases on)")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("check", help="validate every case of a dataset folder before training",
@@ -158,7 +160,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
         kwargs["shape"] = tuple(args.shape)
     if args.spacing is not None:
         kwargs["spacing"] = tuple(args.spacing)
-    case_ids = generate_dataset(args.out, cases=args.cases, seed=args.seed, **kwargs)
+    case_ids = generate_dataset(args.out, cases=args.cases, seed=args.seed, workers=args.workers, **kwargs)
     print(f"wrote {len(case_ids)} phantom cases to {args.out}")
     if args.dicom is not None:
         from radmtl.data.phantom_dicom import write_dataset_mr_series

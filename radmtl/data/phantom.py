@@ -12,8 +12,12 @@ same case, coarser or finer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -351,17 +355,47 @@ def generate_case(
     )
 
 
+# From this many cases on, generate_dataset makes them in parallel by default.
+PARALLEL_MIN_CASES = 4
+
+
+def _workers(workers: int | None, cases: int) -> int:
+    if workers is None:
+        if cases < PARALLEL_MIN_CASES:
+            return 1
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise PhantomError(f"workers must be a positive integer, got {workers!r}")
+    return max(1, min(int(workers), cases))
+
+
+def _write_case(job) -> dict[str, str]:
+    """Generate one case and write its files; its dataset.json entry (a worker process runs this)."""
+    folder, seed, shape, spacing = job
+    case = generate_case(seed, shape, spacing)
+    arrays = {"mr": (case.mr, np.float32), "ct": (case.ct_hu, np.float32),
+              "mask": (case.mask, np.uint8), "labels": (case.labels, np.uint8),
+              "ct_noise_sd": (case.ct_noise_sd_hu, np.float32)}
+    entry = {"case": folder.name}
+    for name in CASE_FILES:
+        array, dtype = arrays[name]
+        write_volume(array, case.affine, folder / f"{name}.nii.gz", dtype)
+        entry[name] = f"{folder.name}/{name}.nii.gz"
+    return entry
+
+
 def generate_dataset(
     out_dir: str | Path,
     cases: int,
     seed: int = 0,
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: tuple[float, float, float] | None = None,
+    workers: int | None = None,
 ) -> list[str]:
     """Write ``cases`` phantom cases and ``dataset.json`` in the radmtl dataset layout.
 
     Case ``i`` (``case_{i+1:03d}``) uses :func:`case_seed` ``(seed, i)``, so it is the same whatever
-    ``cases`` is.
+    ``cases`` is, and whichever process makes it.
 
     Args:
         out_dir: dataset folder (created if missing).
@@ -369,6 +403,9 @@ def generate_dataset(
         seed: dataset seed (non-negative integer).
         shape: grid size (X, Y, Z) in voxels.
         spacing: voxel size (mm); None covers :data:`DEFAULT_FOV_MM` with ``shape``.
+        workers: processes that make cases side by side; None: one per available CPU from
+            :data:`PARALLEL_MIN_CASES` cases on (a case takes about a second on the demo's grid, a
+            worker about as long to start), otherwise 1.
 
     Returns:
         The case ids, e.g. ``["case_001", ...]``.
@@ -377,25 +414,22 @@ def generate_dataset(
         raise PhantomError(f"cases must be a positive integer, got {cases!r}")
     seed = _check_seed(seed)
     shape, spacing = _check_grid(shape, spacing)
+    cases = int(cases)
+    workers = _workers(workers, cases)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    entries, seeds = [], []
-    for index in range(int(cases)):
-        case_id = f"case_{index + 1:03d}"
-        seeds.append(case_seed(seed, index))
-        case = generate_case(seeds[-1], shape, spacing)
-        folder = out_dir / case_id
-        arrays = {"mr": (case.mr, np.float32), "ct": (case.ct_hu, np.float32),
-                  "mask": (case.mask, np.uint8), "labels": (case.labels, np.uint8),
-                  "ct_noise_sd": (case.ct_noise_sd_hu, np.float32)}
-        entry = {"case": case_id}
-        for name in CASE_FILES:
-            array, dtype = arrays[name]
-            write_volume(array, case.affine, folder / f"{name}.nii.gz", dtype)
-            entry[name] = f"{case_id}/{name}.nii.gz"
-        entries.append(entry)
-        log.info("phantom %s (%d/%d) written to %s", case_id, index + 1, cases, folder)
+    seeds = [case_seed(seed, index) for index in range(cases)]
+    jobs = [(out_dir / f"case_{index + 1:03d}", seeds[index], shape, spacing) for index in range(cases)]
+    # spawn, not fork: a forked child of a process whose torch already started its OpenMP threads
+    # (the tests, the ablation) can hang; the children import only numpy, scipy and nibabel.
+    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1
+            else contextlib.nullcontext())
+    entries = []
+    with pool:
+        for entry in (pool.map(_write_case, jobs) if workers > 1 else map(_write_case, jobs)):
+            entries.append(entry)
+            log.info("phantom %s (%d/%d) written to %s", entry["case"], len(entries), cases, out_dir)
 
     dataset = {
         "name": "radmtl-phantom",

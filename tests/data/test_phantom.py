@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from radmtl.data import phantom_anatomy as anat
+from radmtl.data import phantom, phantom_anatomy as anat
 from radmtl.data.phantom import (
     CASE_FILES,
     PHANTOM_LABELS,
@@ -303,10 +304,27 @@ def test_case_k_is_the_same_whatever_the_case_count(dataset, tmp_path):
     np.testing.assert_array_equal(one, three)
 
 
+def test_cases_made_in_worker_processes_are_the_same_files(dataset, tmp_path):
+    out, ids = dataset  # 3 cases, seed 5, made in this process
+    assert generate_dataset(tmp_path, cases=3, seed=5, shape=SHAPE, spacing=SPACING, workers=2) == ids
+    assert (tmp_path / "dataset.json").read_text() == (out / "dataset.json").read_text()
+    for case in ids:
+        for name in CASE_FILES:
+            a, b = (np.asanyarray(nib.load(d / case / f"{name}.nii.gz").dataobj) for d in (out, tmp_path))
+            np.testing.assert_array_equal(a, b, err_msg=f"{case}/{name}")
+
+
+def test_default_workers_start_at_four_cases_and_never_exceed_the_cases():
+    cpus = len(os.sched_getaffinity(0))
+    assert phantom._workers(None, 3) == 1
+    assert phantom._workers(None, 4) == min(cpus, 4)
+    assert phantom._workers(8, 2) == 2 and phantom._workers(1, 30) == 1
+
+
 @pytest.mark.parametrize(
     "kwargs, word",
     [({"cases": 0}, "cases"), ({"seed": -1}, "seed"), ({"shape": (48, 48)}, "shape"),
-     ({"spacing": (1.0, 0.0, 1.0)}, "spacing")],
+     ({"spacing": (1.0, 0.0, 1.0)}, "spacing"), ({"workers": 0}, "workers")],
 )
 def test_bad_arguments_name_the_argument(tmp_path, kwargs, word):
     args = {"cases": 1, "seed": 0, "shape": SHAPE, "spacing": None, **kwargs}
