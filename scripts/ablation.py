@@ -355,17 +355,27 @@ def write_results(path: Path, results: dict, cfgs: dict, info: dict, figs: list[
     lines += ["", "## Figures", ""]
     lines += [f"![{p.stem}](figures/{p.name})" for p in figs]
     lines += ["", "## Reading", "", "(written by hand after the run, from the numbers above; the script writes only this placeholder)", ""]
+    return write_markdown(path, lines)
+
+
+def write_markdown(path: Path, lines: list[str]) -> str:
     text = "\n".join(lines)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
 
 
+def work_folders(args: argparse.Namespace, kind: str) -> tuple[Path, Path]:
+    """The work folder (``--out``, default runs/<kind>-<mode>) and the report's folder (``--docs``, default
+    docs/; in tiny mode OUT/docs, so that the test's run writes nothing outside OUT)."""
+    out = (args.out or ROOT / "runs" / f"{kind}-{args.mode}").resolve()
+    return out, (args.docs or (out / "docs" if args.mode == "tiny" else ROOT / "docs")).resolve()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     mode = MODES[args.mode]
-    out = (args.out or ROOT / "runs" / f"ablation-{args.mode}").resolve()
-    docs = (args.docs or (out / "docs" if args.mode == "tiny" else ROOT / "docs")).resolve()
+    out, docs = work_folders(args, "ablation")
     out.mkdir(parents=True, exist_ok=True)
     uri = args.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
     names = [m for m, _, _ in MODELS if args.models is None or m in args.models.split(",")]

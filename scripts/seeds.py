@@ -30,7 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from ablation import MODES, TEST_SEED, infer_and_evaluate, load_configs, make_data, run_model  # noqa: E402
+from ablation import (  # noqa: E402  (a sibling script, not a package)
+    MODES, TEST_SEED, infer_and_evaluate, load_configs, make_data, run_model, work_folders, write_markdown,
+)
 
 MODEL = "hetero_homo"
 SECOND_TEST_SEED = 2000
@@ -122,17 +124,13 @@ def write_report(path: Path, rows: dict[int, dict], info: dict) -> str:
         "MLflow runs: " + ", ".join(f"seed {s} `{r['run_id']}`" for s, r in rows.items()) + f" ({info['uri']}).",
         "",
     ]
-    text = "\n".join(lines)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return text
+    return write_markdown(path, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     mode = MODES[args.mode]
-    out = (args.out or ROOT / "runs" / f"seeds-{args.mode}").resolve()
-    docs = (args.docs or (out / "docs" if args.mode == "tiny" else ROOT / "docs")).resolve()
+    out, docs = work_folders(args, "seeds")
     data_dir = (args.data or out / "data").resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{out / 'mlflow.db'}"

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("ablation_script", ROOT / "scripts" / "ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_ablation_models_differ_only_in_the_loss():
+def test_ablation_models_differ_only_in_the_loss(load_script):
     from radmtl.config import flatten
 
-    ablation = _load_script()
+    ablation = load_script("ablation")
     names = [name for name, _, _ in ablation.MODELS]
     cfgs = ablation.load_configs(names, "quick.yaml", [])
     may_differ = {"loss.tasks", "loss.weighting", "model.tasks", "model.sct_log_var", "model.seg_log_var",
@@ -39,10 +27,10 @@ def test_ablation_models_differ_only_in_the_loss():
 
 
 @pytest.mark.slow
-def test_ablation_tiny_end_to_end(tmp_path, monkeypatch):
+def test_ablation_tiny_end_to_end(tmp_path, monkeypatch, load_script):
     import mlflow
 
-    ablation = _load_script()
+    ablation = load_script("ablation")
     # The repository root only sets defaults (docs/, runs/); point it elsewhere to prove tiny mode
     # writes nothing outside --out (configs were resolved at import and still come from the repo).
     fake_root = tmp_path / "fake_root"

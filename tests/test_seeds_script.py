@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("seeds_script", ROOT / "scripts" / "seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _row(z_mean, z_sd, soft):
@@ -25,8 +14,8 @@ def _row(z_mean, z_sd, soft):
             "dice_mean": 0.9}
 
 
-def test_table_judges_the_mean_over_seeds_against_each_target():
-    seeds = _load_script()
+def test_table_judges_the_mean_over_seeds_against_each_target(load_script):
+    seeds = load_script("seeds")
     # z mean: 0.05 and 0.17 → mean 0.11, outside ±0.1 though one seed is inside; Spearman 0.55 and 0.67
     # → 0.61 passes though one seed fails; z SD 1.0 and 1.2 → 1.1 passes at the edge.
     rows = {0: {"test": _row(0.05, 1.0, 0.55)}, 1: {"test": _row(0.17, 1.2, 0.67)}}
@@ -42,17 +31,17 @@ def test_table_judges_the_mean_over_seeds_against_each_target():
     assert verdicts[5:] == ["–", "–", "–"]
 
 
-def test_table_leaves_out_a_metric_that_a_seed_lacks():
-    seeds = _load_script()
+def test_table_leaves_out_a_metric_that_a_seed_lacks(load_script):
+    seeds = load_script("seeds")
     rows = {0: {"test": _row(0.0, 1.0, None)}, 1: {"test": _row(0.0, 1.0, 0.7)}}
     assert "Spearman soft" not in seeds.table(rows, "test")[0]
 
 
 @pytest.mark.slow
-def test_seeds_tiny_end_to_end(tmp_path):
+def test_seeds_tiny_end_to_end(tmp_path, load_script):
     from radmtl.data.phantom import case_tissue_hu
 
-    seeds = _load_script()
+    seeds = load_script("seeds")
     out = tmp_path / "out"
     assert seeds.main(["--mode", "tiny", "--out", str(out), "--seeds", "0", "1"]) == 0
     report = (out / "docs" / "seeds.md").read_text()
