@@ -390,7 +390,7 @@ def generate_dataset(
     seed: int = 0,
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: tuple[float, float, float] | None = None,
-    workers: int | None = None,
+    workers: int | None = 1,
 ) -> list[str]:
     """Write ``cases`` phantom cases and ``dataset.json`` in the radmtl dataset layout.
 
@@ -405,7 +405,9 @@ def generate_dataset(
         spacing: voxel size (mm); None covers :data:`DEFAULT_FOV_MM` with ``shape``.
         workers: processes that make cases side by side; None: one per available CPU from
             :data:`PARALLEL_MIN_CASES` cases on (a case takes about a second on the demo's grid, a
-            worker about as long to start), otherwise 1.
+            worker about as long to start), otherwise 1 (``radmtl phantom``'s default). Workers are
+            spawned processes, which import the caller's main module again: a script that asks for
+            more than one must call this under ``if __name__ == "__main__":``, hence the default 1.
 
     Returns:
         The case ids, e.g. ``["case_001", ...]``.
