@@ -213,13 +213,15 @@ def test_second_train_on_the_same_out_is_refused_with_the_owner_named(phantom_da
     deadline = time.time() + 120
     while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
         time.sleep(0.05)
+    # read now: the first run may finish, and empty the lock, before the second's output is checked
+    started = json.loads(lock.read_text())["started_utc"]
     second = _cli(common, tmp_path)
     output = second.communicate(timeout=120)[0]
     assert second.returncode == 1
     assert first.poll() is None, "the first run ended before the second was tried"
     assert output.strip().splitlines() == [
         f"radmtl train: error: {tmp_path / 'run'}: in use by another radmtl train (pid {first.pid} on "
-        f"{socket.gethostname()}, started {json.loads(lock.read_text())['started_utc']}); wait for it to "
+        f"{socket.gethostname()}, started {started}); wait for it to "
         "finish, or choose another --out"]
     assert first.wait(timeout=300) == 0, first.stdout.read()
     assert lock.read_text() == ""  # released
