@@ -5,9 +5,10 @@ scripts/ablation.py trains every model once and tests it on 6 phantoms, so a num
 (issue 9: z mean within ±0.1, soft-tissue Spearman(σ_al, true SD) ≥ 0.6) can pass or fail by chance.
 This trains the ablation's default model (``hetero_homo``; ``--model`` another of its models; the same
 recipe, data and train/validation split) once per seed — the seed sets the network's initialisation,
-the patch order and the dropout masks — runs ``radmtl infer`` with MC dropout and ``radmtl evaluate`` on the ablation's test phantoms
-(seed 1000) and on a second, independent and larger set (seed 2000), and writes ``seeds.md``: each
-seed's numbers, their mean ± SD over seeds, and the mean muscle HU of the training and test cases.
+the patch order and the dropout masks — runs ``radmtl infer`` with MC dropout and ``radmtl evaluate``
+on the ablation's test phantoms (seed 1000) and on a second, independent and larger set (seed 2000),
+and writes ``seeds.md``: each seed's numbers, their mean ± SD over seeds, and the mean muscle HU of
+the training and test cases.
 That last one is why the z mean depends on the test set: no MR shows where in its 35–50 HU range a
 case's muscle falls, so a model trained on cases whose muscle is on average lower than a test set's
 predicts that test set's soft tissue low, and its z-scores there are positive however well σ is learned.
@@ -153,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         rows[seed] = {"run_id": result["run_id"],
                       "test": {k: result["eval"]["summary"].get(k, {}).get("mean") for k, *_ in METRICS},
                       "test2": {k: second["summary"].get(k, {}).get("mean") for k, *_ in METRICS}}
-        print(f"[seeds] {name}: " + ", ".join(f"{k}={v:.3f}" for k, v in rows[seed]["test"].items() if v is not None)
-              + " | set B: " + ", ".join(f"{k}={v:.3f}" for k, v in rows[seed]["test2"].items() if v is not None),
-              flush=True)
+        print(f"[seeds] {name}: " + " | set B: ".join(
+            ", ".join(f"{k}={v:.3f}" for k, v in rows[seed][test].items() if v is not None) for test in ("test", "test2")),
+            flush=True)
     info = {"command": " ".join(["python", "scripts/seeds.py", *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
             "mode": args.mode, "model": args.model, "base": mode["base"], "mc": mode["mc"], "uri": uri,
             "n_test": mode["n_test"], "n_test2": SECOND_TEST_CASES[args.mode],

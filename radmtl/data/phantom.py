@@ -334,13 +334,15 @@ def generate_dataset(
 
     seeds = [case_seed(seed, index) for index in range(cases)]
     jobs = [(out_dir / f"case_{index + 1:03d}", seeds[index], shape, spacing) for index in range(cases)]
-    # spawn, not fork: a forked child of a process whose torch already started its OpenMP threads
-    # (the tests, the ablation) can hang; the children import only numpy, scipy and nibabel.
-    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1
-            else contextlib.nullcontext())
     entries = []
-    with pool:
-        for entry in (pool.map(_write_case, jobs) if workers > 1 else map(_write_case, jobs)):
+    with contextlib.ExitStack() as stack:
+        make = map
+        if workers > 1:
+            # spawn, not fork: a forked child of a process whose torch already started its OpenMP
+            # threads (the tests, the ablation) can hang; the children import only numpy, scipy, nibabel.
+            context = multiprocessing.get_context("spawn")
+            make = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context)).map
+        for entry in make(_write_case, jobs):
             entries.append(entry)
             log.info("phantom %s (%d/%d) written to %s", entry["case"], len(entries), cases, out_dir)
 
