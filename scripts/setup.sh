@@ -21,17 +21,20 @@ if ! python -c "import torch" >/dev/null 2>&1; then
     echo "setup: installing torch==2.13.0 (CPU build)"
     pip install -q "torch==2.13.0"
 fi
-# Reinstall only when pyproject.toml changed: a no-op pip install still costs ~20 s.
+# Reinstall only when pyproject.toml or this script changed: a no-op pip install still costs ~20 s.
 stamp=".venv/.radmtl-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! python -c "import radmtl" >/dev/null 2>&1; then
     echo "setup: installing radmtl and its dependencies into .venv"
     # uv resolves and unpacks the ~110 dependencies in parallel: 7 s here against 80 s for pip (a fresh
     # .venv, warm caches). The torch already in the environment is pinned for uv, which reads no pip
     # config: it can keep that torch or fail, never swap in a CUDA build; pip takes over on any failure.
+    # --compile-bytecode: uv, unlike pip, writes no .pyc at install, and where PYTHONDONTWRITEBYTECODE
+    # is set (as on CI) every process then recompiles MONAI, MLflow, SciPy, pandas… from source on
+    # import: `import monai` 14 s instead of a few, paid by every `radmtl` command and test subprocess.
     torch_pin="$(mktemp)"
     python -c "import torch; print('torch==' + torch.__version__)" 2>/dev/null > "$torch_pin"
-    if ! { pip install -q uv && python -m uv pip install -q --constraint "$torch_pin" -e ".[dev]"; }; then
+    if ! { pip install -q uv && python -m uv pip install -q --compile-bytecode --constraint "$torch_pin" -e ".[dev]"; }; then
         echo "setup: uv unavailable or failed; installing with pip"
         pip install -q -e ".[dev]"
     fi
