@@ -140,17 +140,16 @@ def test_unreachable_server_falls_back_quickly(tmp_path, caplog, monkeypatch):
         monkeypatch.setenv(key, "")  # records the old state, so start_tracking's values are undone
         monkeypatch.delenv(key)
     uri = f"http://127.0.0.1:{_free_port()}"
-    start = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="radmtl.tracking.tracker"):
         tracker = start_tracking(uri, "exp", "r", tmp_path, resume_run_id="abc")
         tracker.log_params({"a": 1})
         tracker.log_metrics({"loss_total": 1.0}, step=0)
         tracker.log_metrics({"loss_total": 0.5}, step=1)
         tracker.end("FAILED")
-    assert time.monotonic() - start < 5.0
     assert isinstance(tracker, NullTracker) and tracker.run_id == "abc"
+    # MLflow's own client, had it been asked, would add its "Retrying (Retry(...))" warnings
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
+    assert len(warnings) == 1, warnings
     assert warnings[0].startswith(f"MLflow tracking at {uri} unreachable (")
     assert f"metrics are kept in {tmp_path / 'metrics.jsonl'}" in warnings[0]
     assert [r["loss_total"] for r in _jsonl(tmp_path / "metrics.jsonl")] == [1.0, 0.5]
@@ -322,13 +321,16 @@ def _unusable_sqlite_stores(tmp_path: Path) -> list[tuple[str, str]]:
     return stores
 
 
-def test_unwritable_sqlite_store_falls_back_at_once_with_one_line(tmp_path, caplog):
+def test_unwritable_sqlite_store_falls_back_at_once_with_one_line(tmp_path, caplog, monkeypatch):
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
     for uri, words in _unusable_sqlite_stores(tmp_path):
         caplog.clear()
-        start = time.monotonic()
+        sleeps.clear()
         with caplog.at_level(logging.DEBUG):
             tracker = start_tracking(uri, "exp", "r", tmp_path / "out")
-        assert time.monotonic() - start < 2.0, uri  # MLflow itself retries for ~100 s
+        # MLflow itself retries engine creation with sleeps adding up to ~100 s; none may be asked for.
+        assert sleeps == [], uri
         assert isinstance(tracker, NullTracker)
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert len(warnings) == 1 and "\n" not in warnings[0], warnings
@@ -338,8 +340,10 @@ def test_unwritable_sqlite_store_falls_back_at_once_with_one_line(tmp_path, capl
 
 
 @pytest.mark.slow
-def test_training_starts_within_15_s_on_an_unusable_store(tmp_path):
-    """The whole command: one warning line, and the first epoch logged well before MLflow's retries end."""
+def test_training_on_an_unusable_store_warns_once_and_trains(tmp_path):
+    """The whole command: one warning line and no MLflow retries (each would add its own warning lines and
+    sleep, ~100 s in all), and the epoch's metrics kept in metrics.jsonl. No wall-clock bound: the probe's
+    test above checks that no retry sleep is asked for, which a loaded machine cannot make flaky."""
     import subprocess
     import sys
 
@@ -353,15 +357,11 @@ def test_training_starts_within_15_s_on_an_unusable_store(tmp_path):
             "model.strides=[2]", "train.epochs=1", "train.steps_per_epoch=1"]
     command = [sys.executable, "-m", "radmtl", "-q", "train", "--data", str(data), "--out", str(tmp_path / "run"),
                "--tracking-uri", uri, "--no-progress", *(a for s in sets for a in ("--set", s))]
-    start = time.monotonic()
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    while process.poll() is None and not (metrics.exists() and metrics.read_text()) and time.monotonic() - start < 60:
-        time.sleep(0.1)
-    started = time.monotonic() - start
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 0, err
-    assert started < 15.0, f"first metrics after {started:.1f} s"
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    out, err = done.stdout, done.stderr
+    assert done.returncode == 0, err
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(row["step"] == 1 and "train_loss_total" in row for row in epochs), epochs
     assert err.strip().splitlines() == [
         f"MLflow tracking store {uri} cannot be written ({tmp_path / 'is_a_folder.db'} is a folder or special "
         f"file, not a database file); training continues without MLflow, metrics are kept in "

@@ -122,10 +122,8 @@ def _closed_port() -> int:
 def test_unreachable_tracking_server_does_not_stop_training(phantom_data, tmp_path, caplog):
     cfg = load_config(None, TINY)
     uri = f"http://127.0.0.1:{_closed_port()}"
-    t0 = time.perf_counter()
     with caplog.at_level("WARNING"):
         state = train(cfg, phantom_data, tmp_path / "run", progress=False, tracking_uri=uri)
-    assert time.perf_counter() - t0 < 120
     assert state.epoch == 2
     warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
@@ -139,18 +137,28 @@ def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+RESUME_EPOCHS = 8  # room to be killed mid-run however fast the epochs are
+RESUME_SETS = [a for s in TINY + [f"train.epochs={RESUME_EPOCHS}", "data.patches_per_volume=6"] for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def straight_run(phantom_data, tmp_path_factory) -> Path:
+    """The uninterrupted run both kill tests retrace: one training process for the two of them."""
+    where = tmp_path_factory.mktemp("straight")
+    straight = _cli(["--data", str(phantom_data), "--tracking-uri", f"sqlite:///{where / 'mlflow.db'}",
+                     "--no-progress", "--out", str(where / "run"), *RESUME_SETS], where)
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()
+    return where / "run" / "metrics.jsonl"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_resume_after_kill_continues_same_run(phantom_data, tmp_path, stop):
+def test_resume_after_kill_continues_same_run(phantom_data, straight_run, tmp_path, stop):
     import mlflow
 
-    epochs = 8  # room to be killed mid-run however fast the epochs are
-    sets = [a for s in TINY + [f"train.epochs={epochs}", "data.patches_per_volume=6"] for a in ("--set", s)]
+    epochs, sets = RESUME_EPOCHS, RESUME_SETS
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["--data", str(phantom_data), "--tracking-uri", db, "--experiment", "resume-test", "--no-progress"]
-
-    straight = _cli(common + ["--out", str(tmp_path / "straight"), *sets], tmp_path)
-    assert straight.wait(timeout=300) == 0, straight.stdout.read()
 
     killed = _cli(common + ["--out", str(tmp_path / "killed"), *sets], tmp_path)
     latest = tmp_path / "killed" / LATEST
@@ -179,10 +187,9 @@ def test_resume_after_kill_continues_same_run(phantom_data, tmp_path, stop):
     exp = client.get_experiment_by_name("resume-test")
     found = client.search_runs([exp.experiment_id])
     # runs are named <out folder>-<weighting>-<data folder>-<date>; resume keeps the name
-    runs = {r.info.run_name.split("-", 1)[0]: r for r in found}
-    assert len(found) == 2 and set(runs) == {"straight", "killed"}  # resume did not open a third run
-    assert runs["killed"].info.run_name.startswith(f"killed-hetero_homo-{phantom_data.name}-")
-    run = runs["killed"]
+    assert len(found) == 1, [r.info.run_name for r in found]  # resume did not open a second run
+    run = found[0]
+    assert run.info.run_name.startswith(f"killed-hetero_homo-{phantom_data.name}-")
     assert run.info.status == "FINISHED"
     for metric in ("epoch", "val_mae_hu", "train_loss_total"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
@@ -190,7 +197,7 @@ def test_resume_after_kill_continues_same_run(phantom_data, tmp_path, stop):
     step_points = [m.step for m in client.get_metric_history(run.info.run_id, "step_loss_total")]
     assert len(step_points) == len(set(step_points))
     # Reseeding per epoch makes the resumed run retrace the uninterrupted one exactly.
-    straight_rows = _epoch_rows(tmp_path / "straight" / "metrics.jsonl")
+    straight_rows = _epoch_rows(straight_run)
     killed_rows = _epoch_rows(tmp_path / "killed" / "metrics.jsonl")
     assert sorted(killed_rows) == list(range(1, epochs + 1))
     for epoch in range(1, epochs + 1):
