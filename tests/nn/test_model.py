@@ -304,5 +304,5 @@ def test_sct_log_var_head_starts_at_configured_scale():
     torch.manual_seed(0)
     log_var = model(torch.zeros(1, 1, 8, 8, 8))["sct_log_var"]
     # Zero input → the head's output is its bias plus a small weight term; its mean sits at -4.
-    assert abs(float(log_var.mean()) + 4.0) < 0.5
-    assert float(model.heads["sct_log_var"].conv.bias) == -4.0
+    assert abs(float(log_var.detach().mean()) + 4.0) < 0.5
+    assert model.heads["sct_log_var"].conv.bias.item() == -4.0

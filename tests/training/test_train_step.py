@@ -67,21 +67,21 @@ def test_scalar_log_variances_reach_their_optimum_under_the_real_optimiser():
     train_cfg = TrainConfig()
     loss_fn = _run_real_steps(LossConfig(weighting="homoscedastic"), train_cfg, steps=300)
     # regression optimum s = log MSE = log 0.01; classification optimum s = log 2·(CE + Dice)
-    assert float(loss_fn.log_var_sct) == pytest.approx(math.log(0.01), abs=0.05)
-    assert float(loss_fn.log_var_seg) == pytest.approx(math.log(2 * _seg_loss(loss_fn)), abs=0.05)
+    assert loss_fn.log_var_sct.item() == pytest.approx(math.log(0.01), abs=0.05)
+    assert loss_fn.log_var_seg.item() == pytest.approx(math.log(2 * _seg_loss(loss_fn)), abs=0.05)
 
 
 def test_at_the_network_learning_rate_the_scalar_would_not_move():
     # The control that makes the test above mean something: one shared rate (3e-4) leaves s near 0.
     train_cfg = TrainConfig(log_var_lr=TrainConfig().lr)
     loss_fn = _run_real_steps(LossConfig(weighting="homoscedastic"), train_cfg, steps=300)
-    assert float(loss_fn.log_var_sct) > -0.2
+    assert loss_fn.log_var_sct.item() > -0.2
 
 
 def test_laplace_scalar_weight_reaches_log_mae():
     loss_fn = _run_real_steps(LossConfig(tasks=("sct",), weighting="homoscedastic", likelihood="laplace"),
                               TrainConfig(), steps=300)
-    assert float(loss_fn.log_var_sct) == pytest.approx(math.log(0.1), abs=0.05)
+    assert loss_fn.log_var_sct.item() == pytest.approx(math.log(0.1), abs=0.05)
 
 
 def test_laplace_homoscedastic_form_and_logged_sigma():
@@ -91,7 +91,7 @@ def test_laplace_homoscedastic_form_and_logged_sigma():
     loss_fn = MultiTaskLoss(LossConfig(tasks=("sct",), weighting="homoscedastic", likelihood="laplace",
                                        init_log_var=math.log(0.5)))
     total, logged = loss_fn(outputs, batch)
-    assert float(total) == pytest.approx(0.1 / 0.5 + math.log(0.5), abs=1e-6)  # exp(−s_b)·MAE + s_b
+    assert total.item() == pytest.approx(0.1 / 0.5 + math.log(0.5), abs=1e-6)  # exp(−s_b)·MAE + s_b
     assert logged["sigma_sct"] == pytest.approx(math.sqrt(2) * 0.5, abs=1e-6)  # σ = √2·b
 
 
