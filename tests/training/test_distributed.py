@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from radmtl.config import load_config
 from radmtl.nn.checkpoint import BEST, LATEST, load_checkpoint
 from radmtl.training.schedule import epoch_loader
 from tiny_config import TINY as TRAIN_TINY
+from train_runs import wait_for_epoch
 
 TINY = TRAIN_TINY + ["train.batch_size=1"]  # one case per process and step
 
@@ -181,12 +181,7 @@ def test_two_processes_train_one_model_with_one_run_and_resume_after_kill(phanto
     epochs = 6
     proc = _torchrun(driver, _train_args(phantom_data, killed_out, db, epochs), tmp_path)
     latest = killed_out / LATEST
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and load_checkpoint(latest)["epoch"] >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed"
+    wait_for_epoch(proc, latest, 1)
     os.killpg(proc.pid, signal.SIGTERM)  # what a scheduler does to the job: torchrun and its workers
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0

@@ -21,7 +21,7 @@ from radmtl.nn.checkpoint import LATEST, load_checkpoint
 from radmtl.tracking.tracker import NullTracker
 from radmtl.training.train import train
 from tiny_config import TINY
-from train_runs import epoch_rows, read_jsonl, train_process
+from train_runs import epoch_rows, read_jsonl, train_process, wait_for_epoch
 
 
 RESUME_EPOCHS = 8  # room to be killed mid-run however fast the epochs are
@@ -49,12 +49,7 @@ def test_resume_after_kill_continues_same_run(phantom_data, straight_run, tmp_pa
 
     killed = train_process(common + ["--out", str(tmp_path / "killed"), *sets], tmp_path)
     latest = tmp_path / "killed" / LATEST
-    deadline = time.time() + 240
-    while time.time() < deadline and killed.poll() is None:
-        if latest.exists() and load_checkpoint(latest)["epoch"] >= 2:
-            break
-        time.sleep(0.05)
-    assert killed.poll() is None, "run finished before it could be killed"
+    wait_for_epoch(killed, latest, 2)
     time.sleep(0.05)  # into the next epoch, well before the last
     os.kill(killed.pid, stop)
     output = killed.communicate(timeout=60)[0]

@@ -6,7 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from radmtl.nn.checkpoint import load_checkpoint
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -22,3 +25,13 @@ def train_process(args: list[str], cwd: Path) -> subprocess.Popen:
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "radmtl", "-q", "train", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_epoch(process: subprocess.Popen, latest: Path, epoch: int, timeout: float = 240) -> None:
+    """Return once the run's latest checkpoint holds `epoch`, with the run still going (to be killed)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if latest.exists() and load_checkpoint(latest)["epoch"] >= epoch:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "run finished before it could be killed"
