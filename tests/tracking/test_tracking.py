@@ -360,8 +360,8 @@ def test_training_on_an_unusable_store_warns_once_and_trains(tmp_path):
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     out, err = done.stdout, done.stderr
     assert done.returncode == 0, err
-    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert any(row["step"] == 1 and "train_loss_total" in row for row in epochs), epochs
+    rows = _jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert any(row["step"] == 1 and "train_loss_total" in row for row in rows), rows
     assert err.strip().splitlines() == [
         f"MLflow tracking store {uri} cannot be written ({tmp_path / 'is_a_folder.db'} is a folder or special "
         f"file, not a database file); training continues without MLflow, metrics are kept in "

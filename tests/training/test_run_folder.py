@@ -23,7 +23,6 @@ from radmtl.training.train import train
 from tiny_config import TINY
 from train_runs import epoch_rows, read_jsonl, train_process, wait_for_epoch
 
-
 RESUME_EPOCHS = 8  # room to be killed mid-run however fast the epochs are
 RESUME_SETS = [a for s in TINY + [f"train.epochs={RESUME_EPOCHS}", "data.patches_per_volume=6"] for a in ("--set", s)]
 
@@ -33,7 +32,7 @@ def straight_run(phantom_data, tmp_path_factory) -> Path:
     """The uninterrupted run both kill tests retrace: one training process for the two of them."""
     where = tmp_path_factory.mktemp("straight")
     straight = train_process(["--data", str(phantom_data), "--tracking-uri", f"sqlite:///{where / 'mlflow.db'}",
-                     "--no-progress", "--out", str(where / "run"), *RESUME_SETS], where)
+                              "--no-progress", "--out", str(where / "run"), *RESUME_SETS], where)
     assert straight.wait(timeout=300) == 0, straight.stdout.read()
     return where / "run" / "metrics.jsonl"
 

@@ -16,7 +16,6 @@ from tiny_config import TINY
 from train_runs import epoch_rows, read_jsonl
 
 
-
 def test_same_seed_same_losses(phantom_data, tmp_path):
     cfg = load_config(None, TINY)
     for name in ("a", "b"):
