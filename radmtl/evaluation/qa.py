@@ -11,7 +11,6 @@ nothing to close, safe on headless machines.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from radmtl.data.io import atomic_path
+from radmtl.tracking.metrics_file import read_records
 
 logger = logging.getLogger(__name__)
 
@@ -267,22 +267,6 @@ def qa_images(
     return paths
 
 
-def read_metrics_jsonl(path: Path) -> list[dict[str, float]]:
-    """Records of ``metrics.jsonl``; a truncated last line (a killed run) is skipped."""
-    records = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            logger.debug("%s:%d: skipping unreadable line", path, number)
-            continue
-        if isinstance(record, dict) and "step" in record:
-            records.append(record)
-    return records
-
-
 def _series(records: list[dict[str, float]], key: str, x_key: str) -> tuple[list[float], list[float]]:
     # After a resume the unfinished epoch is logged again: the last value per x wins.
     points: dict[float, float] = {}
@@ -335,7 +319,7 @@ def training_curves(metrics_jsonl: Path, out_png: Path) -> Path | None:
     metrics_jsonl = Path(metrics_jsonl)
     if not metrics_jsonl.is_file():
         return None
-    records = read_metrics_jsonl(metrics_jsonl)
+    records = read_records(metrics_jsonl)
     groups = {name: panel for name, panel in _panels(records).items() if panel[0]}
     if not groups:
         return None

@@ -15,7 +15,6 @@ newest version ("latest" cannot be an alias).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 
 from radmtl.errors import RadmtlError
 from radmtl.tracking.datasets import DATA_DIGEST_TAG
+from radmtl.tracking.metrics_file import read_records
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,7 @@ def best_epoch_metrics(metrics_jsonl: Path, best_epoch: int | None) -> dict[str,
     found: dict[str, float] = {}
     if best_epoch is None or not Path(metrics_jsonl).is_file():
         return found
-    for line in Path(metrics_jsonl).read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a last line cut by a kill
+    for record in read_records(metrics_jsonl):
         if record.get("epoch") == best_epoch:
             found.update({k: float(v) for k, v in record.items() if k.startswith("val_")})
     return found

@@ -11,7 +11,6 @@ MLflow is imported lazily so that importing radmtl (and ``radmtl --help``) stays
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 from radmtl.errors import RadmtlError
 from radmtl.tracking.environment import user_name
+from radmtl.tracking.metrics_file import append_record, logged_points
 from radmtl.tracking.store import (  # noqa: F401  (default_tracking_uri, probe_http: public here too)
     default_tracking_uri, is_http, probe_http, sqlite_path, sqlite_write_problem)
 
@@ -116,16 +116,26 @@ class Tracker:
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
 
+    def mend(self, pending: list[tuple[int, dict[str, float]]]) -> int:
+        """Record each (key, step) of ``pending`` that the run does not hold yet; returns how many
+        points were missing anywhere. For a resume: the killed process may have died between any two
+        of its ``log_metrics`` calls, so sending the whole epoch again would log some points twice."""
+        missing = 0
+        if self.metrics_jsonl is not None:
+            have = logged_points(self.metrics_jsonl)
+            for step, metrics in pending:
+                absent = {k: v for k, v in metrics.items() if (k, int(step)) not in have}
+                if absent:
+                    append_record(self.metrics_jsonl, absent, step)
+                    missing += len(absent)
+        return missing + self._mend_remote(pending)
+
+    def _mend_remote(self, pending: list[tuple[int, dict[str, float]]]) -> int:
+        return 0
+
     def _append_local(self, metrics: dict[str, float], step: int) -> None:
-        if self.metrics_jsonl is None:
-            return
-        record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
-        self.metrics_jsonl.parent.mkdir(parents=True, exist_ok=True)
-        # One write of one full line per call: a crash leaves at most one truncated last line,
-        # which readers skip.
-        with self.metrics_jsonl.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        if self.metrics_jsonl is not None:
+            append_record(self.metrics_jsonl, metrics, step)
 
 
 class NullTracker(Tracker):
@@ -193,9 +203,25 @@ class MlflowTracker(Tracker):
 
         self._append_local(metrics, step)
         now_ms = int(time.time() * 1000)
-        entries = [Metric(key, float(value), now_ms, int(step)) for key, value in metrics.items()]
+        self._send_metrics([Metric(key, float(value), now_ms, int(step)) for key, value in metrics.items()])
+
+    def _send_metrics(self, entries: list[Any]) -> None:
         for batch in _chunks(entries, MAX_METRICS_PER_BATCH):
             self._call("log_metrics", self.client.log_batch, self.run_id, metrics=batch)
+
+    def _mend_remote(self, pending: list[tuple[int, dict[str, float]]]) -> int:
+        from mlflow.entities import Metric
+
+        now_ms = int(time.time() * 1000)
+        entries = []
+        for key in sorted({key for _, metrics in pending for key in metrics}):
+            steps = self.metric_steps(key)
+            if steps is None:  # MLflow unreachable: the local copy is all there is
+                return 0
+            entries += [Metric(key, float(metrics[key]), now_ms, int(step))
+                        for step, metrics in pending if key in metrics and int(step) not in steps]
+        self._send_metrics(entries)
+        return len(entries)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._call("log_artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)

@@ -227,7 +227,7 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
             state.epoch = epoch
             # Checkpoint first, carrying this epoch's metrics; then send them. A kill before the
             # save re-runs the epoch without any of its points in MLflow; a kill after it is
-            # mended on resume by _flush_pending, so every epoch is logged exactly once.
+            # mended on resume by _flush_pending, so every point is logged exactly once.
             pending = step_metrics + [(epoch, epoch_metrics | {"epoch": epoch})]
             if ctx.is_main:
                 ckpt = make_payload(cfg=cfg, label_names=labels, model=model, loss_fn=loss_fn,
@@ -262,11 +262,11 @@ def _send(tracker: Tracker, pending: list[tuple[int, dict[str, float]]]) -> None
 
 
 def _flush_pending(tracker: Tracker, pending: list, epoch: int) -> None:
-    """Send the last checkpointed epoch's metrics if the killed process did not get to it."""
-    logged = tracker.metric_steps("epoch")
-    if logged is not None and epoch not in logged:
-        log.info("resume: sending the metrics of epoch %d, which the interrupted run had not logged", epoch)
-        _send(tracker, [(int(step), dict(metrics)) for step, metrics in pending])
+    """Send what the killed process did not of the last checkpointed epoch's metrics."""
+    missing = tracker.mend([(int(step), dict(metrics)) for step, metrics in pending])
+    if missing:
+        log.info("resume: sent %d metric points of epoch %d that the interrupted run had not logged",
+                 missing, epoch)
 
 
 def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, state, device, amp_dtype,

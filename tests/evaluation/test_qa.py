@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from radmtl.evaluation.qa import _panels, _series, _slice, qa_images, read_metrics_jsonl, training_curves
+from radmtl.evaluation.qa import _panels, _series, _slice, qa_images, training_curves
+from radmtl.tracking.metrics_file import read_records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -122,7 +123,7 @@ def test_training_curves_multi_panel(tmp_path):
     _write_jsonl(metrics, records)
     with metrics.open("a") as handle:
         handle.write('{"step": 42, "step_loss_to')  # a run killed mid-write
-    assert len(read_metrics_jsonl(metrics)) == len(records)
+    assert len(read_records(metrics)) == len(records)
     out = training_curves(metrics, tmp_path / "curves" / "training_curves.png")
     assert out == tmp_path / "curves" / "training_curves.png"
     width, height = _png_size(out)

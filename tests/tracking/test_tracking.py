@@ -18,6 +18,7 @@ from radmtl.tracking.tracker import (
     start_tracking,
 )
 from radmtl.tracking.environment import run_tags
+from radmtl.tracking.metrics_file import read_records
 from radmtl.inference.model_uri import resolve_model_uri
 
 
@@ -133,6 +134,39 @@ def test_resume_continues_the_same_run(store, tmp_path, caplog):
 
     with pytest.raises(RadmtlError, match="cannot resume MLflow run 0123abcd"):
         start_tracking(uri, "exp-resume", None, tmp_path, resume_run_id="0123abcd")
+
+
+def test_mend_after_a_kill_mid_send_logs_each_point_once(store, tmp_path):
+    """A kill can land between two log calls of an epoch already checkpointed: resume sends only
+    what is missing, to MLflow and to metrics.jsonl alike (CI once saw steps 3 and 4 logged twice)."""
+    uri, _ = store
+    pending = [(3, {"step_loss_total": 0.9, "lr": 1e-3}), (4, {"step_loss_total": 0.8, "lr": 1e-3}),
+               (2, {"train_loss_total": 0.85, "val_mae_hu": 60.0, "epoch": 2})]
+    first = start_tracking(uri, "exp-mend", "r", tmp_path)
+    first.log_metrics({"step_loss_total": 1.0, "lr": 1e-3}, step=1)
+    first.log_metrics(*reversed(pending[0]))  # killed here: step 4 and the epoch row never sent
+
+    second = start_tracking(uri, "exp-mend", "ignored", tmp_path, resume_run_id=first.run_id)
+    assert second.mend(pending) == 2 * (2 + 3)  # step 4 and the epoch row, in MLflow and locally
+    assert second.mend(pending) == 0  # nothing left to send
+    second.end()
+
+    client = _client(uri)
+    assert [m.step for m in client.get_metric_history(first.run_id, "step_loss_total")] == [1, 3, 4]
+    assert [m.step for m in client.get_metric_history(first.run_id, "lr")] == [1, 3, 4]
+    assert [m.value for m in client.get_metric_history(first.run_id, "val_mae_hu")] == [60.0]
+    records = _jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 3, 4, 2]
+    assert records[-1]["epoch"] == 2 and records[-1]["val_mae_hu"] == 60.0
+
+
+def test_mend_without_mlflow_completes_the_local_copy(tmp_path):
+    local = tmp_path / "metrics.jsonl"
+    NullTracker(local).log_metrics({"step_loss_total": 0.9}, step=3)
+    local.write_text(local.read_text() + '{"step": 4, "step_lo')  # the line the kill cut
+    resumed = NullTracker(local)
+    assert resumed.mend([(3, {"step_loss_total": 0.9}), (4, {"step_loss_total": 0.8})]) == 1
+    assert [(r["step"], r["step_loss_total"]) for r in read_records(local)] == [(3, 0.9), (4, 0.8)]
 
 
 def test_unreachable_server_falls_back_quickly(tmp_path, caplog, monkeypatch):
