@@ -184,8 +184,8 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
         tracker = start_tracking(tracking_uri, experiment or cfg.tracking.experiment,
                                  make_run_name(out_dir, cfg.loss.weighting, data_dirs), out_dir, state.run_id)
     state.run_id = tracker.run_id
-    if payload is not None and payload.get("pending_metrics"):
-        _flush_pending(tracker, payload["pending_metrics"], state.epoch)
+    if payload is not None:
+        _flush_pending(tracker, payload, out_dir)
     if payload is None and ctx.is_main:
         tracker.log_params(flatten(cfg) | data_params(data, data_dirs) | {"dist.world_size": ctx.world_size})
         tracker.set_tags(run_tags(str(device)) | {"radmtl.out_dir": str(out_dir.resolve())})
@@ -235,6 +235,7 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
                                     global_step=state.global_step, best_metric=state.best_metric,
                                     best_epoch=state.best_epoch, run_id=state.run_id)
                 ckpt["pending_metrics"] = pending
+                ckpt["pending_artifacts"] = [str(path.relative_to(out_dir)) for path in qa_paths]
                 ckpt["world_size"] = ctx.world_size
                 save_checkpoint(latest, ckpt)
                 if improved:
@@ -261,12 +262,18 @@ def _send(tracker: Tracker, pending: list[tuple[int, dict[str, float]]]) -> None
         tracker.log_metrics(metrics, step=step)
 
 
-def _flush_pending(tracker: Tracker, pending: list, epoch: int) -> None:
-    """Send what the killed process did not of the last checkpointed epoch's metrics."""
+def _flush_pending(tracker: Tracker, payload: dict, out_dir: Path) -> None:
+    """Send what the killed process did not of the last checkpointed epoch: the metric points it
+    had not logged, and that epoch's QA pictures (logged again: an artifact upload overwrites)."""
+    epoch = payload["epoch"]
+    pending = payload.get("pending_metrics") or []
     missing = tracker.mend([(int(step), dict(metrics)) for step, metrics in pending])
     if missing:
         log.info("resume: sent %d metric points of epoch %d that the interrupted run had not logged",
                  missing, epoch)
+    for name in payload.get("pending_artifacts", []):
+        if (out_dir / name).is_file():
+            tracker.log_artifact(out_dir / name, artifact_path="qa")
 
 
 def _train_epoch(model, loss_fn, optimizer, scheduler, scaler, loader, cfg, state, device, amp_dtype,

@@ -18,6 +18,7 @@ import pytest
 
 from radmtl.config import load_config
 from radmtl.nn.checkpoint import LATEST, load_checkpoint
+from radmtl.tracking.metrics_file import read_records
 from radmtl.tracking.tracker import NullTracker
 from radmtl.training.train import train
 from tiny_config import TINY
@@ -77,6 +78,15 @@ def test_resume_after_kill_continues_same_run(phantom_data, straight_run, tmp_pa
         assert sorted(steps) == list(range(1, epochs + 1)), (metric, steps)
     step_points = [m.step for m in client.get_metric_history(run.info.run_id, "step_loss_total")]
     assert len(step_points) == len(set(step_points))
+    # The local copy too holds every point once (a kill inside an epoch's send is mended, not resent),
+    # and every validation picture written reached MLflow.
+    local = [(key, r["step"]) for r in read_records(tmp_path / "killed" / "metrics.jsonl") for key in r
+             if key not in ("step", "time")]
+    assert len(local) == len(set(local))
+    assert sorted((step for key, step in local if key == "step_loss_total")) == list(range(1, len(step_points) + 1))
+    pictures = sorted(f"qa/{p.name}" for p in (tmp_path / "killed" / "qa").glob("epoch_*.png"))
+    assert len(pictures) >= epochs
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "qa")) == pictures
     # Reseeding per epoch makes the resumed run retrace the uninterrupted one exactly.
     straight_rows = epoch_rows(straight_run)
     killed_rows = epoch_rows(tmp_path / "killed" / "metrics.jsonl")
@@ -134,3 +144,33 @@ def test_lock_left_by_a_dead_run_is_taken_over_and_another_hosts_is_refused(phan
     with pytest.raises(RunFolderError, match="names another radmtl train .pid 1 on elsewhere.example"):
         with run_lock(tmp_path / "run"):
             pass
+
+
+def test_resume_mends_the_checkpointed_epochs_metrics_and_pictures(tmp_path):
+    """What the killed process may not have sent of its last checkpointed epoch reaches the run on
+    resume: the missing metric points once, and the epoch's QA pictures that are on disk."""
+    from radmtl.training.train import _flush_pending
+
+    class Recording(NullTracker):
+        def __init__(self, metrics_jsonl):
+            super().__init__(metrics_jsonl)
+            self.artifacts = []
+
+        def log_artifact(self, path, artifact_path=None):
+            self.artifacts.append((Path(path), artifact_path))
+
+    out = tmp_path / "run"
+    (out / "qa").mkdir(parents=True)
+    (out / "qa" / "epoch_0003_case_000_axial.png").write_bytes(b"png")
+    tracker = Recording(out / "metrics.jsonl")
+    tracker.log_metrics({"step_loss_total": 0.7}, step=5)  # sent before the kill; step 6 and the epoch row not
+    payload = {"epoch": 3,
+               "pending_metrics": [(5, {"step_loss_total": 0.7}), (6, {"step_loss_total": 0.6}),
+                                   (3, {"epoch": 3, "val_mae_hu": 50.0})],
+               "pending_artifacts": ["qa/epoch_0003_case_000_axial.png", "qa/epoch_0003_deleted_coronal.png"]}
+    _flush_pending(tracker, payload, out)
+    assert tracker.artifacts == [(out / "qa" / "epoch_0003_case_000_axial.png", "qa")]
+    rows = [(r["step"], {k: v for k, v in r.items() if k not in ("step", "time")})
+            for r in read_records(out / "metrics.jsonl")]
+    assert rows == [(5, {"step_loss_total": 0.7}), (6, {"step_loss_total": 0.6}),
+                    (3, {"epoch": 3.0, "val_mae_hu": 50.0})]
