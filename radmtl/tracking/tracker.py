@@ -118,7 +118,7 @@ class Tracker:
 
     def mend(self, pending: list[tuple[int, dict[str, float]]]) -> int:
         """Record each (key, step) of ``pending`` that the run does not hold yet; returns how many
-        points were missing anywhere. For a resume: the killed process may have died between any two
+        points it added (metrics.jsonl and MLflow counted apart). For a resume: the killed process may have died between any two
         of its ``log_metrics`` calls, so sending the whole epoch again would log some points twice."""
         missing = 0
         if self.metrics_jsonl is not None:

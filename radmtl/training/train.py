@@ -269,8 +269,8 @@ def _flush_pending(tracker: Tracker, payload: dict, out_dir: Path) -> None:
     pending = payload.get("pending_metrics") or []
     missing = tracker.mend([(int(step), dict(metrics)) for step, metrics in pending])
     if missing:
-        log.info("resume: sent %d metric points of epoch %d that the interrupted run had not logged",
-                 missing, epoch)
+        log.info("resume: sent %d metric point(s) of epoch %d that the interrupted run had not logged "
+                 "(metrics.jsonl and MLflow counted apart)", missing, epoch)
     for name in payload.get("pending_artifacts", []):
         if (out_dir / name).is_file():
             tracker.log_artifact(out_dir / name, artifact_path="qa")
