@@ -19,21 +19,22 @@ def append_record(path: Path, metrics: dict[str, float], step: int) -> None:
     record = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     # One write of one full line per call: a crash leaves at most one truncated last line,
-    # which read_records skips; a resumed run starts a new line after it, or its first record
-    # would be glued to the cut one and lost with it.
-    cut = _ends_mid_line(path)
+    # which read_records skips.
     with path.open("a", encoding="utf-8") as handle:
-        handle.write(("\n" if cut else "") + json.dumps(record) + "\n")
+        handle.write(json.dumps(record) + "\n")
         handle.flush()
 
 
-def _ends_mid_line(path: Path) -> bool:
+def close_cut_line(path: Path) -> None:
+    """End a last line that a kill cut short, so that the next record starts a line of its own (glued
+    to the cut one it would be unreadable, and lost with it). Once, when a run opens the file."""
     try:
-        with path.open("rb") as handle:
+        with path.open("rb+") as handle:
             handle.seek(-1, 2)
-            return handle.read(1) != b"\n"
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
     except (FileNotFoundError, OSError):  # no file yet, or an empty one (seek before the start)
-        return False
+        pass
 
 
 def read_records(path: Path) -> list[dict[str, float]]:

@@ -21,7 +21,8 @@ from typing import Any
 
 from radmtl.errors import RadmtlError
 from radmtl.tracking.environment import user_name
-from radmtl.tracking.metrics_file import append_record, logged_points
+from radmtl.tracking.experiment import get_or_create_experiment
+from radmtl.tracking.metrics_file import append_record, close_cut_line, logged_points
 from radmtl.tracking.store import (  # noqa: F401  (default_tracking_uri, probe_http: public here too)
     default_tracking_uri, is_http, probe_http, sqlite_path, sqlite_write_problem)
 
@@ -42,10 +43,6 @@ _HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
-# The experiment kind MLflow 3's UI reads (mlflow/server/js: "mlflow.experimentKind", values
-# "genai_development" | "custom_model_development" | ...): radmtl trains models.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
 MODEL_NAME = "model"
 _BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
@@ -85,6 +82,8 @@ class Tracker:
 
     def __init__(self, metrics_jsonl: Path | None = None) -> None:
         self.metrics_jsonl = Path(metrics_jsonl) if metrics_jsonl is not None else None
+        if self.metrics_jsonl is not None:
+            close_cut_line(self.metrics_jsonl)  # a resumed run appends after a killed one
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log ``params`` (lists become strings; values longer than MLflow allows are cut)."""
@@ -304,34 +303,6 @@ def _unreachable_message(uri: str, reason: str, metrics_jsonl: Path | None) -> s
     )
 
 
-def _get_or_create_experiment(client: Any, uri: str, name: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        db = sqlite_path(uri)
-        # Without an explicit location MLflow uses ./mlruns of the *current* folder, which a later
-        # `mlflow ui` started elsewhere cannot find; beside the database it always can.
-        location = (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
-        try:
-            return client.create_experiment(name, artifact_location=location,
-                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-        except MlflowException:
-            # Another process (a second training) may have created it in between.
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-    if experiment.lifecycle_stage == "deleted":
-        raise RadmtlError(
-            f"MLflow experiment {name!r} at {uri} is deleted; restore it with "
-            f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` "
-            "or choose another --experiment"
-        )
-    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made by hand or by an older radmtl; a kind set by a user stays
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    return experiment.experiment_id
-
-
 def start_tracking(
     uri: str | None,
     experiment: str,
@@ -394,7 +365,7 @@ def start_tracking(
             run_id = resume_run_id
             logger.info("continuing MLflow run %s at %s", run_id, uri)
         else:
-            experiment_id = _get_or_create_experiment(client, uri, experiment)
+            experiment_id = get_or_create_experiment(client, uri, experiment)
             # The fluent API would add these; the explicit client does not, and the UI shows them.
             tags = {"mlflow.user": user_name(), "mlflow.source.name": "radmtl train", "mlflow.source.type": "LOCAL"}
             run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id

@@ -318,7 +318,7 @@ def test_resolve_model_uri_errors(store, tmp_path):
 
 
 def test_experiment_is_marked_model_training_when_made_and_when_used(store, tmp_path):
-    from radmtl.tracking.tracker import EXPERIMENT_KIND_TAG
+    from radmtl.tracking.experiment import EXPERIMENT_KIND_TAG
 
     uri, _ = store
     client = _client(uri)

@@ -22,7 +22,7 @@ from radmtl.tracking.metrics_file import read_records
 from radmtl.tracking.tracker import NullTracker
 from radmtl.training.train import train
 from tiny_config import TINY
-from train_runs import epoch_rows, read_jsonl, train_process, wait_for_epoch
+from train_runs import epoch_rows, train_process, wait_for_epoch
 
 RESUME_EPOCHS = 8  # room to be killed mid-run however fast the epochs are
 RESUME_SETS = [a for s in TINY + [f"train.epochs={RESUME_EPOCHS}", "data.patches_per_volume=6"] for a in ("--set", s)]
@@ -124,7 +124,7 @@ def test_second_train_on_the_same_out_is_refused_with_the_owner_named(phantom_da
         "finish, or choose another --out"]
     assert first.wait(timeout=300) == 0, first.stdout.read()
     assert lock.read_text() == ""  # released
-    steps = [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "step_loss_total" in r]
+    steps = [r["step"] for r in read_records(tmp_path / "run" / "metrics.jsonl") if "step_loss_total" in r]
     assert steps == [1, 2, 3, 4]  # one run's steps only
 
 

@@ -9,11 +9,12 @@ import torch
 from radmtl.nn.checkpoint import BEST, LATEST, load_checkpoint, model_from_checkpoint
 from radmtl.config import load_config
 from radmtl.errors import RadmtlError
+from radmtl.tracking.metrics_file import read_records
 from radmtl.tracking.tracker import NullTracker
 from radmtl.training.train import NonFiniteLossError, train
 from radmtl.data.transforms import RandLeftRightFlipd, left_right_label_swaps
 from tiny_config import TINY
-from train_runs import epoch_rows, read_jsonl
+from train_runs import epoch_rows
 
 
 def test_same_seed_same_losses(phantom_data, tmp_path):
@@ -21,7 +22,7 @@ def test_same_seed_same_losses(phantom_data, tmp_path):
     for name in ("a", "b"):
         train(cfg, phantom_data, tmp_path / name, progress=False,
               tracker=NullTracker(metrics_jsonl=tmp_path / name / "metrics.jsonl"))
-    a, b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    a, b = read_records(tmp_path / "a" / "metrics.jsonl"), read_records(tmp_path / "b" / "metrics.jsonl")
     drop = {"time", "patches_per_s"}
     assert [{k: v for k, v in r.items() if k not in drop} for r in a] == \
            [{k: v for k, v in r.items() if k not in drop} for r in b]
@@ -37,7 +38,7 @@ def test_same_seed_same_losses(phantom_data, tmp_path):
     other = load_config(None, TINY + ["seed=1"])
     train(other, phantom_data, tmp_path / "c", progress=False,
           tracker=NullTracker(metrics_jsonl=tmp_path / "c" / "metrics.jsonl"))
-    c = read_jsonl(tmp_path / "c" / "metrics.jsonl")
+    c = read_records(tmp_path / "c" / "metrics.jsonl")
     assert c[0]["step_loss_total"] != a[0]["step_loss_total"]
 
 

@@ -1,8 +1,7 @@
-"""What the training tests share: reading a run's metrics.jsonl, starting `radmtl train` as a process."""
+"""What the training tests share: a run's epoch rows, starting `radmtl train` as a process."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,14 +9,12 @@ import time
 from pathlib import Path
 
 from radmtl.nn.checkpoint import load_checkpoint
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+from radmtl.tracking.metrics_file import read_records
 
 
 def epoch_rows(path: Path) -> dict[int, dict]:
-    return {int(r["epoch"]): r for r in read_jsonl(path) if "epoch" in r}
+    """A run's epoch rows by epoch, read as radmtl reads them (a killed run's file may hold a cut line)."""
+    return {int(r["epoch"]): r for r in read_records(path) if "epoch" in r}
 
 
 def train_process(args: list[str], cwd: Path) -> subprocess.Popen:
