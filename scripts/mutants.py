@@ -112,8 +112,8 @@ MUTANTS: list[Mutant] = [
         (STEP, "g = g * factor.to(g.device) if factor is not None else g", "g = g"),
     )),
     Mutant("output heads inside bf16 autocast", ("tests/training/test_train_step.py",), (
-        (MODEL, "with torch.autocast(device_type=features[0].device.type, enabled=False):",
-         "with torch.autocast(device_type=features[0].device.type, dtype=torch.bfloat16):"),
+        (MODEL, "with torch.autocast(device_type=points[0].device.type, enabled=False):",
+         "with torch.autocast(device_type=points[0].device.type, dtype=torch.bfloat16):"),
     )),
     Mutant("DICOM: LPS taken as RAS (no x/y sign flip)", DICOM_TESTS, (
         (DICOM_COMMON, "RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])", "RAS_FROM_LPS = np.diag([1.0, 1.0, 1.0, 1.0])"),

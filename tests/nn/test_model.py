@@ -306,3 +306,33 @@ def test_sct_log_var_head_starts_at_configured_scale():
     # Zero input → the head's output is its bias plus a small weight term; its mean sits at -4.
     assert abs(float(log_var.detach().mean()) + 4.0) < 0.5
     assert model.heads["sct_log_var"].conv.bias.item() == -4.0
+
+
+def test_pointwise_head_equals_a_1x1x1_convolution_forward_and_backward():
+    from radmtl.nn.model import PointwiseHead
+
+    torch.manual_seed(0)
+    head = PointwiseHead(5, 3)
+    x = torch.randn(2, 5, 6, 7, 4, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y = head(x)
+    y_ref = torch.nn.functional.conv3d(x_ref, head.conv.weight, head.conv.bias)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    upstream = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, head.conv.weight, head.conv.bias], upstream)
+    grads_ref = torch.autograd.grad(y_ref, [x_ref, head.conv.weight, head.conv.bias], upstream)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # The gradient handed to the decoder is contiguous (channels first): a channels-last one made the
+    # decoder convolutions' backward convert it and cost more than the head saved.
+    assert grads[0].is_contiguous()
+
+
+def test_heads_keep_the_conv_state_dict_layout_of_saved_checkpoints():
+    # Checkpoints written when the heads were MONAI Convolutions hold heads.<key>.conv.weight of shape
+    # (out, in, 1, 1, 1) and heads.<key>.conv.bias: the matmul heads must load them unchanged.
+    state = tiny().state_dict()
+    assert state["heads.sct.conv.weight"].shape == (1, 4, 1, 1, 1)
+    assert state["heads.sct_log_var.conv.bias"].shape == (1,)
+    assert state["heads.seg_logits.conv.weight"].shape == (3, 4, 1, 1, 1)
+    assert not [k for k in state if k.startswith("heads.") and ".conv." not in k]

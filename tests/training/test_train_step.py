@@ -223,4 +223,6 @@ def test_heads_run_in_float32_outside_bf16_autocast():
     assert seen["inp"].dtype == torch.float32 and seen["out"].dtype == torch.float32
     conv = model.heads["sct"].conv
     reference = torch.nn.functional.conv3d(seen["inp"], conv.weight, conv.bias)
-    torch.testing.assert_close(seen["out"], reference, rtol=0, atol=0)
+    # The head is a matmul (PointwiseHead), not oneDNN's conv: float32 rounding apart, the same map;
+    # a bf16 head would be off by ~0.4 % (8 bits of mantissa), far outside this tolerance.
+    torch.testing.assert_close(seen["out"], reference, rtol=1e-5, atol=1e-6)
