@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -35,3 +39,37 @@ def test_native_check_reads_torch_cpu_helpers(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     assert device_module.cpu_has_native_bf16() is False
+
+
+_PAGE_FAULTS_PER_STEP = """
+import resource, sys, torch
+from radmtl.device import keep_freed_memory_for_reuse
+accepted = keep_freed_memory_for_reuse() if sys.argv[1] == "tuned" else None
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.InstanceNorm3d(8),
+                          torch.nn.LeakyReLU(), torch.nn.Conv3d(8, 1, 3, padding=1))
+mr = torch.randn(2, 1, 32, 48, 40)
+for _ in range(3):  # warm-up: the allocator's own adaptive thresholds settle
+    net(mr).square().mean().backward()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    net(mr).square().mean().backward()
+print(accepted, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_training_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
+    # A small conv forward/backward in steady state: untuned glibc unmaps the freed activations and
+    # gradients (a few MB each) and faults thousands of pages in again every step (7190 per step when
+    # written; radmtl's real CPU step: ~23000); tuned, the memory is reused.
+    def faults_per_step(mode: str) -> tuple[str, float]:
+        out = subprocess.run([sys.executable, "-c", _PAGE_FAULTS_PER_STEP, mode],
+                             capture_output=True, text=True, check=True).stdout.split()
+        return out[0], float(out[1])
+
+    accepted, tuned = faults_per_step("tuned")
+    _, untuned = faults_per_step("plain")
+    assert accepted == "True"
+    assert untuned > 2000
+    assert tuned < 100

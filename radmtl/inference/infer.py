@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from radmtl import __version__
-from radmtl.device import amp_dtype_for, resolve_device
+from radmtl.device import amp_dtype_for, keep_freed_memory_for_reuse, resolve_device
 from radmtl.errors import RadmtlError
 from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
 from radmtl.data.io import OUTPUT_FORMATS, VolumeError, Grid, output_suffix, strip_volume_suffix, write_like
@@ -123,6 +123,8 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
     overlap = float(options.overlap if options.overlap is not None else cfg.infer.overlap)
     sw_batch_size = int(options.sw_batch_size if options.sw_batch_size is not None else cfg.infer.sw_batch_size)
     device = resolve_device(options.device)
+    if device.type == "cpu":
+        keep_freed_memory_for_reuse()  # each window's buffers are reused, not page-faulted anew
     amp_dtype = amp_dtype_for(cfg.train.amp, device, training=False)
     dicom_out = prepared.is_dicom if options.dicom_out is None else options.dicom_out
     suffix = output_suffix(options.output_format, None if prepared.is_dicom else prepared.mr_path)

@@ -23,7 +23,7 @@ from monai.data import CacheDataset
 
 from radmtl.nn.checkpoint import BEST, LATEST, load_checkpoint, make_payload, save_checkpoint, set_rng_state
 from radmtl.config import Config, config_from_dict, dump_config, flatten, load_config
-from radmtl.device import amp_dtype_for, resolve_device
+from radmtl.device import amp_dtype_for, keep_freed_memory_for_reuse, resolve_device
 from radmtl.errors import RadmtlError
 from radmtl.data.io import atomic_path
 from radmtl.nn.losses import MultiTaskLoss, parameter_groups
@@ -157,6 +157,8 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
 
     # --- model and optimisation ------------------------------------------------------------
     device = dist_device or resolve_device(device_name)
+    if device.type == "cpu":
+        keep_freed_memory_for_reuse()  # each step's activations are reused, not page-faulted anew
     amp_dtype = amp_dtype_for(cfg.train.amp, device, training=True)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
