@@ -2,7 +2,7 @@
 """Bragman et al. 2018, Table 1 ablation and calibration study on radmtl phantoms.
 
 Generates (or takes) a phantom dataset with a fixed train/validation/test split, trains every model of
-``MODELS`` — one recipe (``configs/quick.yaml`` on a CPU budget) with only the loss changed, so every
+``MODELS`` — one recipe (``configs/budget.yaml`` on a CPU budget) with only the loss changed, so every
 model gets the same optimiser steps — in one MLflow experiment (each model a child run of one parent
 run), runs ``radmtl infer`` with MC dropout on the test cases (for σ models also without the σ-scaling
 factor: calibration before and after recalibration) and ``radmtl evaluate`` on the outputs, and writes
@@ -30,7 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"  # resolved at import: the recipes always come from the repository
-# (name, paper model, loss overrides) in table order. Every model is the mode's recipe (configs/quick.yaml
+# (name, paper model, loss overrides) in table order. Every model is the mode's recipe (configs/budget.yaml
 # on a CPU budget) with only these keys changed, so equal optimiser steps and equal everything else.
 MODELS = [
     ("m1_sct", "M1 sCT only", ["loss.tasks=[sct]", "loss.weighting=fixed"]),
@@ -53,7 +53,7 @@ MODES = {
                      "train.epochs=1", "train.steps_per_epoch=2", "train.log_every=1", "train.val_every=1", "model.channels=[4,8]",
                      "model.strides=[2]", "data.spacing=[12.0,12.0,9.6]", "data.patch_size=[16,16,16]",
                      "train.warmup_epochs=0", "data.cache=false"]),
-    "budget": dict(base="quick.yaml", shape=(64, 48, 40), spacing=(6.0, 6.0, 4.8), n_train=19, n_val=5,
+    "budget": dict(base="budget.yaml", shape=(64, 48, 40), spacing=(6.0, 6.0, 4.8), n_train=19, n_val=5,
                    n_test=6, mc=8, overrides=[]),
     "full": dict(base="default.yaml", shape=(96, 96, 64), spacing=(4.0, 3.0, 3.0), n_train=24, n_val=4,
                  n_test=8, mc=20, overrides=["data.spacing=[4.0,3.0,3.0]"]),

@@ -10,8 +10,8 @@ CONFIG="${DEMO_CONFIG:-configs/quick.yaml}"
 # The phantom is generated on the network's own grid (configs/quick.yaml data.spacing), so the true
 # noise SD map that evaluate compares σ with lives on the grid where σ was learned: resampling would
 # shrink i.i.d. noise and bias the comparison.
-SHAPE=(64 48 40)
-SPACING=(6 6 4.8)
+SHAPE=(56 40 32)
+SPACING=(7 7 6)
 rm -rf "$OUT"
 mkdir -p "$OUT"
 

@@ -10,7 +10,7 @@ def test_ablation_models_differ_only_in_the_loss(load_script):
 
     ablation = load_script("ablation")
     names = [name for name, _, _ in ablation.MODELS]
-    cfgs = ablation.load_configs(names, "quick.yaml", [])
+    cfgs = ablation.load_configs(names, ablation.MODES["budget"]["base"], [])
     may_differ = {"loss.tasks", "loss.weighting", "model.tasks", "model.sct_log_var", "model.seg_log_var",
                   "train.best_metric", "train.best_mode", "train.grad_clip_mode"}
     reference = flatten(cfgs["hetero_homo"])

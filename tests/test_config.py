@@ -152,3 +152,15 @@ def test_mc_dropout_at_checked_when_built_directly():
 
     with pytest.raises(ConfigError, match="model.mc_dropout_at"):
         Config(model=ModelConfig(mc_dropout_at="tail"))
+
+
+def test_budget_recipe_is_the_quick_recipe_on_the_finer_grid_with_more_steps():
+    # configs/budget.yaml (ablation, σ studies) and configs/quick.yaml (the demo) must stay one recipe
+    # apart from the grid and the step count, or the ablation's conclusions stop describing the demo.
+    from radmtl.config import flatten
+
+    quick = flatten(load_config(ROOT / "configs" / "quick.yaml"))
+    budget = flatten(load_config(ROOT / "configs" / "budget.yaml"))
+    differ = {k for k in quick if quick[k] != budget[k]}
+    assert differ == {"data.spacing", "data.patch_size", "train.epochs"}
+    assert budget["train.epochs"] * budget["train.steps_per_epoch"] == 1000
