@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import os
 import platform
 import subprocess
 import sys
@@ -60,16 +61,23 @@ print(accepted, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_training_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
-    # A small conv forward/backward in steady state: untuned glibc unmaps the freed activations and
-    # gradients (a few MB each) and faults thousands of pages in again every step (7190 per step when
-    # written; radmtl's real CPU step: ~23000); tuned, the memory is reused.
+    # A small conv forward/backward in steady state: glibc with its default mmap threshold unmaps the
+    # freed activations and gradients (a few MB each) and faults thousands of pages in again every
+    # step (radmtl's real CPU step: ~23000); tuned, the memory is reused. Both processes start with
+    # glibc's default threshold pinned (MALLOC_MMAP_THRESHOLD_): left alone, glibc raises it by itself
+    # after some frees, how soon depending on the process's allocation history (0 to 7190 faults per
+    # step seen untuned across checkouts), which would make the untuned side a coin toss.
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
     def faults_per_step(mode: str) -> tuple[str, float]:
         out = subprocess.run([sys.executable, "-c", _PAGE_FAULTS_PER_STEP, mode],
-                             capture_output=True, text=True, check=True).stdout.split()
+                             capture_output=True, text=True, check=True, env=env).stdout.split()
         return out[0], float(out[1])
 
     accepted, tuned = faults_per_step("tuned")
     _, untuned = faults_per_step("plain")
     assert accepted == "True"
-    assert untuned > 2000
-    assert tuned < 100
+    assert untuned > 2000  # 16504 per step when written
+    # tuned: 0 in most runs, 192 in one of twelve (a worker thread's arena): a no-op would fault as
+    # much as untuned
+    assert tuned < untuned / 20
