@@ -17,6 +17,7 @@ from pathlib import Path
 
 from radmtl import __version__
 from radmtl.errors import RadmtlError
+from radmtl.termination import Terminated, raise_terminated
 
 log = logging.getLogger("radmtl")
 
@@ -215,18 +216,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return evaluate_from_cli(args)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, ``timeout``, ``docker stop``), raised where the program is, like Ctrl-C.
-
-    A KeyboardInterrupt subclass so that every clean-up written for Ctrl-C runs for it too: the
-    MLflow run is marked KILLED, hidden partial outputs are removed, the last checkpoint stays.
-    """
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -241,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet or getattr(args, "no_progress", False):
         # MLflow draws its own "Downloading artifacts" bars (a model fetched from a remote store).
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if _main_thread() else None
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if _main_thread() else None
     # Under torchrun N processes print to one console: say which one speaks.
     name = f"radmtl {args.command}"
     if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):

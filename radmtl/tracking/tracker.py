@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from radmtl.errors import RadmtlError
+from radmtl.termination import shielded
 from radmtl.tracking.environment import user_name
 from radmtl.tracking.experiment import get_or_create_experiment
 from radmtl.tracking.metrics_file import append_record, close_cut_line, logged_points
@@ -167,7 +168,8 @@ class MlflowTracker(Tracker):
         if self.disabled:
             return None
         try:
-            return fn(*args, **kwargs)
+            with shielded():  # a SIGTERM mid-call could leave the store's write lock held
+                return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any MLflow/network/disk failure means the same
             self.disabled = True
             reason = f"{what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
