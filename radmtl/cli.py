@@ -16,8 +16,7 @@ import warnings
 from pathlib import Path
 
 from radmtl import __version__
-from radmtl.errors import RadmtlError
-from radmtl.termination import Terminated, raise_terminated
+from radmtl.errors import RadmtlError, Terminated, raise_terminated
 
 log = logging.getLogger("radmtl")
 

@@ -19,8 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from radmtl.errors import RadmtlError
-from radmtl.termination import shielded
+from radmtl.errors import RadmtlError, shielded
 from radmtl.tracking.environment import user_name
 from radmtl.tracking.experiment import get_or_create_experiment
 from radmtl.tracking.metrics_file import append_record, close_cut_line, logged_points

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from radmtl.termination import Terminated, raise_terminated, shielded
+from radmtl.errors import Terminated, raise_terminated, shielded
 
 
 @pytest.fixture
