@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench import make_step, synthetic_batch, timed  # noqa: E402  (a sibling script, not a package)
 
 from radmtl.config import load_config  # noqa: E402
-from radmtl.device import cpu_has_native_bf16  # noqa: E402
+from radmtl.device import cpu_has_native_bf16, keep_freed_memory_for_reuse  # noqa: E402
 
 
 def main() -> None:
@@ -34,6 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config)
     cpu = torch.device("cpu")
+    keep_freed_memory_for_reuse()  # as radmtl train does on a CPU
     batch = synthetic_batch(cfg, cfg.train.batch_size, cpu)
     steps = {name: make_step(cfg, batch, cpu, dtype)[1]
              for name, dtype in (("float32", None), ("bf16", torch.bfloat16))}
