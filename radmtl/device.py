@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import platform
 
@@ -30,6 +31,7 @@ _MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's largest allowed value on 64-bit
 _TOP_PAD_BYTES = 64 * 2**20
 
 
+@functools.cache  # process-wide settings: once is enough, later calls are free
 def keep_freed_memory_for_reuse() -> bool:
     """Make glibc's malloc keep freed tensor memory in the process instead of returning it to the OS.
 

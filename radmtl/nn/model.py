@@ -31,6 +31,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from torch import Tensor, nn
 
 from radmtl.config import MC_DROPOUT_PLACES, TASKS, ModelConfig
+from radmtl.nn.heads import PointwiseHead
 
 logger = logging.getLogger(__name__)
 
@@ -140,35 +141,6 @@ class TaskDecoder(nn.Module):
         return self.fuse[-1](self.trunk(features))
 
 
-class PointwiseHead(nn.Module):
-    """A 1×1×1 convolution computed as one matrix product over the channels.
-
-    oneDNN's 3D convolution is slow for a kernel of 1 with a handful of channels in float32, where
-    the heads run: in a CPU training step of configs/quick.yaml the three heads' convolutions and
-    their backward took about half of the step (torch profiler: 500 of 1055 ms), against a few ms
-    as a matmul. The weight keeps the Conv3d shape and name (``conv.weight``), so checkpoints and
-    the state dict are unchanged.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Args: x (B, in_channels, D, H, W). Returns (B, out_channels, D, H, W)."""
-        weight, bias = self.conv.weight, self.conv.bias
-        # bmm, not matmul with a broadcast 2-D weight: matmul folds the batch into a transposed
-        # product, which hands the decoder a channels-last gradient that its convolutions' backward
-        # then converts (slower than the heads it saved).
-        flat = x.flatten(2)
-        y = torch.baddbmm(bias.view(1, -1, 1), weight.flatten(1).expand(x.shape[0], -1, -1), flat)
-        return y.view(x.shape[0], weight.shape[0], *x.shape[2:])
-
-
-def _head(in_channels: int, out_channels: int) -> nn.Module:
-    return PointwiseHead(in_channels, out_channels)
-
-
 class MultiTaskUNet(nn.Module):
     """Shared-encoder multi-task U-Net for sCT regression and organ segmentation.
 
@@ -248,16 +220,16 @@ class MultiTaskUNet(nn.Module):
         self.heads = nn.ModuleDict()
         self._head_source: dict[str, str] = {}
         if "sct" in tasks:
-            self._add_head("sct", "sct", _head(channels[0], 1))
+            self._add_head("sct", "sct", PointwiseHead(channels[0], 1))
             if sct_log_var:
-                log_var_head = _head(channels[0], 1)
+                log_var_head = PointwiseHead(channels[0], 1)
                 # Start σ(x) at a plausible scale instead of σ = 1 (= ct_scale_hu) everywhere.
                 nn.init.constant_(log_var_head.conv.bias, float(sct_log_var_init))
                 self._add_head("sct_log_var", "sct", log_var_head)
         if "seg" in tasks:
-            self._add_head("seg_logits", "seg", _head(channels[0], num_classes))
+            self._add_head("seg_logits", "seg", PointwiseHead(channels[0], num_classes))
             if seg_log_var:
-                self._add_head("seg_log_var", "seg", _head(channels[0], 1))
+                self._add_head("seg_log_var", "seg", PointwiseHead(channels[0], 1))
 
     def _add_head(self, key: str, task: str, head: nn.Module) -> None:
         self.heads[key] = head

@@ -309,7 +309,7 @@ def test_sct_log_var_head_starts_at_configured_scale():
 
 
 def test_pointwise_head_equals_a_1x1x1_convolution_forward_and_backward():
-    from radmtl.nn.model import PointwiseHead
+    from radmtl.nn.heads import PointwiseHead
 
     torch.manual_seed(0)
     head = PointwiseHead(5, 3)
