@@ -56,6 +56,32 @@ def dciodvfy() -> Callable[[Iterable[Path]], str]:
     return check
 
 
+@pytest.fixture(scope="session")
+def dicom_lps_grid() -> Callable:
+    """``grid(folder)``: a DICOM series' pixels (columns, rows, slices) and LPS voxel→world affine, read
+    from the raw attributes with pydicom, independent of radmtl's DICOM reader (for laterality tests)."""
+    import numpy as np
+    import pydicom
+
+    def grid(folder: Path):
+        slices = [pydicom.dcmread(p) for p in sorted(Path(folder).glob("*.dcm"))]
+        row_cos = np.array(slices[0].ImageOrientationPatient[:3], dtype=float)
+        col_cos = np.array(slices[0].ImageOrientationPatient[3:], dtype=float)
+        normal = np.cross(row_cos, col_cos)
+        slices.sort(key=lambda ds: float(np.dot(normal, np.array(ds.ImagePositionPatient, dtype=float))))
+        positions = np.array([ds.ImagePositionPatient for ds in slices], dtype=float)
+        row_spacing, col_spacing = (float(v) for v in slices[0].PixelSpacing)
+        affine = np.eye(4)
+        affine[:3, 0] = row_cos * col_spacing  # along a row: the column index i
+        affine[:3, 1] = col_cos * row_spacing  # down a column: the row index j
+        affine[:3, 2] = positions[1] - positions[0]
+        affine[:3, 3] = positions[0]
+        pixels = np.stack([ds.pixel_array.T for ds in slices], axis=-1)
+        return pixels, affine
+
+    return grid
+
+
 # --- SynthRAD-shaped trees made from phantoms ----------------------------------------------------
 
 def _write_mha(volume, path: Path, dtype) -> None:

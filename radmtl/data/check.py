@@ -23,6 +23,9 @@ Rules:
 * Mask: only 0 and 1, at least one foreground voxel.
 * Labels: integer values, all declared in ``dataset.json`` (or non-negative when undeclared).
 * ct_noise_sd: no negative values.
+* Laterality: each ``*_left``/``*_right`` label pair named in ``dataset.json`` lies the right way round
+  in world coordinates, left structure on the patient's left of its twin and of the mask's midline
+  (:mod:`radmtl.data.laterality`, the guard ``radmtl infer`` applies to its predictions).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from radmtl.data.discovery import (
     folders_without_mr,
 )
 from radmtl.data.io import Grid, VolumeError, grid_mismatch, read_volume
+from radmtl.data.laterality import check_laterality, laterality_problems, midline_x
 from radmtl.data.volume_rules import affine_problems, constant_problem, finite_values, mr_problems
 
 log = logging.getLogger(__name__)
@@ -172,6 +176,7 @@ def check_case(case: Case, index: DatasetIndex, required: Sequence[str] = ("mr",
                     f"add the {key} file, or list its path in dataset.json")
 
     mr_grid: Grid | None = None
+    midline: float | None = None  # the body mask's, for the laterality rule of the labels
     for key in IMAGE_KEYS:  # mr first: it is the reference grid for the others
         path = case.paths.get(key)
         if path is None:
@@ -202,6 +207,14 @@ def check_case(case: Case, index: DatasetIndex, required: Sequence[str] = ("mr",
             if not issues:
                 _check_grid(key, path, volume.grid, mr_grid, problem)
             _check_values(key, path, volume.array, index, problem)
+            if not issues and key == "mask":
+                midline = midline_x(volume.array > 0, volume.affine)
+            elif not issues and key == "labels" and index.labels is not None:
+                for what in laterality_problems(check_laterality(volume.array, volume.affine, index.labels,
+                                                                 midline)):
+                    problem(key, path, f"left/right labels swapped: {what}",
+                            "swap the *_left and *_right label values (RAS+ world: +x is the patient's right), "
+                            "or fix the header if the image is mirrored")
         del volume  # drop the array before reading the next file of the case
     return problems
 

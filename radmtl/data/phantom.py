@@ -4,8 +4,10 @@ The CT carries Gaussian noise of a known, spatially varying standard deviation (
 network's predicted aleatoric σ can be compared with the truth. The MR deliberately shows cortical
 bone and air both dark, the ambiguity that makes MR→CT hard.
 
-Geometry: arrays are (X, Y, Z) with a RAS affine (axis 0 → +x = patient left, axis 1 → +y = anterior,
-axis 2 → +z = superior), diagonal spacing and the origin placed so the grid is centred on (0, 0, 0).
+Geometry: arrays are (X, Y, Z) with a RAS+ affine (axis 0 → +x = the patient's right, axis 1 → +y =
+anterior, axis 2 → +z = superior; :mod:`radmtl.data.laterality` states the convention, so
+``femoral_head_left`` lies at negative world x), diagonal spacing and the origin placed so the grid is
+centred on (0, 0, 0).
 Anatomy is defined in millimetres (:mod:`radmtl.data.phantom_anatomy`), so any shape/spacing samples the
 same case, coarser or finer.
 """

@@ -1,7 +1,8 @@
 """Geometry of the synthetic male pelvis: random anatomy parameters and a tissue map in millimetres.
 
-Everything here is defined in patient millimetres (RAS: +x patient left, +y anterior, +z superior)
-relative to the centre of the field of view, so the same seed gives the same anatomy on any grid.
+Everything here is defined in patient millimetres in RAS+ world coordinates (+x the patient's right,
++y anterior, +z superior; the convention is stated in :mod:`radmtl.data.laterality`) relative to the
+centre of the field of view, so the same seed gives the same anatomy on any grid.
 Shapes are signed distance functions (negative inside, in mm); a union is a minimum. Signed
 distances (rather than booleans) let bones get a cortical shell of a given thickness in mm.
 """
@@ -39,8 +40,8 @@ class Anatomy:
     body_lobes: tuple[float, float]  # amplitude and phase of a 2-lobed outline perturbation
     fat_thickness: float
     head_radius: float
-    head_center: np.ndarray  # (3,) centre of the LEFT femoral head; the right one is mirrored
-    head_asymmetry: np.ndarray  # (3,) offset of the right head from the exact mirror
+    head_center: np.ndarray  # (3,) centre of the RIGHT femoral head (RAS x > 0); the left one is mirrored
+    head_asymmetry: np.ndarray  # (3,) offset of the left head from the exact mirror
     cortex_mm: float
     prostate_center: np.ndarray
     prostate_axes: np.ndarray
@@ -137,7 +138,11 @@ def _mirror(point) -> np.ndarray:
 
 
 def _hemipelvis(p, head: np.ndarray, side: float, anatomy: Anatomy, joint_gap: float) -> np.ndarray:
-    """Signed distance of one hip bone and femur (side +1 = patient left, −1 = right)."""
+    """Signed distance of one hip bone and femur.
+
+    ``side`` is the sign of RAS x towards this side's lateral: +1 for the patient's right, −1 for the
+    left (:mod:`radmtl.data.laterality`).
+    """
     hx, hy, hz = head
     r = anatomy.head_radius
     sy = anatomy.symphysis_y
@@ -212,13 +217,14 @@ def build_tissue_map(
     p = tuple(np.broadcast_to(c, shape).astype(np.float32) for c in p)
     x, y, z = p
 
-    # Bones: left hemipelvis + femur, mirrored right (with a small asymmetry), and the sacrum.
-    head_left = anatomy.head_center
-    head_right = _mirror(head_left) + anatomy.head_asymmetry
+    # Bones: right hemipelvis + femur at RAS x > 0 (the patient's right), mirrored to the left with a
+    # small asymmetry, and the sacrum.
+    head_right = anatomy.head_center
+    head_left = _mirror(head_right) + anatomy.head_asymmetry
     joint_gap = 2.5
-    sd_bone = np.minimum(_hemipelvis(p, head_left, 1.0, anatomy, joint_gap),
-                         _hemipelvis(p, head_right, -1.0, anatomy, joint_gap))
-    hz = float(head_left[2])
+    sd_bone = np.minimum(_hemipelvis(p, head_right, 1.0, anatomy, joint_gap),
+                         _hemipelvis(p, head_left, -1.0, anatomy, joint_gap))
+    hz = float(head_right[2])
     sacrum = np.minimum.reduce([
         sd_capsule(p, (0.0, -68.0, hz + 130.0), (0.0, -80.0, hz + 60.0), 20.0),
         sd_capsule(p, (0.0, -80.0, hz + 60.0), (0.0, -76.0, hz + 20.0), 15.0),

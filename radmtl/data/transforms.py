@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from radmtl.config import Config, DataConfig
 from radmtl.data.discovery import Case
+from radmtl.data.laterality import left_right_pairs
 from radmtl.data.reader import VolumeReader
 
 log = logging.getLogger(__name__)
@@ -127,14 +128,8 @@ def normalize_mr(mr: torch.Tensor, lo_pct: float, hi_pct: float) -> torch.Tensor
 
 
 def left_right_label_swaps(label_names: Mapping[str, int]) -> list[tuple[int, int]]:
-    """Pairs of label values that exchange under a left-right flip (``*_left`` ↔ ``*_right``)."""
-    swaps = []
-    for name, value in label_names.items():
-        if name.endswith("_left"):
-            partner = name[: -len("_left")] + "_right"
-            if partner in label_names:
-                swaps.append((int(value), int(label_names[partner])))
-    return swaps
+    """Pairs of label values that exchange under a left-right flip (``*_left`` ↔ ``*_right``, ``*_l`` ↔ ``*_r``)."""
+    return [(int(label_names[left]), int(label_names[right])) for left, right in left_right_pairs(label_names)]
 
 
 class RandLeftRightFlipd(Randomizable, MapTransform):
@@ -160,7 +155,8 @@ class RandLeftRightFlipd(Randomizable, MapTransform):
         if not self._do:
             return d
         for key in self.key_iterator(d):
-            # Spatial axis 0 of a channel-first RAS tensor is x: patient right→left.
+            # Spatial axis 0 of a channel-first RAS tensor is x, from the patient's left to right
+            # (radmtl.data.laterality).
             d[key] = torch.flip(d[key], dims=[1]) if isinstance(d[key], torch.Tensor) \
                 else np.flip(d[key], axis=1).copy()
         if self.label_key in d and self.swaps:

@@ -42,6 +42,7 @@ import numpy as np
 from radmtl import __version__
 from radmtl.device import amp_dtype_for, keep_freed_memory_for_reuse, resolve_device
 from radmtl.errors import RadmtlError
+from radmtl.data.laterality import check_laterality, laterality_problems, midline_x
 from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
 from radmtl.data.io import OUTPUT_FORMATS, VolumeError, Grid, output_suffix, strip_volume_suffix, write_like
 
@@ -88,6 +89,25 @@ class CaseResult:
     seconds: float
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
+    # What a person must look at before using the case ("laterality": a left/right pair swapped).
+    flags: list[str] = field(default_factory=list)
+
+
+# sCT voxels above this (HU) are the body whose centroid is the midline of the laterality guard: air
+# outside a patient is predicted near −1000 HU, the least dense tissue (fat, lung) well above −500.
+BODY_HU = -500.0
+
+
+def laterality_of(case_id: str, labels: np.ndarray, affine: np.ndarray, label_names: dict[str, int],
+                  midline_x_mm: float | None) -> dict[str, Any]:
+    """The laterality guard (:func:`radmtl.data.laterality.check_laterality`) on a predicted segmentation,
+    with one warning line per swapped pair."""
+    result = check_laterality(labels, affine, label_names, midline_x_mm)
+    for problem in laterality_problems(result):
+        log.warning("case %s: laterality check failed: %s; do not use this segmentation until a person has "
+                    "checked the model's label names and the input's orientation (RAS+: +x is the patient's "
+                    "right)", case_id, problem)
+    return result
 
 
 # --- one case ----------------------------------------------------------------------------------
@@ -149,6 +169,7 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
             raise VolumeError(f"{prepared.final_dir}: cannot write ({err.strerror}); check space and "
                               "permissions") from err
         on_input = {}
+        midline, laterality = None, None
         resample_s, t0 = 0.0, time.perf_counter()
         for stem, array, dtype, units in input_grid_outputs(maps, net_affine, volume, cfg.data.ct_scale_hu,
                                                             mc_samples, keep_probs=options.save_probabilities):
@@ -161,6 +182,10 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
             elif stem == "seg_probabilities":
                 written[stem]["axis_3"] = ("class index" if file_format.startswith("nii")
                                            else "vector component = class index")
+            if stem == "sct":
+                midline = midline_x(array > BODY_HU, volume.affine)  # for the laterality guard below
+            elif stem == "seg":
+                laterality = laterality_of(prepared.case_id, array, volume.affine, loaded.label_names, midline)
             if dicom_out and stem in ("sct", "seg"):
                 on_input[stem] = array
             del array
@@ -188,7 +213,8 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
         raise
     t_resampled = time.perf_counter()
     context = dict(mc_samples=mc_samples, overlap=overlap, sw_batch_size=sw_batch_size, device=device,
-                   amp_dtype=amp_dtype, sigma_scale=sigma_scale, net_affine=net_affine, net_shape=net_shape)
+                   amp_dtype=amp_dtype, sigma_scale=sigma_scale, net_affine=net_affine, net_shape=net_shape,
+                   laterality=laterality)
 
     def finish() -> CaseResult:
         try:
@@ -218,7 +244,9 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
         finally:
             bar.close()
         outputs = [info["file"] for info in written.values()] + [PROVENANCE]
-        return CaseResult(case_id=prepared.case_id, seconds=time.perf_counter() - t_start, outputs=outputs)
+        flags = ["laterality"] if laterality is not None and laterality["status"] == "swapped" else []
+        return CaseResult(case_id=prepared.case_id, seconds=time.perf_counter() - t_start, outputs=outputs,
+                          flags=flags)
 
     return finish
 
@@ -266,6 +294,7 @@ def _provenance(loaded: Any, source: ModelSource, prepared: PreparedCase, option
             "output_format": options.output_format,
         },
         "outputs": written,
+        "laterality": c["laterality"],
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "timings_note": TIMINGS_NOTE,
     }
@@ -360,11 +389,14 @@ def _case_parent(output: Path, case_id: str) -> Path:
 
 
 def format_summary(results: list[CaseResult]) -> str:
-    """The end-of-run table: case, seconds, outputs (file stems)."""
+    """The end-of-run table: case, seconds, outputs (file stems), and flags where any case has one."""
     rows = [(r.case_id, f"{r.seconds:.1f}",
-             "FAILED" if r.error else ", ".join(strip_volume_suffix(f) for f in r.outputs if f != PROVENANCE))
+             "FAILED" if r.error else ", ".join(strip_volume_suffix(f) for f in r.outputs if f != PROVENANCE),
+             ", ".join(f"REVIEW {flag}" for flag in r.flags))
             for r in results]
-    header = ("case", "seconds", "outputs")
+    header = ("case", "seconds", "outputs", "flags")
+    if not any(r.flags for r in results):
+        rows, header = [row[:3] for row in rows], header[:3]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))

@@ -33,8 +33,10 @@ def _phantom(seed):
     ct[4:6, 4:6, :] = 700  # bone
     mr = (body * 300.0 + rng.normal(0, 5, SHAPE)).astype(np.float32)
     labels = np.zeros(SHAPE, np.uint8)
-    for k in range(1, 6):
+    for k in range(1, 4):
         labels[2 + k, 3:8, 2 * (k - 1):2 * k] = k
+    # Femoral heads on their own sides (RAS+: low x is the patient's left), or check reports them swapped.
+    labels[2, 4:7, 6:8], labels[9, 4:7, 8:10] = 4, 5
     sd = np.full(SHAPE, 10.0, np.float32)
     return {"mr": mr, "ct": ct, "mask": body.astype(np.uint8), "labels": labels, "ct_noise_sd": sd}
 

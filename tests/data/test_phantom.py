@@ -195,8 +195,9 @@ def _world(c):
 def test_femoral_necks_point_laterally_and_inferiorly(case):
     bone = (case.tissue == anat.CORTICAL) | (case.tissue == anat.TRABECULAR)
     world = _world(case)
-    for label, side in ((PHANTOM_LABELS["femoral_head_left"], 1.0),
-                        (PHANTOM_LABELS["femoral_head_right"], -1.0)):
+    # side: the sign of RAS x towards each femur's lateral (RAS+: +x is the patient's right).
+    for label, side in ((PHANTOM_LABELS["femoral_head_left"], -1.0),
+                        (PHANTOM_LABELS["femoral_head_right"], 1.0)):
         head = case.labels == label
         centre = world[head].mean(0)
         radius = (head.sum() * np.prod(SPACING) * 3.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
@@ -207,7 +208,7 @@ def test_femoral_necks_point_laterally_and_inferiorly(case):
         neck = bone & lateral_inferior
         assert neck.sum() >= 30, label
         assert np.all(case.labels[neck] == 0)
-        # RAS: the left femur's neck is on the patient's left (+x), the right one's on −x.
+        # RAS: the left femur's neck is on the patient's left (−x), the right one's on +x.
         assert side * world[neck][:, 0].mean() > side * centre[0] > 40.0
 
 
@@ -243,8 +244,8 @@ def test_labels_present_inside_body_and_in_anatomical_order():
         for name, value in PHANTOM_LABELS.items():
             voxels = np.argwhere(c.labels == value)
             world[name] = c.affine[:3, :3] @ voxels.mean(0) + c.affine[:3, 3]
-        # RAS: +x is patient left, +y anterior, +z superior.
-        assert world["femoral_head_left"][0] > 40.0 > -40.0 > world["femoral_head_right"][0]
+        # RAS: +x is the patient's right, +y anterior, +z superior.
+        assert world["femoral_head_left"][0] < -40.0 < 40.0 < world["femoral_head_right"][0]
         assert world["prostate"][2] < world["bladder"][2]
         assert world["prostate"][1] > world["rectum"][1]
 

@@ -122,7 +122,10 @@ def test_radmtl_infer_from_a_run_and_from_the_registry_leaves_nothing_behind(tra
                               cwd=tmp_path, env=_env(trained["uri"], temp), capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stderr
-        assert done.stderr == "" and "Downloading artifacts" not in done.stdout
+        # The briefly trained network's femoral heads may still be scattered, and the laterality guard
+        # then warns (tests/inference/test_infer_laterality.py); nothing else may reach stderr.
+        stderr = [line for line in done.stderr.splitlines() if "laterality check failed" not in line]
+        assert stderr == [] and "Downloading artifacts" not in done.stdout
         provenance = json.loads((out / "case_003" / "provenance.json").read_text())["model"]
         assert provenance["source"] == model and provenance["mlflow_run_id"] == run_id
         checkpoint = Path(provenance["checkpoint"])  # read where the store keeps it: a lasting path

@@ -85,15 +85,15 @@ def test_left_right_flip_swaps_femoral_heads():
     names = {"background": 0, "bladder": 1, "femoral_head_left": 4, "femoral_head_right": 5}
     assert left_right_label_swaps(names) == [(4, 5)]
     labels = torch.zeros(1, 6, 2, 2)
-    labels[0, 0] = 5  # low x = patient right in RAS
-    labels[0, 5] = 4  # high x = patient left
+    labels[0, 0] = 4  # low x = the patient's left in RAS+
+    labels[0, 5] = 5  # high x = the patient's right
     labels[0, 2] = 1
     mr = torch.arange(6, dtype=torch.float32).view(1, 6, 1, 1).expand(1, 6, 2, 2).clone()
     flip = RandLeftRightFlipd(keys=["mr", "labels"], label_key="labels", swaps=[(4, 5)], prob=1.0)
     out = flip({"mr": mr, "labels": labels})
-    # The anatomy is mirrored, yet the head now on the right (low x) is still labelled right (5).
+    # The anatomy is mirrored, yet the head now on the left (low x) is still labelled left (4).
     assert torch.equal(out["mr"][0, :, 0, 0], torch.tensor([5.0, 4, 3, 2, 1, 0]))
-    assert out["labels"][0, 0, 0, 0] == 5 and out["labels"][0, 5, 0, 0] == 4
+    assert out["labels"][0, 0, 0, 0] == 4 and out["labels"][0, 5, 0, 0] == 5
     assert out["labels"][0, 3, 0, 0] == 1  # bladder mirrored, value unchanged
     never = RandLeftRightFlipd(keys=["mr", "labels"], label_key="labels", swaps=[(4, 5)], prob=0.0)
     assert torch.equal(never({"mr": mr, "labels": labels})["labels"], labels)
