@@ -91,6 +91,10 @@ class LossConfig:
     weighting: Literal["fixed", "homoscedastic", "hetero_homo", "hetero"] = "hetero_homo"
     likelihood: Literal["gaussian", "laplace"] = "gaussian"
     beta_nll: float = 0.0
+    # "mean": β-NLL's per-voxel factors σ^(2β) divided by their mean over the body, so β redistributes
+    # the sCT NLL's gradient among voxels without shrinking the whole term by σ̄^(2β) (a number set by
+    # the HU scaling) against the segmentation term; "none": Seitzer et al.'s form (nn/likelihoods.py).
+    beta_nll_scale: Literal["mean", "none"] = "mean"
     # CE + Dice: Dice keeps small organs' share of the segmentation gradient, which voxel-averaged
     # CE gives to the background (see MultiTaskLoss for how the learned σ weights the pair).
     seg_dice_weight: float = 1.0
@@ -116,9 +120,12 @@ class TrainConfig:
     travel several units (the sCT optimum log MSE is near −5 in scaled units), so at the network's
     rate it would in effect never leave its start.
 
-    ``grad_clip_mode``: ``per_task`` clips each task's gradient to ``grad_clip`` before the sum, so
-    one task cannot shrink the other's update through a global clip; ``balanced`` (default) also
-    gives the tasks equal norms on the shared encoder (``training/step.py``); ``global`` clips the sum.
+    ``grad_clip_mode``: ``global`` (default) back-propagates the weighted loss as it is and clips the
+    summed gradient, which keeps the tasks' ratio: the learned σ weighting reaches the shared encoder
+    (DESIGN.md section 1). ``per_task`` clips each task's gradient to ``grad_clip`` before the sum and
+    ``balanced`` also gives the tasks equal norms on the shared encoder (``training/step.py``); both
+    depart from the method: they replace the cross-task weighting in the shared encoder by equal
+    norms (``per_task`` whenever a task's norm exceeds ``grad_clip``).
     """
 
     epochs: int = 100
@@ -129,7 +136,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: int = 2
     grad_clip: float = 1.0
-    grad_clip_mode: Literal["balanced", "per_task", "global"] = "balanced"
+    grad_clip_mode: Literal["global", "per_task", "balanced"] = "global"
     # After training, fit the σ-scaling factor on the validation cases (Laves et al. 2020).
     recalibrate: bool = True
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"

@@ -17,11 +17,12 @@ mkdir -p "$OUT"
 
 # Six held-out cases rather than three: a case's z mean depends on where its tissue HU fall in the
 # phantom's per-case ranges (no MR shows them), so three cases estimate the mean z to about ±0.1,
-# the width of its target; the first three are the same cases as before (case seeds do not depend on
-# the count).
-echo "== 1/5 radmtl phantom: 24 training/validation and 6 held-out synthetic pelvis cases"
-radmtl -q phantom "$OUT/data" --cases 24 --seed 0 --shape "${SHAPE[@]}" --spacing "${SPACING[@]}"
-radmtl -q phantom "$OUT/heldout" --cases 6 --seed 1000 --shape "${SHAPE[@]}" --spacing "${SPACING[@]}"
+# the width of its target. They come from the test seed range (radmtl.data.phantom.TEST_SEED), on
+# which no recipe choice was made; the recipe was chosen on DESIGN_SEED cases.
+read -r TRAIN_SEED TEST_SEED < <(python -c "from radmtl.data.phantom import TRAIN_SEED, TEST_SEED; print(TRAIN_SEED, TEST_SEED)")
+echo "== 1/5 radmtl phantom: 24 training/validation (seed $TRAIN_SEED) and 6 held-out test (seed $TEST_SEED) synthetic pelvis cases"
+radmtl -q phantom "$OUT/data" --cases 24 --seed "$TRAIN_SEED" --shape "${SHAPE[@]}" --spacing "${SPACING[@]}"
+radmtl -q phantom "$OUT/heldout" --cases 6 --seed "$TEST_SEED" --shape "${SHAPE[@]}" --spacing "${SPACING[@]}"
 
 echo "== 2/5 radmtl check"
 radmtl -q check "$OUT/data"

@@ -192,8 +192,10 @@ def hd95_mm(
 ) -> float:
     """Symmetric 95th-percentile Hausdorff distance of one label's surfaces, in mm (MONAI).
 
-    Both empty → 0.0; exactly one empty → ``nan`` (a distance to nothing is undefined; report it
-    alongside Dice = 0 rather than inventing a penalty value).
+    Both empty → 0.0. Exactly one empty (an organ missed, or predicted where the reference has none)
+    → :func:`hd95_penalty_mm`, the diagonal of the image: a distance to nothing is undefined, and a
+    ``nan`` would be dropped from the mean over cases, so a model would score better by missing an
+    organ than by finding it badly. :func:`segmentation_metrics` also counts missed organs.
 
     Args:
         pred_labels: predicted integer labels (X, Y, Z).
@@ -212,7 +214,7 @@ def hd95_mm(
     if pred_empty and ref_empty:
         return 0.0
     if pred_empty or ref_empty:
-        return math.nan
+        return hd95_penalty_mm(ref_labels.shape, spacing)
     with warnings.catch_warnings():
         # MONAI 1.6 warns about its own deprecated internal argument on every call.
         warnings.simplefilter("ignore", FutureWarning)
@@ -220,6 +222,12 @@ def hd95_mm(
             pred, ref, include_background=True, percentile=95, spacing=list(spacing)
         )
     return float(value.item())
+
+
+def hd95_penalty_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The HD95 given to an organ present in only one of prediction and reference: the diagonal of
+    the image's field of view in mm, the largest distance two voxels of it can have (as BraTS does)."""
+    return float(np.sqrt(sum((n * float(s)) ** 2 for n, s in zip(shape, spacing))))
 
 
 def _organ_labels(labels: np.ndarray, label_names: Mapping[str, int] | None) -> dict[str, int]:
@@ -257,14 +265,19 @@ def image_metrics(
 def segmentation_metrics(
     pred: np.ndarray, ref: np.ndarray, label_names: Mapping[str, int], spacing: Sequence[float]
 ) -> dict[str, float]:
-    """Dice and HD95 per organ for one case: keys ``dice_<organ>`` and ``hd95_<organ>_mm``.
+    """Dice and HD95 per organ for one case: keys ``dice_<organ>``, ``hd95_<organ>_mm`` and
+    ``missed_organs`` (organs in the reference with no predicted voxel).
 
-    Background (label 0) is skipped. Empty-structure conventions as in :func:`dice`/:func:`hd95_mm`.
+    Background (label 0) is skipped. Empty-structure conventions as in :func:`dice`/:func:`hd95_mm`
+    (a missed organ: Dice 0, HD95 the :func:`hd95_penalty_mm`).
     """
     result: dict[str, float] = {}
+    missed = 0
     for name, value in _organ_labels(ref, label_names).items():
         result[f"dice_{name}"] = dice(pred, ref, value)
         result[f"hd95_{name}_mm"] = hd95_mm(pred, ref, value, spacing)
+        missed += int(bool(np.any(ref == value)) and not bool(np.any(pred == value)))
+    result["missed_organs"] = float(missed)
     return result
 
 

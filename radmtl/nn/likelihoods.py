@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LIKELIHOODS = ("gaussian", "laplace")
+BETA_SCALES = ("mean", "none")
 
 # Denominator floor for masked means: with non-negative weights an all-zero mask makes the
 # numerator exactly 0, so the mean is defined as 0 (with a gradient of 0) instead of 0/0 = NaN.
@@ -86,6 +87,7 @@ def heteroscedastic_nll(
     mask: Tensor | None = None,
     likelihood: str = "gaussian",
     beta: float = 0.0,
+    beta_scale: str = "mean",
 ) -> Tensor:
     """Per-voxel negative log-likelihood, averaged over mask voxels.
 
@@ -96,7 +98,13 @@ def heteroscedastic_nll(
 
     β-NLL (Seitzer et al. 2022, Gaussian only): the per-voxel term is multiplied by
     stop-gradient(σ^(2β)) = stop-gradient(exp(β·s)); β = 0 is the plain NLL, β = 1 gives the mean
-    the MSE gradient.
+    the MSE gradient. With ``beta_scale="mean"`` (radmtl's default) those factors are divided by their
+    (stop-gradient) mean over the mask voxels: β then only redistributes the NLL's gradient among the
+    voxels, from the confident ones to the uncertain ones, as Seitzer et al. intend, and leaves the size
+    of the whole term that of the NLL. ``"none"`` is the paper's form, whose factors average σ̄^(2β):
+    ≈ 0.03 for β = 0.5 in units of HU/1000, which shrinks the sCT term against every other term of the
+    multi-task objective by that arbitrary unit-dependent number, so a learned task weighting
+    (DESIGN.md section 1) sees a sCT that is 30 times quieter than its likelihood says.
 
     Args:
         mean: (B, 1, D, H, W) predicted μ.
@@ -105,6 +113,7 @@ def heteroscedastic_nll(
         mask: (B, 1, D, H, W) weights, None = all voxels; see :func:`masked_mean`.
         likelihood: ``"gaussian"`` or ``"laplace"``.
         beta: β-NLL exponent in [0, 1]; must be 0 for Laplace.
+        beta_scale: ``"mean"`` (factors of mean 1 over the mask) or ``"none"`` (the paper's factors).
 
     Returns:
         Scalar tensor.
@@ -113,6 +122,8 @@ def heteroscedastic_nll(
         raise ValueError(f"likelihood: must be one of {list(LIKELIHOODS)}, got {likelihood!r}")
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta: must be in [0, 1], got {beta}")
+    if beta_scale not in BETA_SCALES:
+        raise ValueError(f"beta_scale: must be one of {list(BETA_SCALES)}, got {beta_scale!r}")
     if likelihood == "laplace" and beta != 0.0:
         raise ValueError(
             f"beta: β-NLL is defined for the Gaussian likelihood only, got beta={beta} with laplace"
@@ -126,7 +137,10 @@ def heteroscedastic_nll(
     if likelihood == "gaussian":
         term = 0.5 * torch.exp(-log_var) * residual.square() + 0.5 * log_var
         if beta > 0.0:
-            term = term * torch.exp(beta * log_var).detach()
+            factor = torch.exp(beta * log_var).detach()
+            if beta_scale == "mean":
+                factor = factor / masked_mean(factor, mask).clamp_min(_MASK_SUM_FLOOR)
+            term = term * factor
     else:
         term = torch.exp(-log_var) * residual.abs() + log_var
     return masked_mean(term, mask)

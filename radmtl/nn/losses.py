@@ -193,7 +193,7 @@ class MultiTaskLoss(nn.Module):
         if self.sct_mode == "hetero":
             why = f"weighting={cfg.weighting!r} needs a per-voxel sCT s(x) head"
             log_var = self._clamp(self._require(outputs, "sct_log_var", why))
-            loss = heteroscedastic_nll(sct, log_var, ct, mask, cfg.likelihood, cfg.beta_nll)
+            loss = heteroscedastic_nll(sct, log_var, ct, mask, cfg.likelihood, cfg.beta_nll, cfg.beta_nll_scale)
             logged["loss_sct"] = loss
             logged["mean_sigma_sct"] = masked_mean(sigma2_from_log_var(log_var, cfg.likelihood).sqrt(), mask)
             return loss

@@ -147,10 +147,25 @@ def average_gradients(model: nn.Module, log_vars: list[Tensor]) -> None:
     """
     if not isinstance(model, nn.parallel.DistributedDataParallel):
         return
+    touch_every_parameter(model).backward()
+    average_log_var_gradients(log_vars)
+
+
+def touch_every_parameter(model: nn.Module) -> Tensor:
+    """Under DDP, a zero that depends on every parameter of the network (a 0-dim tensor); else 0.
+
+    Added to a loss, it makes every parameter take part in the backward, as DDP's reducer requires
+    (``find_unused_parameters`` would search the graph on every step instead).
+    """
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        return torch.zeros(())
     params = [p for p in model.module.parameters() if p.requires_grad]
-    touch = torch.stack([(p.reshape(-1)[:1] * 0.0).sum() for p in params]).sum()
-    touch.backward()
-    if log_vars:
+    return torch.stack([(p.reshape(-1)[:1] * 0.0).sum() for p in params]).sum()
+
+
+def average_log_var_gradients(log_vars: list[Tensor]) -> None:
+    """Average the loss's learned log-variances' ``.grad`` over the ranks (they live outside DDP)."""
+    if log_vars and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in log_vars]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)

@@ -1,21 +1,24 @@
-"""One optimisation step of the multi-task network, task by task.
+"""One optimisation step of the multi-task network.
 
-Each task's weighted loss term is back-propagated on its own (``torch.autograd.grad``), so the step
-can (a) measure the gradient norm that each task sends into the shared encoder, which is what
-decides whether one task starves the other, and (b) clip each task's gradient separately
-(``train.grad_clip_mode = per_task``) before the gradients are summed. The objective is unchanged:
-without clipping the summed gradients equal those of the total loss. The cost is one extra
-backward pass through the shared encoder per extra task (the decoders are each traversed once,
-since a task's term does not depend on the other task's decoder).
+The default (``train.grad_clip_mode = global``) is the objective of DESIGN.md section 1 as it is: the
+weighted task terms are summed and back-propagated once, and one global clip of the summed gradient
+scales both tasks alike, so the learned σ(x) and σ_seg decide how much each task moves the shared
+encoder — the uncertainty weighting of Kendall et al. (2018) and Bragman et al. (2018).
 
-``balanced`` (the default) clips per task and then rescales each task's *encoder* gradient to the
-mean of the tasks' clipped encoder norms, so the shared encoder is updated by both tasks with equal
-magnitude while each decoder, head and learned log-variance keeps its own gradient. That is the
-goal of GradNorm (Chen et al., ICML 2018) with asymmetry α = 0, reached in closed form at every
-step instead of through extra learned weights. Without it the segmentation term, weighted up by
-its learned σ as its loss falls, sends the encoder a median 26× the sCT gradient; per-task clipping
-alone leaves the sCT a median 0.105 of the segmentation's encoder update, and the sCT MAE and the
-σ(x) ranking are worse for it (docs/results.md has the ratios and the effect).
+On a logging step (and in the other modes) each task's weighted term is back-propagated on its own
+(``torch.autograd.grad``) to measure the gradient norm it sends into the shared encoder, which is what
+decides whether one task starves the other. Without per-task clipping the summed gradients equal those
+of the total loss, so measuring changes nothing but the cost: one extra backward pass through the
+shared encoder per extra task, paid on logging steps only.
+
+Two departures from the method, each an option:
+
+- ``per_task`` clips each task's gradient to ``grad_clip`` separately before the sum. Whenever a task's
+  norm exceeds the clip, its weight no longer scales its update.
+- ``balanced`` also rescales each task's *encoder* gradient to the mean of the tasks' clipped encoder
+  norms (GradNorm, Chen et al. 2018, with α = 0, in closed form). It **replaces the cross-task
+  weighting in the shared encoder by equal norms**: a task weight, fixed or learned, then cancels
+  there (only the decoders, heads and log-variances keep their own gradients).
 
 The learned scalar log-variances of the loss are in their own optimiser group and are never
 clipped: their gradient is a scalar that Adam normalises anyway, and clipping it together with
@@ -28,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from radmtl.config import TrainConfig
-from radmtl.training.distributed import average_gradients, unwrap
+from radmtl.training.distributed import average_gradients, average_log_var_gradients, touch_every_parameter, unwrap
 
 # Added to a norm before dividing by it (clip factors, ratios), so a zero gradient gives no NaN.
 _NORM_EPS = 1e-12
@@ -63,6 +66,7 @@ def optimise(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     train_cfg: TrainConfig,
+    measure: bool = True,
 ) -> dict[str, Tensor]:
     """Back-propagate the task terms, clip, and take one optimiser step.
 
@@ -72,10 +76,12 @@ def optimise(
         loss_fn: the loss module; its parameters are the learned log-variances.
         optimizer: holds the network's and the loss's parameters.
         scaler: the AMP grad scaler (disabled unless fp16).
-        train_cfg: ``grad_clip`` and ``grad_clip_mode`` (``per_task``, ``balanced`` or ``global``).
+        train_cfg: ``grad_clip`` and ``grad_clip_mode`` (``global``, ``per_task`` or ``balanced``).
+        measure: measure each task's gradient (a logging step). Under ``global`` a step that does not
+            measure is one backward pass of the total and returns no norms; the update is the same.
 
     Returns:
-        Gradient norms (0-dim tensors, before clipping and in unscaled units):
+        Gradient norms (0-dim tensors, before clipping and in unscaled units), where measured:
         ``grad_norm_encoder_<task>`` (the task's gradient on the shared encoder),
         ``grad_norm_<task>`` (on the whole network) and, with two tasks,
         ``grad_ratio_encoder_sct_seg`` and ``grad_ratio_encoder_sct_seg_applied`` (after clipping and
@@ -90,6 +96,19 @@ def optimise(
     balanced = train_cfg.grad_clip_mode == "balanced"
 
     optimizer.zero_grad(set_to_none=True)
+    if not per_task and not measure:
+        total = sum(terms.values())
+        # Under DDP every parameter must take part in the backward (a batch without one task's targets
+        # leaves its decoder unused); a zero touch costs a few additions. DDP's hooks then average the
+        # network's gradients during this backward; the loss's log-variances are averaged by hand.
+        total = total + touch_every_parameter(model)
+        scaler.scale(total).backward()
+        average_log_var_gradients(log_vars)
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(net_params, train_cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        return {}
     log_var_grads: list[Tensor | None] = [None] * len(log_vars)
     clipped: dict[str, list[Tensor | None]] = {}
     norms: dict[str, Tensor] = {}

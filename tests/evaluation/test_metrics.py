@@ -181,8 +181,9 @@ def test_segmentation_empty_conventions():
     assert metrics.hd95_mm(empty, empty, 1, (1, 1, 1)) == 0.0
     assert metrics.dice(cube, empty, 1) == 0.0
     assert metrics.dice(empty, cube, 1) == 0.0
-    assert math.isnan(metrics.hd95_mm(cube, empty, 1, (1, 1, 1)))
-    assert math.isnan(metrics.hd95_mm(empty, cube, 1, (1, 1, 1)))
+    # One side empty: the image diagonal, √(16² + 32² + 48²) mm = 59.87 mm at 1 × 2 × 3 mm, not nan.
+    assert metrics.hd95_mm(cube, empty, 1, (1, 2, 3)) == pytest.approx(59.866, abs=1e-3)
+    assert metrics.hd95_mm(empty, cube, 1, (1, 2, 3)) == pytest.approx(59.866, abs=1e-3)
     with pytest.raises(ValueError, match="spacing"):
         metrics.hd95_mm(cube, cube, 1, (1.0, 0.0, 1.0))
 
@@ -191,10 +192,24 @@ def test_segmentation_metrics_keys_skip_background():
     pred, ref = _two_cubes(0, 2)
     names = {"background": 0, "prostate": 3, "rectum": 2}
     result = metrics.segmentation_metrics(pred, ref, names, (1.0, 1.0, 1.0))
-    assert set(result) == {"dice_prostate", "hd95_prostate_mm", "dice_rectum", "hd95_rectum_mm"}
+    assert set(result) == {"dice_prostate", "hd95_prostate_mm", "dice_rectum", "hd95_rectum_mm", "missed_organs"}
     assert result["dice_prostate"] == pytest.approx(0.8)
     assert result["hd95_prostate_mm"] == pytest.approx(2.0)
     assert result["dice_rectum"] == 1.0 and result["hd95_rectum_mm"] == 0.0
+    assert result["missed_organs"] == 0.0
+
+
+def test_a_missed_organ_is_counted_and_makes_the_mean_hd95_worse_not_better():
+    pred, ref = _two_cubes(0, 2)
+    names = {"background": 0, "prostate": 3, "rectum": 2}
+    found = metrics.segmentation_metrics(pred, ref, names, (1.0, 1.0, 1.0))
+    missed = metrics.segmentation_metrics(np.where(pred == 3, 0, pred), ref, names, (1.0, 1.0, 1.0))
+    assert missed["dice_prostate"] == 0.0 and missed["missed_organs"] == 1.0
+    assert missed["hd95_prostate_mm"] == pytest.approx(metrics.hd95_penalty_mm(ref.shape, (1.0, 1.0, 1.0)))
+    # Over two cases, one with the prostate found 2 mm off and one with it missed: the miss counts.
+    summary = metrics.summarise([found, missed])
+    assert summary["hd95_prostate_mm"][0] > found["hd95_prostate_mm"]
+    assert summary["missed_organs"][0] == 0.5
 
 
 # ----------------------------------------------------------------------------- uncertainty

@@ -49,13 +49,35 @@ def test_beta_nll_scales_term_and_stops_gradient_through_factor():
     mean = vol(0.0).requires_grad_()
     log_var = vol(math.log(4.0)).requires_grad_()
     # base term: 0.5·(4/4) + 0.5·log 4 = 0.5 + log 2; β = 0.5 multiplies by σ = 2
-    loss = heteroscedastic_nll(mean, log_var, vol(2.0), beta=0.5)
+    loss = heteroscedastic_nll(mean, log_var, vol(2.0), beta=0.5, beta_scale="none")
     assert loss.item() == pytest.approx(2.0 * (0.5 + LOG2), abs=1e-6)
     loss.backward()
     # d/dμ of base = −exp(−s)·r = −0.5, times 2; d/ds of base is 0 at σ² = r², and the factor is
     # detached so it adds nothing (it would add β·term·σ = 1.19 otherwise)
     assert mean.grad.item() == pytest.approx(-1.0, abs=1e-6)
     assert log_var.grad.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mean_scaled_beta_nll_redistributes_the_gradient_without_shrinking_the_term():
+    # voxel 1: r = 1, σ = 1 (s = 0); voxel 2: r = 2, σ = 2 (s = log 4); base terms 0.5 and 0.5 + log 2.
+    # β = 0.5 factors σ = 1, 2 → mean 1.5 → "mean" factors 2/3, 4/3 (mean 1; "none" keeps 1 and 2).
+    mean = vol(0.0, 0.0).requires_grad_()
+    log_var = vol(0.0, math.log(4.0))
+    target = vol(1.0, 2.0)
+    base = [0.5, 0.5 + LOG2]
+    loss = heteroscedastic_nll(mean, log_var, target, beta=0.5)
+    assert loss.item() == pytest.approx((2 / 3 * base[0] + 4 / 3 * base[1]) / 2, abs=1e-6)
+    loss.backward()
+    # d/dμ of base = −r/σ² = −1 and −0.5; times the factors, over 2 voxels
+    assert mean.grad.flatten().tolist() == pytest.approx([-1.0 * 2 / 3 / 2, -0.5 * 4 / 3 / 2], abs=1e-6)
+    paper = heteroscedastic_nll(vol(0.0, 0.0), log_var, target, beta=0.5, beta_scale="none")
+    assert paper.item() == pytest.approx((1 * base[0] + 2 * base[1]) / 2, abs=1e-6)
+    # The mean runs over the mask only: a masked-out voxel with a huge σ changes nothing.
+    masked = heteroscedastic_nll(vol(0.0, 0.0, 0.0), vol(0.0, math.log(4.0), 20.0), vol(1.0, 2.0, 0.0),
+                                 mask=vol(1.0, 1.0, 0.0), beta=0.5)
+    assert masked.item() == pytest.approx(loss.item(), abs=1e-6)
+    with pytest.raises(ValueError, match="beta_scale"):
+        heteroscedastic_nll(mean, log_var, target, beta=0.5, beta_scale="sum")
 
 
 def test_beta_nll_rejected_for_laplace():

@@ -226,3 +226,54 @@ def test_heads_run_in_float32_outside_bf16_autocast():
     # The head is a matmul (PointwiseHead), not oneDNN's conv: float32 rounding apart, the same map;
     # a bf16 head would be off by ~0.4 % (8 bits of mantissa), far outside this tolerance.
     torch.testing.assert_close(seen["out"], reference, rtol=1e-5, atol=1e-6)
+
+
+# --- the weighting reaches the shared encoder (DESIGN.md section 1) -------------------------------
+
+
+def _applied_encoder_gradient(overrides: list[str]) -> torch.Tensor:
+    """The encoder gradient one real training step applies (after clipping and any balancing), flattened:
+    the tiny network and batch of the tests above, the config's loss, optimiser groups and step."""
+    cfg = load_config(None, overrides)
+    model, _, batch = _tiny_net_and_batch()
+    loss_fn = MultiTaskLoss(cfg.loss)
+    optimizer = torch.optim.AdamW(parameter_groups(model, loss_fn, cfg.train.weight_decay, cfg.train.log_var_lr),
+                                  lr=cfg.train.lr)
+    terms, _, _ = forward_losses(model, loss_fn, batch, None)
+    optimise(terms, model, loss_fn, optimizer, torch.amp.GradScaler("cuda", enabled=False), cfg.train,
+             measure=False)
+    return torch.cat([p.grad.reshape(-1) for p in model.encoder.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("mode", ["default", "balanced"])
+@pytest.mark.parametrize("weights", [("loss.weighting=fixed", "fixed_weight_seg", 1.0, 10.0),
+                                     ("loss.weighting=hetero_homo", "init_log_var", 0.0, -3.0)],
+                         ids=["fixed_w_seg_1_vs_10", "learned_s_seg_0_vs_-3"])
+def test_a_task_weight_changes_the_encoder_update_under_the_default_and_not_under_balanced(mode, weights):
+    weighting, key, a, b = weights
+    extra = [] if mode == "default" else ["train.grad_clip_mode=balanced"]
+    if mode == "default":
+        assert load_config(None).train.grad_clip_mode == "global"
+    ga = _applied_encoder_gradient([weighting, f"loss.{key}={a}", *extra])
+    gb = _applied_encoder_gradient([weighting, f"loss.{key}={b}", *extra])
+    cosine = float(torch.nn.functional.cosine_similarity(ga, gb, dim=0))
+    if mode == "default":  # the segmentation weight (×10, or exp(3) ≈ 20) turns the encoder's update
+        assert cosine < 0.95, cosine
+    else:  # equal norms per task on the encoder: the weight cancels there (why balanced is a departure)
+        assert cosine == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_step_that_does_not_measure_applies_the_same_update_as_one_that_does():
+    cfg = load_config(None)
+    grads = []
+    for measure in (True, False):
+        model, loss_fn, batch = _tiny_net_and_batch()
+        optimizer = torch.optim.SGD(parameter_groups(model, loss_fn, 0.0, 0.05), lr=0.0)
+        terms, _, _ = forward_losses(model, loss_fn, batch, None)
+        norms = optimise(terms, model, loss_fn, optimizer, torch.amp.GradScaler("cuda", enabled=False), cfg.train,
+                         measure=measure)
+        assert bool(norms) == measure  # norms (and their extra backward pass) on logging steps only
+        grads.append([p.grad.clone() for p in [*model.parameters(), *loss_fn.parameters()] if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for measured, plain in zip(*grads):  # summation order apart (float32 rounding): the same gradient
+        torch.testing.assert_close(plain, measured, rtol=1e-5, atol=1e-7)
