@@ -56,8 +56,11 @@ DRIVER = textwrap.dedent('''
 ''')
 
 GRAD_CHECK = textwrap.dedent('''
-    """The real optimise() under DDP leaves every rank with the mean of the ranks' own gradients."""
-    import copy, sys
+    """The real optimise() under DDP gives every rank the gradient of the ranks' mean loss: under the
+    default global clip the mean of the ranks' gradients clipped as one (on a logging step, which
+    measures each task, and on a plain step, one backward); under per_task the mean of each rank's
+    per-task clipped gradients."""
+    import copy, dataclasses, math, sys
     import torch
     import torch.distributed as dist
     from radmtl.config import load_config
@@ -69,33 +72,52 @@ GRAD_CHECK = textwrap.dedent('''
     ctx, device = init_distributed("cpu")
     cfg = load_config(None, ["model.channels=[4, 8]", "model.strides=[2]", "model.dropout=0.0",
                              "train.grad_clip=0.05"])
+    assert cfg.train.grad_clip_mode == "global"
     torch.manual_seed(0)
-    model, loss_fn = build_model(cfg.model), MultiTaskLoss(cfg.loss)
-    local_model, local_loss = copy.deepcopy(model), copy.deepcopy(loss_fn)
+    model0, loss0 = build_model(cfg.model), MultiTaskLoss(cfg.loss)
     torch.manual_seed(100 + ctx.rank)  # each rank its own batch
     shape = (2, 1, 16, 16, 16)
     batch = {"mr": torch.randn(shape), "ct": torch.randn(shape) * 0.3, "labels": torch.randint(0, 6, shape),
              "mask": torch.ones(shape)}
     scaler = torch.amp.GradScaler("cuda", enabled=False)
+    n_net = len(list(model0.parameters()))
 
-    def step(net, loss, wrapped):
+    def step(train_cfg, measure, ddp):
+        net, loss = copy.deepcopy(model0), copy.deepcopy(loss0)
+        wrapped = wrap_model(net, ctx, device) if ddp else net
         opt = torch.optim.AdamW(parameter_groups(net, loss, 0.0, 0.0), lr=0.0)
         terms, _, _ = forward_losses(wrapped, loss, batch, None)
-        optimise(terms, wrapped, loss, opt, scaler, cfg.train)
+        optimise(terms, wrapped, loss, opt, scaler, train_cfg, measure=measure)
         return [p.grad.clone() for p in list(net.parameters()) + list(loss.parameters())]
 
-    local = step(local_model, local_loss, local_model)  # this rank alone, no DDP
-    averaged = step(model, loss_fn, wrap_model(model, ctx, device))
-    expected = []
-    for g in local:
-        parts = [torch.empty_like(g) for _ in range(ctx.world_size)]
-        dist.all_gather(parts, g)
-        expected.append(torch.stack(parts).mean(0))
-    err = max(float((a - e).abs().max()) for a, e in zip(averaged, expected))
-    differ = max(float((a - e).abs().max()) for a, e in zip(local, expected))
-    print(f"rank {ctx.rank}: max |averaged - mean of local| = {err:.3g}; local vs mean {differ:.3g}", flush=True)
+    def mean_over_ranks(grads):
+        out = []
+        for g in grads:
+            parts = [torch.empty_like(g) for _ in range(ctx.world_size)]
+            dist.all_gather(parts, g)
+            out.append(torch.stack(parts).mean(0))
+        return out
+
+    ok = True
+    for mode, measure in (("global", True), ("global", False), ("per_task", True)):
+        train_cfg = dataclasses.replace(cfg.train, grad_clip_mode=mode)
+        if mode == "global":  # clip(mean of unclipped): the network's part only, log-variances never
+            mean = mean_over_ranks(step(dataclasses.replace(train_cfg, grad_clip=1e9), True, False))
+            norm = math.sqrt(sum(float(g.square().sum()) for g in mean[:n_net]))
+            factor = min(1.0, train_cfg.grad_clip / (norm + 1e-6))
+            assert factor < 0.5  # the clip acts, so clipping before averaging would give another answer
+            expected = [g * factor for g in mean[:n_net]] + mean[n_net:]
+        else:
+            expected = mean_over_ranks(step(train_cfg, True, False))
+        local = step(train_cfg, measure, False)  # this rank alone, no DDP
+        averaged = step(train_cfg, measure, True)
+        err = max(float((a - e).abs().max()) for a, e in zip(averaged, expected))
+        differ = max(float((a - e).abs().max()) for a, e in zip(local, expected))
+        print(f"rank {ctx.rank} {mode} measure={measure}: max |averaged - expected| = {err:.3g}; "
+              f"local vs expected {differ:.3g}", flush=True)
+        ok = ok and err < 1e-6 and differ > 1e-4
     shutdown(ctx)
-    sys.exit(0 if err < 1e-6 and differ > 1e-4 else 1)
+    sys.exit(0 if ok else 1)
 ''')
 
 
@@ -134,11 +156,11 @@ def test_ranks_draw_disjoint_shares_of_one_draw_with_equal_step_counts(phantom_d
 
 
 @pytest.mark.slow
-def test_ddp_step_averages_the_per_task_gradients_over_the_ranks(tmp_path):
+def test_ddp_step_gives_every_rank_the_gradient_of_the_mean_loss(tmp_path):
     proc = _torchrun(_script(tmp_path, "grad_check.py", GRAD_CHECK), [], tmp_path)
     output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, output
-    assert output.count("max |averaged - mean of local|") == 2, output
+    assert output.count("max |averaged - expected|") == 6, output  # 2 ranks × 3 (mode, measure)
 
 
 @pytest.mark.slow
