@@ -56,6 +56,21 @@ def dciodvfy() -> Callable[[Iterable[Path]], str]:
     return check
 
 
+LATERALITY_SHAPE = (40, 32, 24)
+
+
+@pytest.fixture(scope="session")
+def laterality_phantom(tmp_path_factory) -> Path:
+    """``radmtl phantom`` output for the laterality tests: two NIfTI cases (40 × 32 × 24 voxels, seed 3) in
+    ``data/`` and their MRs as DICOM series in ``dicom/``."""
+    from radmtl.cli import main
+
+    root = tmp_path_factory.mktemp("laterality")
+    assert main(["-q", "phantom", str(root / "data"), "--cases", "2", "--seed", "3",
+                 "--shape", *map(str, LATERALITY_SHAPE), "--dicom", str(root / "dicom")]) == 0
+    return root
+
+
 @pytest.fixture(scope="session")
 def dicom_lps_grid() -> Callable:
     """``grid(folder)``: a DICOM series' pixels (columns, rows, slices) and LPS voxel→world affine, read

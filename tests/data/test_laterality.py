@@ -15,7 +15,6 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from radmtl.cli import main
 from radmtl.data.check import check_dataset
 from radmtl.data.laterality import check_laterality, left_right_pairs, midline_x, world_centroid
 from radmtl.data.transforms import left_right_label_swaps
@@ -26,12 +25,8 @@ NAMES = {"background": 0, "bladder": 1, "femoral_head_left": LEFT, "femoral_head
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    """``radmtl phantom`` output: two NIfTI cases and their MR as DICOM series."""
-    root = tmp_path_factory.mktemp("laterality")
-    assert main(["-q", "phantom", str(root / "data"), "--cases", "2", "--seed", "3",
-                 "--shape", *map(str, SHAPE), "--dicom", str(root / "dicom")]) == 0
-    return root
+def phantom(laterality_phantom) -> Path:
+    return laterality_phantom
 
 
 def _nifti_centroid(image: nib.Nifti1Image, value: int) -> np.ndarray:

@@ -23,16 +23,12 @@ import radmtl.inference.infer as infer_module
 from radmtl.cli import main
 from radmtl.nn.checkpoint import save_checkpoint
 
-SHAPE = (40, 32, 24)
 LEFT, RIGHT = 4, 5
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("infer_laterality")
-    assert main(["-q", "phantom", str(root / "data"), "--cases", "1", "--seed", "8",
-                 "--shape", *map(str, SHAPE), "--dicom", str(root / "dicom")]) == 0
-    return root
+def phantom(laterality_phantom) -> Path:
+    return laterality_phantom
 
 
 def _checkpoint(tiny_payload, folder: Path, swapped: bool = False) -> Path:
@@ -82,7 +78,7 @@ def test_dicom_series_from_radmtl_phantom_gives_left_head_at_positive_lps_x(phan
                                                                             monkeypatch, dicom_lps_grid):
     labels = nib.load(phantom / "data" / "case_001" / "labels.nii.gz")
     _, lps_affine = dicom_lps_grid(phantom / "dicom" / "case_001")
-    _oracle(monkeypatch, _truth_on(np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps_affine, SHAPE, labels))
+    _oracle(monkeypatch, _truth_on(np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps_affine, labels.shape, labels))
     assert _infer(_checkpoint(tiny_payload, tmp_path), phantom / "dicom" / "case_001", tmp_path / "out") == 0
     case = tmp_path / "out" / "case_001"
     means = _roi_mean_lps(case / "dicom" / "RS_radmtl.dcm")
