@@ -163,7 +163,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     case_ids = generate_dataset(args.out, cases=args.cases, seed=args.seed, workers=args.workers, **kwargs)
     print(f"wrote {len(case_ids)} phantom cases to {args.out}")
     if args.dicom is not None:
-        from radmtl.data.phantom_dicom import write_dataset_mr_series
+        from radmtl.data.phantom.dicom import write_dataset_mr_series
 
         folders = write_dataset_mr_series(args.out, case_ids, args.dicom)
         print(f"wrote {len(folders)} DICOM MR series to {args.dicom} (one folder per case)")

@@ -41,8 +41,8 @@ class Mutant:
 
 PREDICT, INFER, RESAMPLE = "radmtl/inference/predict.py", "radmtl/inference/infer.py", "radmtl/inference/resample.py"
 CASE_MAPS = "radmtl/inference/case_maps.py"
-DICOM_COMMON, DICOM_CT = "radmtl/data/dicom_common.py", "radmtl/data/dicom_ct.py"
-DICOM_TESTS = ("tests/data/test_dicom_series.py", "tests/data/test_dicom_ct.py", "tests/inference/test_infer_dicom.py")
+DICOM_COMMON, DICOM_CT = "radmtl/data/dicom/common.py", "radmtl/data/dicom/ct.py"
+DICOM_TESTS = ("tests/data/dicom/test_dicom_series.py", "tests/data/dicom/test_dicom_ct.py", "tests/inference/test_infer_dicom.py")
 LOSSES, LIKELIHOODS, MODEL = "radmtl/nn/losses.py", "radmtl/nn/likelihoods.py", "radmtl/nn/model.py"
 TRANSFORMS = "radmtl/data/transforms.py"
 RECALIBRATION, STEP, SCHEDULE = ("radmtl/training/recalibration.py", "radmtl/training/step.py",

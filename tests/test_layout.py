@@ -52,7 +52,7 @@ def test_imports_flow_one_way():
 def test_every_stage_package_exists_and_names_its_public_pieces():
     import importlib
 
-    for stage in ("data", "nn", "training", "inference", "evaluation", "tracking"):
+    for stage in ("data", "data.dicom", "data.phantom", "nn", "training", "inference", "evaluation", "tracking"):
         package = importlib.import_module(f"radmtl.{stage}")
         assert package.__all__, stage
         for name in package.__all__:
@@ -62,3 +62,30 @@ def test_every_stage_package_exists_and_names_its_public_pieces():
 def test_no_flat_modules_left_behind():
     flat = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert flat == ["__init__.py", "__main__.py", "_lazy.py", "cli.py", "config.py", "device.py", "errors.py"]
+
+
+# Inside data: the phantom may use DICOM (its MR as a series) and the volume/dataset modules; DICOM may use
+# the volume modules; the volume/dataset modules use neither, so reading a NIfTI never imports pydicom.
+DATA_PARTS = {"core": set(), "dicom": {"core"}, "phantom": {"core", "dicom"}}
+
+
+def _data_part(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[:2] != ["radmtl", "data"]:
+        return None
+    return parts[2] if len(parts) > 2 and parts[2] in ("dicom", "phantom") else "core"
+
+
+def test_data_subpackages_exist_and_import_one_way():
+    for part in ("dicom", "phantom"):
+        assert (PACKAGE / "data" / part / "__init__.py").is_file(), part
+    assert not sorted((PACKAGE / "data").glob("dicom_*.py")) and not sorted((PACKAGE / "data").glob("phantom*.py"))
+    wrong = []
+    for path in (PACKAGE / "data").rglob("*.py"):
+        module = ".".join(("radmtl", *path.relative_to(PACKAGE).with_suffix("").parts))
+        part = _data_part(module.removesuffix(".__init__"))
+        for imported in _imports(path):
+            target = _data_part(imported)
+            if target is not None and target != part and target not in DATA_PARTS[part]:
+                wrong.append(f"{module} ({part}) imports {imported} ({target})")
+    assert not wrong, "\n".join(wrong)

@@ -1,5 +1,6 @@
-"""Data: reading and writing volumes (one reader), DICOM (MR series in; CT series and RT structure set
-out), dataset discovery, the integrity check, MONAI transforms and the synthetic pelvis phantom.
+"""Data, three ideas: volumes and datasets here (reading and writing volumes with one reader, dataset
+discovery, the integrity check, laterality, MONAI transforms); DICOM in :mod:`radmtl.data.dicom` (MR
+series in; CT series and RT structure set out); the synthetic pelvis in :mod:`radmtl.data.phantom`.
 
 Public pieces are imported on first access (:mod:`radmtl._lazy`), so importing one module of
 this package does not import the others.
@@ -14,9 +15,10 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "discover_all": "discovery", "split_cases": "splits", "stratified_split": "splits",
     "check_dataset": "check", "Problem": "check", "task_coverage": "check", "mr_problems": "volume_rules",
     "training_transforms": "transforms", "eval_transforms": "transforms", "derive_body_mask": "transforms",
-    "generate_case": "phantom", "generate_dataset": "phantom", "PHANTOM_LABELS": "phantom",
-    "DicomError": "dicom_common", "DicomIdentity": "dicom_common", "RADMTL_UID_ROOT": "dicom_common",
-    "select_series": "dicom_series", "read_series": "dicom_series",
-    "write_ct_series": "dicom_ct", "write_rtstruct": "dicom_rtstruct", "rasterise_rtstruct": "dicom_rtstruct",
-    "phantom_mr_series": "phantom_dicom", "write_mr_series": "phantom_dicom",
+    "check_laterality": "laterality", "left_right_pairs": "laterality",
+    "generate_case": "phantom.cases", "generate_dataset": "phantom.cases", "PHANTOM_LABELS": "phantom.cases",
+    "DicomError": "dicom.common", "DicomIdentity": "dicom.common", "RADMTL_UID_ROOT": "dicom.common",
+    "select_series": "dicom.series", "read_series": "dicom.series",
+    "write_ct_series": "dicom.ct", "write_rtstruct": "dicom.rtstruct", "rasterise_rtstruct": "dicom.rtstruct",
+    "phantom_mr_series": "phantom.dicom", "write_mr_series": "phantom.dicom",
 })

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from radmtl import __version__
-from radmtl.data.dicom_common import DicomIdentity, SourceSeries
+from radmtl.data.dicom.common import DicomIdentity, SourceSeries
 from radmtl.data.io import Volume
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ def write_dicom_outputs(
     Returns:
         The ``dicom`` entry of ``provenance.json``.
     """
-    from radmtl.data.dicom_ct import HU_INTERCEPT, write_ct_series
-    from radmtl.data.dicom_rtstruct import Roi, write_rtstruct
+    from radmtl.data.dicom.ct import HU_INTERCEPT, write_ct_series
+    from radmtl.data.dicom.rtstruct import Roi, write_rtstruct
     from radmtl.data.transforms import derive_body_mask
 
     body = derive_body_mask(volume.array).astype(bool)

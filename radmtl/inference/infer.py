@@ -16,7 +16,7 @@ written on writer threads (:class:`radmtl.inference.work_dirs.CaseWriter`), a ca
 next one runs, and ``provenance.json`` says where the time went.
 
 A folder of DICOM files is one case: its MR series (``--series`` picks one of several) is read with
-:mod:`radmtl.data.dicom_series` and run like a NIfTI MR; with ``--dicom-out`` (on for DICOM input) the
+:mod:`radmtl.data.dicom.series` and run like a NIfTI MR; with ``--dicom-out`` (on for DICOM input) the
 sCT and the organs are also written as a CT series and an RT Structure Set in ``OUT/<case>/dicom/``
 (:mod:`radmtl.inference.dicom_out`), inside the same hidden folder.
 """

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from radmtl.data.dicom_series import SeriesInfo
+from radmtl.data.dicom.series import SeriesInfo
 from radmtl.data.io import VolumeError, Volume, has_volume_suffix, strip_volume_suffix
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def find_cases(input_path: str | Path, series: str | None = None) -> list[tuple[
         RadmtlError: the input does not exist or holds no MR volume; for DICOM, also no or several MR
             series, an unknown ``series``, or a slice geometry the network cannot be run on.
     """
-    from radmtl.data.dicom_series import is_dicom_file, select_series
+    from radmtl.data.dicom.series import is_dicom_file, select_series
     from radmtl.data.discovery import DATASET_JSON, DatasetError, discover
 
     path = Path(input_path).expanduser()
@@ -240,8 +240,8 @@ def prepare_case(loaded: Any, case_id: str, mr_path: Path | SeriesInfo | None, o
         RadmtlError: the MR cannot be used (one line naming the file and the fix); the folders made
             for the case are removed again.
     """
-    from radmtl.data.dicom_common import generated_identity
-    from radmtl.data.dicom_series import read_series
+    from radmtl.data.dicom.common import generated_identity
+    from radmtl.data.dicom.series import read_series
     from radmtl.data.io import read_volume, write_volume
     from radmtl.inference.case_maps import preprocess_mr
     from radmtl.inference.work_dirs import work_prefix

@@ -17,10 +17,10 @@ import pytest
 import SimpleITK as sitk
 
 from radmtl.cli import main
-from radmtl.data.dicom_common import RADMTL_UID_ROOT, SlicePlanes
-from radmtl.data.dicom_rtstruct import rasterise_rtstruct
+from radmtl.data.dicom.common import RADMTL_UID_ROOT, SlicePlanes
+from radmtl.data.dicom.rtstruct import rasterise_rtstruct
 from radmtl.data.phantom import PHANTOM_LABELS, generate_case
-from radmtl.data.phantom_dicom import phantom_mr_series
+from radmtl.data.phantom.dicom import phantom_mr_series
 from radmtl.inference.model_uri import sha256_of
 from radmtl.nn.checkpoint import save_checkpoint
 

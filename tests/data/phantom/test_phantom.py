@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from radmtl.data import phantom, phantom_anatomy as anat
+from radmtl.data.phantom import anatomy as anat
+from radmtl.data.phantom import cases as phantom
 from radmtl.data.phantom import (
     CASE_FILES,
     PHANTOM_LABELS,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radmtl.data.dicom_common import (DicomError, DicomIdentity, SlicePlanes, SourceSeries, base_dataset,
+from radmtl.data.dicom.common import (DicomError, DicomIdentity, SlicePlanes, SourceSeries, base_dataset,
                                       dicom_datetime, ds_text, grid_to_planes, new_uid)
 
 log = logging.getLogger(__name__)

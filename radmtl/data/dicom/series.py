@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radmtl.data.dicom_common import (ORIENTATION_TOL, DicomError, DicomIdentity, SlicePlanes, SourceSeries,
+from radmtl.data.dicom.common import (ORIENTATION_TOL, DicomError, DicomIdentity, SlicePlanes, SourceSeries,
                                       planes_to_affine)
 from radmtl.data.io import Volume
 

@@ -2,7 +2,7 @@
 ``radmtl infer`` can be tried and tested without any patient data.
 
 The slices are classic single-frame MR Image Storage instances; their geometry comes from the
-volume's RAS affine through :func:`radmtl.data.dicom_common.grid_to_planes`, the same mapping the
+volume's RAS affine through :func:`radmtl.data.dicom.common.grid_to_planes`, the same mapping the
 writers use, so a grid goes out and comes back through one definition of LPS.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from radmtl.data.dicom_common import DicomError, dicom_datetime, ds_text, file_dataset, grid_to_planes, new_uid
+from radmtl.data.dicom.common import DicomError, dicom_datetime, ds_text, file_dataset, grid_to_planes, new_uid
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,13 @@ def oblique_affine(shape: tuple[int, int, int], spacing: tuple[float, float, flo
 def phantom_mr_series(folder: str | Path, seed: int, shape: tuple[int, int, int],
                       spacing: tuple[float, float, float] | None = None, orientation: str = "axial",
                       **series: object) -> list[Path]:
-    """The MR of :func:`radmtl.data.phantom.generate_case` as a DICOM series in ``folder``.
+    """The MR of :func:`radmtl.data.phantom.cases.generate_case` as a DICOM series in ``folder``.
 
     ``orientation``: ``"axial"`` (the usual row/column order, x and y flipped from the phantom's RAS
     storage, the anatomy where the phantom puts it) or ``"oblique"`` (that grid rotated about its centre).
     ``series`` goes to :func:`write_mr_series`.
     """
-    from radmtl.data.phantom import generate_case
+    from radmtl.data.phantom.cases import generate_case
 
     if orientation not in ("axial", "oblique"):
         raise DicomError(f"orientation: expected 'axial' or 'oblique', got {orientation!r}")

@@ -6,11 +6,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from radmtl.data.dicom_common import DicomIdentity
-from radmtl.data.dicom_ct import write_ct_series
-from radmtl.data.dicom_rtstruct import Roi, rasterise_rtstruct, slice_contours, write_rtstruct
+from radmtl.data.dicom.common import DicomIdentity
+from radmtl.data.dicom.ct import write_ct_series
+from radmtl.data.dicom.rtstruct import Roi, rasterise_rtstruct, slice_contours, write_rtstruct
 from radmtl.data.phantom import PHANTOM_LABELS, generate_case
-from radmtl.data.phantom_dicom import oblique_affine
+from radmtl.data.phantom.dicom import oblique_affine
 
 SHAPE = (24, 22, 10)
 SPACING = (4.0, 3.5, 5.0)

@@ -8,7 +8,7 @@ Geometry: arrays are (X, Y, Z) with a RAS+ affine (axis 0 → +x = the patient's
 anterior, axis 2 → +z = superior; :mod:`radmtl.data.laterality` states the convention, so
 ``femoral_head_left`` lies at negative world x), diagonal spacing and the origin placed so the grid is
 centred on (0, 0, 0).
-Anatomy is defined in millimetres (:mod:`radmtl.data.phantom_anatomy`), so any shape/spacing samples the
+Anatomy is defined in millimetres (:mod:`radmtl.data.phantom.anatomy`), so any shape/spacing samples the
 same case, coarser or finer.
 """
 
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from radmtl.data import phantom_anatomy as anat
+from radmtl.data.phantom import anatomy as anat
 from radmtl.errors import RadmtlError
 from radmtl.data.io import atomic_path, write_volume
-from radmtl.data.phantom_noise import ct_noise_sd
+from radmtl.data.phantom.noise import ct_noise_sd
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class PhantomCase:
         ct_noise_sd_hu: the exact per-voxel SD (HU) of the noise added to the CT, float32.
         affine: 4×4 voxel→RAS world (mm).
         ct_clean_hu: the CT before noise, float32 (for tests and noise checks).
-        tissue: tissue classes of :mod:`radmtl.data.phantom_anatomy` (``TISSUE_NAMES``), uint8.
+        tissue: tissue classes of :mod:`radmtl.data.phantom.anatomy` (``TISSUE_NAMES``), uint8.
         seed: the seed the case was generated from.
     """
 

@@ -9,10 +9,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from radmtl.data.dicom_common import RAS_FROM_LPS, DicomError, grid_to_planes, planes_to_affine
-from radmtl.data.dicom_series import read_series, select_series
+from radmtl.data.dicom.common import RAS_FROM_LPS, DicomError, grid_to_planes, planes_to_affine
+from radmtl.data.dicom.series import read_series, select_series
 from radmtl.data.phantom import generate_case
-from radmtl.data.phantom_dicom import axial_affine, oblique_affine, phantom_mr_series, write_mr_series
+from radmtl.data.phantom.dicom import axial_affine, oblique_affine, phantom_mr_series, write_mr_series
 
 SHAPE = (20, 18, 12)
 SPACING = (5.0, 4.5, 6.5)

@@ -7,10 +7,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from radmtl.data.dicom_common import RADMTL_UID_ROOT, RAS_FROM_LPS, DicomError, DicomIdentity, SourceSeries
-from radmtl.data.dicom_ct import hu_to_stored, write_ct_series
+from radmtl.data.dicom.common import RADMTL_UID_ROOT, RAS_FROM_LPS, DicomError, DicomIdentity, SourceSeries
+from radmtl.data.dicom.ct import hu_to_stored, write_ct_series
 from radmtl.data.phantom import generate_case
-from radmtl.data.phantom_dicom import oblique_affine
+from radmtl.data.phantom.dicom import oblique_affine
 
 SHAPE = (20, 18, 12)
 SPACING = (5.0, 4.5, 6.5)

@@ -1,6 +1,6 @@
 """The phantom's CT noise model: a per-voxel noise SD from the attenuation along the rays through it.
 
-Split from :mod:`radmtl.data.phantom` (which draws the case and writes it) because it is a model of its
+Split from :mod:`radmtl.data.phantom.cases` (which draws the case and writes it) because it is a model of its
 own: quantum and electronic noise of filtered back-projection, with exposure control and a bone kernel.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from radmtl.data import phantom_anatomy as anat
+from radmtl.data.phantom import anatomy as anat
 
 # The CT noise SD varies smoothly: scanner noise follows attenuation paths, not tissue borders.
 CT_NOISE_SMOOTHING_MM = 3.0

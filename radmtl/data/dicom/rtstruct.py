@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from radmtl.data.dicom_common import (RAS_FROM_LPS, DicomError, DicomIdentity, SlicePlanes, base_dataset,
+from radmtl.data.dicom.common import (RAS_FROM_LPS, DicomError, DicomIdentity, SlicePlanes, base_dataset,
                                       dicom_datetime, new_uid, planes_to_affine)
-from radmtl.data.dicom_ct import CT_IMAGE_STORAGE, CtSeries
+from radmtl.data.dicom.ct import CT_IMAGE_STORAGE, CtSeries
 
 log = logging.getLogger(__name__)
 
