@@ -56,6 +56,32 @@ def dciodvfy() -> Callable[[Iterable[Path]], str]:
     return check
 
 
+@pytest.fixture(scope="session")
+def zero_voxel_nifti() -> Callable:
+    """``write(path, array, affine, qform_code=1)``: a ``.nii.gz`` as a broken exporter writes it, with no
+    sform and pixdim[2] = 0, which nibabel would load at 1 mm. nibabel mends a zero pixdim when it saves,
+    too, so the zero goes into the bytes afterwards (pixdim: 8 float32 at offset 76 of a NIfTI-1 header)."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    def write(path: Path, array, affine, qform_code: int = 1) -> Path:
+        image = nib.Nifti1Image(np.asarray(array, np.float32), np.asarray(affine, np.float64))
+        image.set_qform(image.affine, code=qform_code)
+        image.set_sform(None, code=0)
+        raw = path.parent / (path.name.split(".")[0] + ".raw.nii")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(image, str(raw))
+        data = bytearray(raw.read_bytes())
+        data[76 + 8:76 + 12] = np.float32(0.0).tobytes()
+        path.write_bytes(gzip.compress(bytes(data)))
+        raw.unlink()
+        return path
+
+    return write
+
+
 LATERALITY_SHAPE = (40, 32, 24)
 
 

@@ -48,7 +48,7 @@ from radmtl.data.discovery import (
     find_volumes,
     folders_without_mr,
 )
-from radmtl.data.io import Grid, VolumeError, grid_mismatch, read_volume
+from radmtl.data.io import Grid, VolumeError, VolumeHeaderError, grid_mismatch, read_volume
 from radmtl.data.laterality import check_laterality, laterality_problems, midline_x
 from radmtl.data.volume_rules import affine_problems, constant_problem, finite_values, mr_problems
 
@@ -320,6 +320,8 @@ def _list(values: Sequence) -> str:
 
 def _split_volume_error(err: VolumeError, path: Path) -> tuple[str, str]:
     """Turn :func:`read_volume`'s one-string message into (what, fix) without the path prefix."""
+    if isinstance(err, VolumeHeaderError):
+        return err.what, err.fix
     message = str(err)
     prefix = f"{path}: "
     if message.startswith(prefix):

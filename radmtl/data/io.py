@@ -57,6 +57,15 @@ class VolumeError(RadmtlError, ValueError):
     """A volume cannot be read, written or used; the message names the file and how to fix it."""
 
 
+class VolumeHeaderError(VolumeError):
+    """A file that reads, but whose header cannot be used as it stands; ``what`` and ``fix`` apart, so that
+    ``radmtl check`` reports it as what it is rather than as an unreadable file."""
+
+    def __init__(self, path: Path, what: str, fix: str) -> None:
+        super().__init__(f"{path}: {what}; {fix}")
+        self.what, self.fix = what, fix
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     """A 3D image: ``array`` (X, Y, Z) in file voxel order, ``affine`` voxel→RAS world (mm).
@@ -180,7 +189,38 @@ def _squeeze_to_3d(path: Path, array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _raw_nifti_problem(path: Path) -> tuple[str, str] | None:
+    """(what, fix) of what is wrong with the header as stored, before nibabel mends it; None if nothing
+    (or unreadable: nib.load then reports that).
+
+    nibabel replaces a zero voxel size by 1 mm when it loads a header without an sform (it logs
+    "setting 0 dims to 1"), so the affine radmtl sees is finite and plausible and no affine rule can
+    tell that the true voxel size is unknown: only the stored ``pixdim`` can.
+    """
+    try:
+        with nib.openers.ImageOpener(str(path)) as fileobj:
+            header = nib.Nifti1Header.from_fileobj(fileobj, check=False)
+            if int(header["sizeof_hdr"]) != 348:
+                fileobj.seek(0)
+                header = nib.Nifti2Header.from_fileobj(fileobj, check=False)
+    except Exception:  # corrupt or truncated: nib.load says so in its own words
+        return None
+    if header.get_data_dtype().kind == "c":
+        return (f"complex-valued voxels ({header.get_data_dtype()}), radmtl reads magnitude images",
+                "save the magnitude (numpy.abs) as float32")
+    if int(header["sform_code"]) == 0:  # the affine comes from pixdim (qform or the bare voxel sizes)
+        zooms = [float(v) for v in header["pixdim"][1:4]]
+        if not all(np.isfinite(zooms)) or any(v == 0 for v in zooms):
+            return (f"voxel size pixdim[1:4] = {zooms} has a zero or non-finite value and the header has no "
+                    "sform, so the voxel size is unknown (nibabel would assume 1 mm)",
+                    "re-export the image with its true voxel size")
+    return None
+
+
 def _read_nifti(path: Path) -> Volume:
+    problem = _raw_nifti_problem(path)
+    if problem is not None:
+        raise VolumeHeaderError(path, *problem)
     try:
         img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):

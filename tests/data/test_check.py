@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from radmtl.data.check import Problem, check_dataset, task_coverage
+from radmtl.data.io import read_volume
 
 SHAPE = (12, 12, 10)
 AFFINE = np.array([[1.5, 0, 0, -9.0], [0, 1.5, 0, 4.0], [0, 0, 2.0, -10.0], [0, 0, 0, 1]])
@@ -366,3 +367,15 @@ def test_training_refuses_an_mr_with_a_zero_voxel_size(tmp_path):
         _break_mr(tmp_path, "zero", key=key)
     with pytest.raises(RadmtlError, match=r"case_002 mr\.nii\.gz: .*voxel size"):
         check_before_training([tmp_path])
+
+
+def test_a_zero_voxel_size_without_sform_is_one_problem_not_a_1_mm_grid(tmp_path, zero_voxel_nifti):
+    root = make_dataset(tmp_path / "data")
+    mr = read_volume(root / "case_002" / "mr.nii.gz")
+    zero_voxel_nifti(root / "case_002" / "mr.nii.gz", mr.array, AFFINE)
+    _, problems = check_dataset(root)
+    assert [(p.case_id, p.file) for p in problems] == [("case_002", "mr.nii.gz")]
+    assert problems[0].line() == (
+        "case_002 mr.nii.gz: voxel size pixdim[1:4] = [1.5, 0.0, 2.0] has a zero or non-finite value and the "
+        "header has no sform, so the voxel size is unknown (nibabel would assume 1 mm) — fix: re-export the "
+        "image with its true voxel size")

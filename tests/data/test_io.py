@@ -118,6 +118,26 @@ def test_read_errors_are_one_line_and_name_the_file(tmp_path):
         read_volume(_touch(tmp_path / "x.png"))
 
 
+@pytest.mark.parametrize("qform_code", [1, 0], ids=["qform-only", "no-qform-no-sform"])
+def test_a_zero_voxel_size_without_sform_is_refused_not_read_as_1_mm(tmp_path, qform_code, zero_voxel_nifti):
+    path = zero_voxel_nifti(tmp_path / "mr.nii.gz", np.ones((8, 8, 4)), np.diag([2.0, 2.5, 3.0, 1.0]), qform_code)
+    assert nib.load(str(path)).header.get_zooms() == (2.0, 1.0, 3.0)  # what nibabel hands a reader
+    with pytest.raises(VolumeError, match=r"mr.nii.gz: voxel size pixdim\[1:4\] = \[2.0, 0.0, 3.0\] has a zero"):
+        read_volume(path)
+    # With an sform the affine does not come from pixdim: the image is read, at the sform's voxel size.
+    image = nib.Nifti1Image(np.ones((8, 8, 4), np.float32), np.diag([2.0, 2.5, 3.0, 1.0]))
+    image.header["pixdim"][2] = 0.0
+    nib.save(image, str(tmp_path / "sform.nii.gz"))
+    np.testing.assert_allclose(read_volume(tmp_path / "sform.nii.gz").affine.diagonal(), [2.0, 2.5, 3.0, 1.0])
+
+
+def test_a_complex_image_is_refused_not_silently_made_real(tmp_path):
+    data = (np.ones((4, 4, 3)) + 2j * np.ones((4, 4, 3))).astype(np.complex64)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "mr.nii.gz"))
+    with pytest.raises(VolumeError, match=r"mr.nii.gz: complex-valued voxels \(complex64\)"):
+        read_volume(tmp_path / "mr.nii.gz")
+
+
 def _touch(path):
     path.write_bytes(b"x")
     return path

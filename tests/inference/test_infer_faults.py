@@ -86,10 +86,13 @@ def _error_lines(err: str) -> list[str]:
     ("zero-voxel", ["voxel size [5, 0, 6.5] mm", "no size", "fix: re-export"]),
     ("nan-spacing", ["NaN or Inf entries", "voxel size [nan, 4.5, 6.5]", "fix: re-export"]),
     ("all-zero", ["empty image: every voxel is 0", "fix: re-export the mr"]),
+    ("zero-pixdim-no-sform", ["voxel size pixdim[1:4] = [5.0, 0.0, 6.5] has a zero", "nibabel would assume 1 mm",
+                              "re-export the image with its true voxel size"]),
 ])
 def test_unusable_mr_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys, checkpoint, mr, kind,
-                                                                   words):
-    path = _bad_mr(tmp_path / "in" / "bad.nii.gz", kind, mr)
+                                                                   words, zero_voxel_nifti):
+    path = tmp_path / "in" / "bad.nii.gz"
+    path = zero_voxel_nifti(path, mr, AFFINE) if kind == "zero-pixdim-no-sform" else _bad_mr(path, kind, mr)
     out = tmp_path / "out"
     out.mkdir()  # an output folder that existed before the run stays
     assert _infer(checkpoint, path, out) == 1
