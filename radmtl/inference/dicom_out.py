@@ -51,6 +51,8 @@ def write_dicom_outputs(
     identity: DicomIdentity,
     source: SourceSeries | None,
     model_sha256: str,
+    hu_range: tuple[float, float] = (-1024.0, 3071.0),
+    case_id: str = "",
 ) -> dict[str, Any]:
     """Write ``folder/CT_*.dcm`` and ``folder/RS_radmtl.dcm`` for one case on the MR's grid.
 
@@ -61,6 +63,10 @@ def write_dicom_outputs(
         volume: the MR as read (grid and intensities; the body outline is derived from it).
         identity: identifiers to carry (the MR's, or generated for a NIfTI MR).
         source: the MR series, when the input was DICOM.
+        hu_range: the CT range the model was trained on (``data.ct_clip_hu``); sCT values beyond it
+            are clipped to it and counted: a weak model or an unusual MR can predict −1900 HU inside a
+            patient, which no CT holds and a dose engine would read as a void.
+        case_id: names the case in the warning about clipped voxels.
 
     Returns:
         The ``dicom`` entry of ``provenance.json``.
@@ -71,7 +77,13 @@ def write_dicom_outputs(
 
     body = derive_body_mask(volume.array).astype(bool)
     air = int(np.count_nonzero(~body))
-    sct_for_tps = np.where(body, np.asarray(sct_hu, dtype=np.float32), np.float32(AIR_HU))
+    sct_hu = np.asarray(sct_hu, dtype=np.float32)
+    lo, hi = (np.float32(v) for v in hu_range)
+    outside_range = int(np.count_nonzero(body & ((sct_hu < lo) | (sct_hu > hi))))
+    if outside_range:
+        log.warning("case %s: %d sCT voxel(s) inside the body lie outside the trained CT range [%g, %g] HU and "
+                    "were clipped to it in the CT series (the NIfTI sCT keeps them)", case_id, outside_range, lo, hi)
+    sct_for_tps = np.where(body, np.clip(sct_hu, lo, hi), np.float32(AIR_HU))
     ct = write_ct_series(sct_for_tps, volume.affine, folder, identity,
                          series_description=series_description(model_sha256),
                          derivation_description=derivation_description(model_sha256, source, Path(volume.path or "")),
@@ -90,6 +102,8 @@ def write_dicom_outputs(
         "ct_series_instance_uid": ct.series_instance_uid,
         "rtstruct_file": f"{folder.name}/{RTSTRUCT_FILE}",
         "hu_rescale_intercept": HU_INTERCEPT,
+        "hu_range": [float(lo), float(hi)],
+        "hu_clipped_to_range_voxels": outside_range,
         "hu_clipped_to_int16_voxels": ct.clipped_voxels,
         "air_outside_body_voxels": air,
         "air_hu": AIR_HU,

@@ -202,7 +202,8 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
             dicom_future = writer.submit(
                 write_dicom_outputs, writer.tmp_dir / DICOM_FOLDER, sct_hu=on_input.pop("sct"),
                 labels=on_input.pop("seg", None), label_names=loaded.label_names, volume=volume,
-                identity=prepared.identity, source=prepared.source_series, model_sha256=source.sha256)
+                identity=prepared.identity, source=prepared.source_series, model_sha256=source.sha256,
+                hu_range=tuple(cfg.data.ct_clip_hu), case_id=prepared.case_id)
             written["dicom"] = {"file": f"{DICOM_FOLDER}/", "format": "dicom",
                                 "dtype": "int16 CT series + RT structure set", "units": "HU"}
     except BaseException:

@@ -90,7 +90,11 @@ def test_dicom_round_trip(tmp_path, checkpoint, orientation, dciodvfy):
     ct_hu = np.transpose(sitk.GetArrayFromImage(ct_image)).astype(np.float32)
     body = masks["BODY"]
     assert 0.2 < body.mean() < 0.9
-    assert np.max(np.abs(ct_hu[body] - sct_nifti.get_fdata()[body])) <= 1.0
+    # An untrained network predicts beyond the CT range in places: the series holds those clipped to the
+    # trained range (data.ct_clip_hu) and provenance counts them.
+    sct_hu = sct_nifti.get_fdata()[body]
+    assert np.max(np.abs(ct_hu[body] - np.clip(sct_hu, -1024, 3071))) <= 1.0
+    assert provenance["dicom"]["hu_clipped_to_range_voxels"] == int(((sct_hu < -1024) | (sct_hu > 3071)).sum())
     assert np.all(ct_hu[~body] == -1024)
     assert provenance["dicom"]["air_outside_body_voxels"] == int((~body).sum())
     assert provenance["dicom"]["hu_clipped_to_int16_voxels"] == 0
@@ -194,3 +198,29 @@ def test_bad_dicom_folders_give_one_line_and_no_output(tmp_path, checkpoint, cap
     line = _one_error_line(capsys)
     assert message in line and str(folder) in line
     assert not (tmp_path / "out").exists()
+
+
+def test_sct_beyond_the_trained_ct_range_is_clipped_in_the_series_and_counted(tmp_path, caplog):
+    from radmtl.data.dicom.common import generated_identity
+    from radmtl.data.io import Volume, write_volume
+    from radmtl.data.transforms import derive_body_mask
+    from radmtl.inference.dicom_out import write_dicom_outputs
+
+    case = generate_case(6, SHAPE, SPACING)
+    mr_path = tmp_path / "mr.nii.gz"
+    write_volume(case.mr, case.affine, mr_path, np.float32)
+    volume = Volume(array=case.mr, affine=case.affine, path=mr_path)
+    sct = case.ct_clean_hu.copy()
+    inside = np.argwhere(derive_body_mask(case.mr) > 0)  # the body the writer derives from the MR
+    low, high = tuple(inside[len(inside) // 3]), tuple(inside[2 * len(inside) // 3])
+    sct[low], sct[high] = -1931.0, 5000.0  # a weak model's void and spike inside the patient
+    with caplog.at_level("WARNING", logger="radmtl.inference.dicom_out"):
+        entry = write_dicom_outputs(tmp_path / "dicom", sct_hu=sct, labels=None, label_names={}, volume=volume,
+                                    identity=generated_identity("c1", mr_path), source=None, model_sha256="0" * 64,
+                                    hu_range=(-1024.0, 3071.0), case_id="c1")
+    assert entry["hu_clipped_to_range_voxels"] == 2 and entry["hu_range"] == [-1024.0, 3071.0]
+    assert "case c1: 2 sCT voxel(s) inside the body lie outside the trained CT range [-1024, 3071] HU" in caplog.text
+    series = sitk.ReadImage([str(p) for p in sorted((tmp_path / "dicom").glob("CT_*.dcm"))])
+    ct_hu = np.transpose(sitk.GetArrayFromImage(series)).astype(np.float32)
+    assert ct_hu[low] == -1024.0 and ct_hu[high] == 3071.0
+    assert ct_hu.min() >= -1024.0 and ct_hu.max() <= 3071.0
