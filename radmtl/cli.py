@@ -17,6 +17,7 @@ from pathlib import Path
 
 from radmtl import __version__
 from radmtl.errors import RadmtlError, Terminated, raise_terminated
+from radmtl.data.dicom.common import PATIENT_POSITIONS
 
 log = logging.getLogger("radmtl")
 
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-out", action="store_true",
                    help="also write the sCT as a DICOM CT series and the organs as an RT Structure Set in "
                         "OUT/<case>/dicom/ (always on for DICOM input; NIfTI input gets generated identifiers)")
+    p.add_argument("--patient-position", default=None, type=str.upper, choices=PATIENT_POSITIONS,
+                   metavar="HFS|FFS|HFP|...",
+                   help="PatientPosition (0018,5100) of the DICOM outputs (default: the MR's; HFS with a warning "
+                        "where the MR has none, as every NIfTI MR)")
     p.add_argument("--output", required=True, type=Path, help="output folder (OUT/<case>/...)")
     p.add_argument("--output-format", choices=("auto", "nii.gz", "nii", "mha"), default="auto",
                    help="file format of the maps: auto (default) = the input's own (.mha → .mha, .nrrd → .nrrd, "

@@ -9,6 +9,7 @@ written as an EXTERNAL structure, which planning systems need for dose calculati
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +42,24 @@ def derivation_description(model_sha256: str, source: SourceSeries | None, mr_pa
                    f"SeriesInstanceUID {source.series_instance_uid})")
 
 
+def _with_patient_position(identity: DicomIdentity, option: str | None,
+                           case_id: str) -> tuple[DicomIdentity, dict[str, str]]:
+    """The identity with the PatientPosition the series will carry, and where it came from."""
+    from_mr = identity.patient_position.strip().upper()
+    if option:
+        if from_mr and from_mr != option:
+            log.warning("case %s: --patient-position %s overrides the MR's PatientPosition %s", case_id, option,
+                        from_mr)
+        value, source = option, "option"
+    elif from_mr:
+        value, source = from_mr, "mr"
+    else:
+        log.warning("case %s: the MR does not say how the patient lay (PatientPosition, 0018,5100); the CT series "
+                    "says HFS (head first, supine); pass --patient-position if that is wrong", case_id)
+        value, source = "HFS", "assumed"
+    return dataclasses.replace(identity, patient_position=value), {"value": value, "source": source}
+
+
 def write_dicom_outputs(
     folder: Path,
     *,
@@ -53,6 +72,7 @@ def write_dicom_outputs(
     model_sha256: str,
     hu_range: tuple[float, float] = (-1024.0, 3071.0),
     case_id: str = "",
+    patient_position: str | None = None,
 ) -> dict[str, Any]:
     """Write ``folder/CT_*.dcm`` and ``folder/RS_radmtl.dcm`` for one case on the MR's grid.
 
@@ -66,7 +86,10 @@ def write_dicom_outputs(
         hu_range: the CT range the model was trained on (``data.ct_clip_hu``); sCT values beyond it
             are clipped to it and counted: a weak model or an unusual MR can predict −1900 HU inside a
             patient, which no CT holds and a dose engine would read as a void.
-        case_id: names the case in the warning about clipped voxels.
+        case_id: names the case in the warnings.
+        patient_position: ``--patient-position``: overrides the MR's PatientPosition (0018,5100). Without
+            it the MR's is carried; an MR without one (and every NIfTI MR) gets HFS, with a warning and
+            ``"source": "assumed"`` in provenance, because a planning system sets up beams from it.
 
     Returns:
         The ``dicom`` entry of ``provenance.json``.
@@ -75,6 +98,7 @@ def write_dicom_outputs(
     from radmtl.data.dicom.rtstruct import Roi, write_rtstruct
     from radmtl.data.transforms import derive_body_mask
 
+    identity, position = _with_patient_position(identity, patient_position, case_id)
     body = derive_body_mask(volume.array).astype(bool)
     air = int(np.count_nonzero(~body))
     sct_hu = np.asarray(sct_hu, dtype=np.float32)
@@ -109,6 +133,7 @@ def write_dicom_outputs(
         "air_hu": AIR_HU,
         "contours_per_roi": contours,
         "identifiers": identity.describe(),
+        "patient_position": position,
         "source_series": None if source is None else {
             "series_instance_uid": source.series_instance_uid, "description": source.series_description,
             "slices": len(source.sop_instance_uids)},

@@ -81,6 +81,8 @@ class InferOptions:
     dicom_out: bool | None = None
     # File format of the maps: "auto" (the input's own; NIfTI for DICOM), "nii.gz", "nii" or "mha".
     output_format: str = "auto"
+    # PatientPosition of the DICOM outputs; None: the MR's, or HFS with a warning where it has none.
+    patient_position: str | None = None
 
 
 @dataclass
@@ -203,7 +205,8 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
                 write_dicom_outputs, writer.tmp_dir / DICOM_FOLDER, sct_hu=on_input.pop("sct"),
                 labels=on_input.pop("seg", None), label_names=loaded.label_names, volume=volume,
                 identity=prepared.identity, source=prepared.source_series, model_sha256=source.sha256,
-                hu_range=tuple(cfg.data.ct_clip_hu), case_id=prepared.case_id)
+                hu_range=tuple(cfg.data.ct_clip_hu), case_id=prepared.case_id,
+                patient_position=options.patient_position)
             written["dicom"] = {"file": f"{DICOM_FOLDER}/", "format": "dicom",
                                 "dtype": "int16 CT series + RT structure set", "units": "HU"}
     except BaseException:
@@ -413,6 +416,7 @@ def infer_from_cli(args: argparse.Namespace) -> int:
         progress=not args.no_progress and not getattr(args, "quiet", False) and sys.stderr.isatty(),
         sigma_scaling=not args.no_sigma_scaling,
         series=args.series, dicom_out=True if args.dicom_out else None, output_format=args.output_format,
+        patient_position=args.patient_position,
     )
     results = run_inference(args.model, args.input, args.output, options, tracking_uri=args.tracking_uri)
     failed = [r for r in results if r.error]

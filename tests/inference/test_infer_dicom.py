@@ -123,12 +123,16 @@ def test_dicom_round_trip(tmp_path, checkpoint, orientation, dciodvfy):
 
 
 @pytest.mark.slow
-def test_dicom_out_from_nifti_has_generated_identifiers(tmp_path, checkpoint, dciodvfy):
+def test_dicom_out_from_nifti_has_generated_identifiers(tmp_path, checkpoint, dciodvfy, capsys):
     case = generate_case(6, SHAPE, SPACING)
     img = nib.Nifti1Image(case.mr, case.affine)
     nib.save(img, tmp_path / "pelvis.nii.gz")
     assert _infer(checkpoint, tmp_path / "pelvis.nii.gz", tmp_path / "a", "--dicom-out") == 0
-    assert _infer(checkpoint, tmp_path / "pelvis.nii.gz", tmp_path / "b", "--dicom-out") == 0
+    # A NIfTI MR does not say how the patient lay: HFS is assumed, and said so.
+    assert "case pelvis: the MR does not say how the patient lay (PatientPosition, 0018,5100); the CT series " \
+        "says HFS" in capsys.readouterr().err
+    assert _infer(checkpoint, tmp_path / "pelvis.nii.gz", tmp_path / "b", "--dicom-out", "--patient-position",
+                  "ffs") == 0
 
     runs = [sorted((tmp_path / run / "pelvis" / "dicom").glob("CT_*.dcm")) for run in ("a", "b")]
     image = sitk.ReadImage([str(p) for p in runs[0]])
@@ -145,6 +149,10 @@ def test_dicom_out_from_nifti_has_generated_identifiers(tmp_path, checkpoint, dc
     assert "pelvis.nii.gz" in first.DerivationDescription
     provenance = json.loads((tmp_path / "a" / "pelvis" / "provenance.json").read_text())
     assert provenance["dicom"]["identifiers"]["generated"] is True
+    assert provenance["dicom"]["patient_position"] == {"value": "HFS", "source": "assumed"}
+    assert (first.PatientPosition, second.PatientPosition) == ("HFS", "FFS")
+    provenance = json.loads((tmp_path / "b" / "pelvis" / "provenance.json").read_text())
+    assert provenance["dicom"]["patient_position"] == {"value": "FFS", "source": "option"}
     dciodvfy([runs[0][0], tmp_path / "a" / "pelvis" / "dicom" / "RS_radmtl.dcm"])
 
 
@@ -224,3 +232,25 @@ def test_sct_beyond_the_trained_ct_range_is_clipped_in_the_series_and_counted(tm
     ct_hu = np.transpose(sitk.GetArrayFromImage(series)).astype(np.float32)
     assert ct_hu[low] == -1024.0 and ct_hu[high] == 3071.0
     assert ct_hu.min() >= -1024.0 and ct_hu.max() <= 3071.0
+
+
+@pytest.mark.parametrize("stored", ["FFS", None], ids=["mr-says-ffs", "mr-says-nothing"])
+def test_patient_position_comes_from_the_mr_or_is_assumed_aloud(tmp_path, checkpoint, capsys, stored):
+    mr_files = phantom_mr_series(tmp_path / "MR", 6, SHAPE, SPACING)
+    for path in mr_files:
+        ds = pydicom.dcmread(path)
+        if stored is None:
+            del ds.PatientPosition
+        else:
+            ds.PatientPosition = stored
+        ds.save_as(path)
+    assert _infer(checkpoint, tmp_path / "MR", tmp_path / "out") == 0
+    err = capsys.readouterr().err
+    ct = pydicom.dcmread(sorted((tmp_path / "out" / "MR" / "dicom").glob("CT_*.dcm"))[0])
+    provenance = json.loads((tmp_path / "out" / "MR" / "provenance.json").read_text())["dicom"]
+    if stored is None:
+        assert ct.PatientPosition == "HFS" and provenance["patient_position"] == {"value": "HFS", "source": "assumed"}
+        assert "the MR does not say how the patient lay" in err
+    else:
+        assert ct.PatientPosition == "FFS" and provenance["patient_position"] == {"value": "FFS", "source": "mr"}
+        assert "PatientPosition" not in err

@@ -74,6 +74,11 @@ class DicomIdentity:
                 "frame_of_reference_uid": self.frame_of_reference_uid, "generated": self.generated}
 
 
+# DICOM's defined terms for (0018,5100) Patient Position: head/feet first, supine/prone/decubitus.
+PATIENT_POSITIONS = ("HFS", "HFP", "HFDR", "HFDL", "FFS", "FFP", "FFDR", "FFDL",
+                     "LFP", "LFS", "RFP", "RFS", "AFDR", "AFDL", "PFDR", "PFDL")
+
+
 @dataclass(frozen=True)
 class SourceSeries:
     """The MR series an output derives from: its UIDs, description and one SOP instance per slice
@@ -107,7 +112,7 @@ def generated_identity(case_id: str, mr_path: Path) -> DicomIdentity:
         study_date=now.strftime("%Y%m%d"),
         study_time=now.strftime("%H%M%S"),
         study_description="radmtl: generated identifiers (NIfTI MR input)",
-        patient_position="HFS",
+        patient_position="",  # a NIfTI file does not say how the patient lay
         generated=True,
     )
 
