@@ -113,9 +113,21 @@ def write_dicom_outputs(
                          derivation_description=derivation_description(model_sha256, source, Path(volume.path or "")),
                          source=source)
     rois = [Roi(BODY_ROI, body, kind="EXTERNAL")]
+    not_found = []
     if labels is not None:
-        rois += [Roi(name, labels == value) for name, value in sorted(label_names.items(), key=lambda kv: kv[1])
-                 if value != 0]
+        for name, value in sorted(label_names.items(), key=lambda kv: kv[1]):
+            mask = labels == value
+            if value == 0:
+                continue
+            # A structure without contours is valid DICOM, but some readers (rt-utils) fail on it and a
+            # planning system shows an empty structure as if it had been drawn: leave it out, and say so.
+            if not mask.any():
+                not_found.append(name)
+                continue
+            rois.append(Roi(name, mask))
+    if not_found:
+        log.warning("case %s: no voxel predicted for %s; left out of the RT Structure Set", case_id,
+                    ", ".join(not_found))
     contours = write_rtstruct(rois, ct, identity, folder / RTSTRUCT_FILE,
                               description=f"radmtl {__version__} segmentation, model {model_sha256[:12]}")
     log.info("%s: %d CT slices (%d voxel(s) clipped to int16) and %d structures", folder, len(ct.files),
@@ -132,6 +144,7 @@ def write_dicom_outputs(
         "air_outside_body_voxels": air,
         "air_hu": AIR_HU,
         "contours_per_roi": contours,
+        "structures_not_found": not_found,
         "identifiers": identity.describe(),
         "patient_position": position,
         "source_series": None if source is None else {

@@ -208,7 +208,8 @@ def test_bad_dicom_folders_give_one_line_and_no_output(tmp_path, checkpoint, cap
     assert not (tmp_path / "out").exists()
 
 
-def test_sct_beyond_the_trained_ct_range_is_clipped_in_the_series_and_counted(tmp_path, caplog):
+def _write_outputs(tmp_path, sct_of=lambda case: case.ct_clean_hu, labels_of=lambda case: None):
+    """write_dicom_outputs on phantom case 6 (its MR as a NIfTI volume); (case, provenance entry, body)."""
     from radmtl.data.dicom.common import generated_identity
     from radmtl.data.io import Volume, write_volume
     from radmtl.data.transforms import derive_body_mask
@@ -217,21 +218,53 @@ def test_sct_beyond_the_trained_ct_range_is_clipped_in_the_series_and_counted(tm
     case = generate_case(6, SHAPE, SPACING)
     mr_path = tmp_path / "mr.nii.gz"
     write_volume(case.mr, case.affine, mr_path, np.float32)
-    volume = Volume(array=case.mr, affine=case.affine, path=mr_path)
-    sct = case.ct_clean_hu.copy()
-    inside = np.argwhere(derive_body_mask(case.mr) > 0)  # the body the writer derives from the MR
-    low, high = tuple(inside[len(inside) // 3]), tuple(inside[2 * len(inside) // 3])
-    sct[low], sct[high] = -1931.0, 5000.0  # a weak model's void and spike inside the patient
+    body = derive_body_mask(case.mr) > 0  # the body the writer derives from the MR
+    entry = write_dicom_outputs(tmp_path / "dicom", sct_hu=sct_of(case, body), labels=labels_of(case),
+                                label_names=PHANTOM_LABELS, volume=Volume(array=case.mr, affine=case.affine, path=mr_path),
+                                identity=generated_identity("c1", mr_path), source=None, model_sha256="0" * 64,
+                                hu_range=(-1024.0, 3071.0), case_id="c1")
+    return case, entry, body
+
+
+def test_sct_beyond_the_trained_ct_range_is_clipped_in_the_series_and_counted(tmp_path, caplog):
+    spots = {}
+
+    def sct_with_spikes(case, body):
+        sct = case.ct_clean_hu.copy()
+        inside = np.argwhere(body)
+        spots["low"], spots["high"] = tuple(inside[len(inside) // 3]), tuple(inside[2 * len(inside) // 3])
+        sct[spots["low"]], sct[spots["high"]] = -1931.0, 5000.0  # a weak model's void and spike in the patient
+        return sct
+
     with caplog.at_level("WARNING", logger="radmtl.inference.dicom_out"):
-        entry = write_dicom_outputs(tmp_path / "dicom", sct_hu=sct, labels=None, label_names={}, volume=volume,
-                                    identity=generated_identity("c1", mr_path), source=None, model_sha256="0" * 64,
-                                    hu_range=(-1024.0, 3071.0), case_id="c1")
+        _, entry, _ = _write_outputs(tmp_path, sct_of=sct_with_spikes)
     assert entry["hu_clipped_to_range_voxels"] == 2 and entry["hu_range"] == [-1024.0, 3071.0]
     assert "case c1: 2 sCT voxel(s) inside the body lie outside the trained CT range [-1024, 3071] HU" in caplog.text
     series = sitk.ReadImage([str(p) for p in sorted((tmp_path / "dicom").glob("CT_*.dcm"))])
     ct_hu = np.transpose(sitk.GetArrayFromImage(series)).astype(np.float32)
-    assert ct_hu[low] == -1024.0 and ct_hu[high] == 3071.0
+    assert ct_hu[spots["low"]] == -1024.0 and ct_hu[spots["high"]] == 3071.0
     assert ct_hu.min() >= -1024.0 and ct_hu.max() <= 3071.0
+
+
+def test_an_organ_not_found_is_left_out_of_the_structure_set_and_said(tmp_path, caplog, dciodvfy):
+    def labels_without_prostate(case):
+        return np.where(case.labels == PHANTOM_LABELS["prostate"], 0, case.labels).astype(np.uint8)
+
+    with caplog.at_level("WARNING", logger="radmtl.inference.dicom_out"):
+        case, entry, _ = _write_outputs(tmp_path, sct_of=lambda case, body: case.ct_clean_hu,
+                                        labels_of=labels_without_prostate)
+    # This small field of view (140 mm wide) cuts off the right femoral head as well.
+    absent = [n for n, v in PHANTOM_LABELS.items() if v and (n == "prostate" or not (case.labels == v).any())]
+    assert absent == ["prostate", "femoral_head_right"]
+    assert entry["structures_not_found"] == absent
+    assert "case c1: no voxel predicted for prostate, femoral_head_right; left out of the RT Structure Set" \
+        in caplog.text
+    ds = pydicom.dcmread(tmp_path / "dicom" / "RS_radmtl.dcm")
+    names = [str(roi.ROIName) for roi in ds.StructureSetROISequence]
+    assert names == ["BODY", "bladder", "rectum", "femoral_head_left"]
+    # every structure written has contours (readers such as rt-utils fail on one without)
+    assert all(len(roi.ContourSequence) > 0 for roi in ds.ROIContourSequence)
+    dciodvfy([tmp_path / "dicom" / "RS_radmtl.dcm"])
 
 
 @pytest.mark.parametrize("stored", ["FFS", None], ids=["mr-says-ffs", "mr-says-nothing"])
