@@ -319,6 +319,8 @@ def _bad_affine(kind):
         affine[:3, 1] = 0.0  # the second voxel axis has no size
     elif kind == "nan":
         affine[0, 0] = np.nan
+    elif kind == "nan-origin":
+        affine[1, 3] = np.nan  # only the origin: the voxel sizes and directions are fine
     elif kind == "singular":
         affine[:3, 2] = affine[:3, 0]  # two voxel axes point the same way
     return affine
@@ -331,12 +333,13 @@ def _break_mr(root, kind, key="mr", case="case_002"):
     from radmtl.data.io import read_volume  # the fault must survive the round trip, or the test is void
 
     stored = read_volume(path).affine
-    assert np.isnan(stored).any() if kind == "nan" else abs(np.linalg.det(stored[:3, :3])) < 1e-9
+    assert np.isnan(stored).any() if kind.startswith("nan") else abs(np.linalg.det(stored[:3, :3])) < 1e-9
 
 
 @pytest.mark.parametrize("purpose", ["train", "infer"])
 @pytest.mark.parametrize(("kind", "words"), [
-    ("zero", ["voxel size", "[1.5, 0, 2]"]), ("nan", ["NaN", "affine"]), ("singular", ["singular"]),
+    ("zero", ["voxel size", "[1.5, 0, 2]"]), ("nan", ["NaN", "affine"]), ("nan-origin", ["NaN", "affine"]),
+    ("singular", ["singular"]),
 ])
 def test_mr_with_a_broken_affine_is_one_problem_and_no_grid_comparison(tmp_path, kind, words, purpose):
     make_dataset(tmp_path)  # ct, mask, labels and σ map beside the mr: none of them is compared with it

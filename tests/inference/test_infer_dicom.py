@@ -115,6 +115,9 @@ def test_dicom_round_trip(tmp_path, checkpoint, orientation, dciodvfy):
     series_ref = structure_set.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0] \
         .RTReferencedSeriesSequence[0]
     assert series_ref.SeriesInstanceUID == first.SeriesInstanceUID
+    study_ref = structure_set.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    assert study_ref.ReferencedSOPInstanceUID == mr.StudyInstanceUID  # the study, not a series
+    assert study_ref.ReferencedSOPClassUID == "1.2.840.10008.3.1.2.3.1"  # Detached Study Management
     # NIfTI outputs carry the same grid as the DICOM ones.
     np.testing.assert_allclose(seg_nifti.affine, sct_nifti.affine)
 

@@ -61,11 +61,13 @@ def _bad_mr(path: Path, kind: str, mr: np.ndarray) -> Path:
         affine[:3, 1] = 0.0
     elif kind == "nan-spacing":
         affine[0, 0] = np.nan
+    elif kind == "nan-origin":
+        affine[1, 3] = np.nan
     if kind == "all-zero":
         return _write(path, np.zeros_like(mr), affine)
     _write_sform_only(path, mr, affine)
     stored = read_volume(path).affine  # the fault must survive the file, or the test proves nothing
-    assert np.isnan(stored).any() if kind == "nan-spacing" else np.linalg.norm(stored[:3, 1]) == 0
+    assert np.isnan(stored).any() if kind.startswith("nan") else np.linalg.norm(stored[:3, 1]) == 0
     return path
 
 
@@ -85,6 +87,7 @@ def _error_lines(err: str) -> list[str]:
 @pytest.mark.parametrize(("kind", "words"), [
     ("zero-voxel", ["voxel size [5, 0, 6.5] mm", "no size", "fix: re-export"]),
     ("nan-spacing", ["NaN or Inf entries", "voxel size [nan, 4.5, 6.5]", "fix: re-export"]),
+    ("nan-origin", ["NaN or Inf entries", "fix: re-export"]),
     ("all-zero", ["empty image: every voxel is 0", "fix: re-export the mr"]),
     ("zero-pixdim-no-sform", ["voxel size pixdim[1:4] = [5.0, 0.0, 6.5] has a zero", "nibabel would assume 1 mm",
                               "re-export the image with its true voxel size"]),
