@@ -277,3 +277,23 @@ def test_a_step_that_does_not_measure_applies_the_same_update_as_one_that_does()
     assert len(grads[0]) == len(grads[1]) > 0
     for measured, plain in zip(*grads):  # summation order apart (float32 rounding): the same gradient
         torch.testing.assert_close(plain, measured, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("measure", [True, False])
+def test_loss_scaling_changes_neither_the_logged_norms_nor_the_applied_gradient(measure):
+    # fp16 training scales the loss (here by 2^10) before backward; the per-task norms and the step must
+    # come out in unscaled units, or a logged norm reads 1024× and the clip throttles the update 1024×.
+    results = []
+    for scaler in (torch.amp.GradScaler("cpu", enabled=False), torch.amp.GradScaler("cpu", init_scale=1024.0)):
+        model, loss_fn, batch = _tiny_net_and_batch()
+        optimizer = torch.optim.SGD(parameter_groups(model, loss_fn, 0.0, 0.05), lr=0.0)
+        terms, _, _ = forward_losses(model, loss_fn, batch, None)
+        norms = optimise(terms, model, loss_fn, optimizer, scaler, TrainConfig(grad_clip=0.05), measure=measure)
+        results.append((norms, [p.grad.clone() for p in [*model.parameters(), *loss_fn.parameters()]
+                                if p.grad is not None]))
+    (plain_norms, plain_grads), (scaled_norms, scaled_grads) = results
+    assert scaled_norms.keys() == plain_norms.keys() and bool(plain_norms) == measure
+    for key in plain_norms:
+        assert float(scaled_norms[key]) == pytest.approx(float(plain_norms[key]), rel=1e-4), key
+    for scaled, plain in zip(scaled_grads, plain_grads):
+        torch.testing.assert_close(scaled, plain, rtol=1e-4, atol=1e-7)
