@@ -45,6 +45,7 @@ DICOM_COMMON, DICOM_CT = "radmtl/data/dicom/common.py", "radmtl/data/dicom/ct.py
 DICOM_TESTS = ("tests/data/dicom/test_dicom_series.py", "tests/data/dicom/test_dicom_ct.py", "tests/inference/test_infer_dicom.py")
 LOSSES, LIKELIHOODS, MODEL = "radmtl/nn/losses.py", "radmtl/nn/likelihoods.py", "radmtl/nn/model.py"
 TRANSFORMS = "radmtl/data/transforms.py"
+CONFIG = "radmtl/config.py"
 RECALIBRATION, STEP, SCHEDULE = ("radmtl/training/recalibration.py", "radmtl/training/step.py",
                                  "radmtl/training/schedule.py")
 
@@ -109,7 +110,29 @@ MUTANTS: list[Mutant] = [
         (SCHEDULE, 'constant if group.get("name") == "log_vars" else factor', "factor"),
     )),
     Mutant("per-task clip factor ignored", ("tests/training/test_train_step.py",), (
-        (STEP, "g = g * factor.to(g.device) if factor is not None else g", "g = g"),
+        (STEP, "clipped[task] = [g * factor.to(g.device) if factor is not None and g is not None else g "
+               "for g in net_grads]", "clipped[task] = list(net_grads)"),
+    )),
+    Mutant("loss scale left in the per-task encoder norm", ("tests/training/test_train_step.py",), (
+        (STEP, 'norms[f"grad_norm_encoder_{task}"] = (_norm(encoder) * inv_scale).detach()',
+         'norms[f"grad_norm_encoder_{task}"] = _norm(encoder).detach()'),
+    )),
+    Mutant("default optimisation balances the encoder norms (the σ weighting cancelled)",
+           ("tests/training/test_train_step.py",), (
+        (CONFIG, 'grad_clip_mode: Literal["global", "per_task", "balanced"] = "global"',
+         'grad_clip_mode: Literal["global", "per_task", "balanced"] = "balanced"'),
+    )),
+    Mutant("β-NLL factors not scaled to mean 1", ("tests/nn/test_losses.py",), (
+        (LIKELIHOODS, "factor = factor / masked_mean(factor, mask).clamp_min(_MASK_SUM_FLOOR)", "factor = factor"),
+    )),
+    Mutant("laterality: the patient's left taken at positive RAS x", ("tests/data/test_laterality.py",), (
+        ("radmtl/data/laterality.py", "LEFT_SIGN_RAS_X = -1.0", "LEFT_SIGN_RAS_X = 1.0"),
+    )),
+    Mutant("HD95 of a missed organ dropped (NaN)", ("tests/evaluation/test_metrics.py",), (
+        ("radmtl/evaluation/metrics.py", "return hd95_penalty_mm(ref_labels.shape, spacing)", "return math.nan"),
+    )),
+    Mutant("a zero stored voxel size read as nibabel's 1 mm", ("tests/data/test_io.py",), (
+        ("radmtl/data/io.py", "if not all(np.isfinite(zooms)) or any(v == 0 for v in zooms):", "if False:"),
     )),
     Mutant("output heads inside bf16 autocast", ("tests/training/test_train_step.py",), (
         (MODEL, "with torch.autocast(device_type=points[0].device.type, enabled=False):",
