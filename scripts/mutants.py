@@ -131,6 +131,13 @@ MUTANTS: list[Mutant] = [
     Mutant("HD95 of a missed organ dropped (NaN)", ("tests/evaluation/test_metrics.py",), (
         ("radmtl/evaluation/metrics.py", "return hd95_penalty_mm(ref_labels.shape, spacing)", "return math.nan"),
     )),
+    Mutant("MR normalised over the whole field of view, not the body", ("tests/data/test_transforms.py",), (
+        (TRANSFORMS, "inside = values[body] if body.sum() >= 10 else values.ravel()", "inside = values.ravel()"),
+        (TRANSFORMS, "inside = clipped[body] if body.sum() >= 10 else clipped.ravel()", "inside = clipped.ravel()"),
+    )),
+    Mutant("CT targets not clipped to data.ct_clip_hu", ("tests/data/test_transforms.py",), (
+        (TRANSFORMS, "b_max=hi / cfg.ct_scale_hu, clip=True", "b_max=hi / cfg.ct_scale_hu, clip=False"),
+    )),
     Mutant("a zero stored voxel size read as nibabel's 1 mm", ("tests/data/test_io.py",), (
         ("radmtl/data/io.py", "if not all(np.isfinite(zooms)) or any(v == 0 for v in zooms):", "if False:"),
     )),

@@ -6,6 +6,7 @@ import logging
 import warnings
 
 import numpy as np
+import pytest
 import torch
 
 from radmtl.config import load_config
@@ -52,3 +53,39 @@ def test_crop_centres_without_labels_are_body_voxels():
                                "has_labels": torch.tensor(1.0)})
     np.testing.assert_array_equal(labelled["crop_fg_indices"], np.flatnonzero(organs[0].ravel()))
     assert len(labelled["crop_bg_indices"]) == len(inside) - 8
+
+
+def test_mr_normalisation_is_the_bodys_whatever_the_air_around_it():
+    # The statistics come from the body: more air in the field of view must not move the body's values
+    # (a normalisation over the whole volume shifts them by up to ~1 SD when the same body is padded).
+    from radmtl.data.phantom import generate_case
+    from radmtl.data.transforms import normalize_mr
+
+    mr = generate_case(2, (40, 32, 16), (9.6, 9.0, 12.0)).mr
+    padded = np.pad(mr, ((12, 12), (10, 10), (0, 0)), constant_values=0.0)  # in-plane air only
+    noise = np.random.default_rng(0).normal(0.0, 2.0, padded.shape).astype(np.float32)
+    padded = np.abs(padded + noise * (padded == 0))  # air is noisy magnitude, not exact zeros
+    a = normalize_mr(torch.as_tensor(mr[None]), 0.5, 99.5)[0].numpy()
+    b = normalize_mr(torch.as_tensor(padded[None]), 0.5, 99.5)[0].numpy()[12:-12, 10:-10, :]
+    body = a > a.min() + 0.5
+    assert body.mean() > 0.2
+    np.testing.assert_allclose(b[body], a[body], atol=0.02)
+
+
+def test_ct_targets_are_clipped_to_the_ct_range_before_scaling(tmp_path):
+    # Scanner padding (−3024 HU) and a metal implant (8000 HU) must not become training targets.
+    import nibabel as nib
+
+    from radmtl.data.transforms import eval_transforms
+
+    cfg = load_config(None, ["data.spacing=[4.0, 4.0, 4.0]"])
+    ct = np.full((12, 12, 8), 40.0, np.float32)
+    ct[0, 0, 0], ct[5, 5, 4], ct[6, 6, 4] = -3024.0, 8000.0, -500.0
+    mr = np.ones((12, 12, 8), np.float32) * 100.0
+    for name, array in (("mr", mr), ("ct", ct)):
+        nib.save(nib.Nifti1Image(array, np.diag([4.0, 4.0, 4.0, 1.0])), str(tmp_path / f"{name}.nii.gz"))
+    out = eval_transforms(cfg.data, ["mr", "ct"])({"mr": str(tmp_path / "mr.nii.gz"), "ct": str(tmp_path / "ct.nii.gz")})
+    scaled = out["ct"][0].numpy() * cfg.data.ct_scale_hu
+    lo, hi = cfg.data.ct_clip_hu
+    assert scaled.min() == pytest.approx(lo, abs=1e-3) and scaled.max() == pytest.approx(hi, abs=1e-3)
+    assert scaled[6, 6, 4] == pytest.approx(-500.0, abs=1e-3) and scaled[2, 2, 2] == pytest.approx(40.0, abs=1e-3)
