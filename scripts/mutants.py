@@ -138,6 +138,10 @@ MUTANTS: list[Mutant] = [
     Mutant("CT targets not clipped to data.ct_clip_hu", ("tests/data/test_transforms.py",), (
         (TRANSFORMS, "b_max=hi / cfg.ct_scale_hu, clip=True", "b_max=hi / cfg.ct_scale_hu, clip=False"),
     )),
+    Mutant("σ-scaling fitted without MC dropout (T = 1)", ("tests/training/test_recalibration.py",), (
+        (RECALIBRATION, "res = [case_residuals(loaded, case, mc_samples, device) for case in usable]",
+         "res = [case_residuals(loaded, case, 1, device) for case in usable]"),
+    )),
     Mutant("a zero stored voxel size read as nibabel's 1 mm", ("tests/data/test_io.py",), (
         ("radmtl/data/io.py", "if not all(np.isfinite(zooms)) or any(v == 0 for v in zooms):", "if False:"),
     )),

@@ -107,3 +107,29 @@ def test_no_sigma_head_means_nothing_to_fit(val_data, tmp_path):
         cfg=cfg, label_names=dict(PHANTOM_LABELS), model=build_model(cfg.model), with_rng=False))
     assert recalibrate(ckpt, discover(val_data).cases) is None
     assert "sigma_scaling" not in load_checkpoint(ckpt)
+
+
+def test_the_factor_is_fitted_at_infers_mc_samples_on_infers_own_maps(val_data, tmp_path):
+    # With MC dropout, infer's σ_total holds the spread of T samples; a factor fitted at T = 1 (no
+    # epistemic part, another sCT mean) would make σ_total at infer's T too wide.
+    cfg = load_config(None, TINY[:-1] + ["infer.mc_samples=4", "model.dropout=0.5"])
+    torch.manual_seed(3)
+    ckpt = save_checkpoint(tmp_path / "mc.pt", make_payload(cfg=cfg, label_names=dict(PHANTOM_LABELS),
+                                                            model=build_model(cfg.model), with_rng=False))
+    cases = discover(val_data).cases
+    record = recalibrate(ckpt, cases)
+    assert record["mc_samples"] == 4
+    residual, aleatoric, epistemic = [], [], []
+    for case in cases:
+        out = tmp_path / "raw" / case.case_id
+        run_inference(str(ckpt), case.paths["mr"], out, InferOptions(sigma_scaling=False))
+        maps = {name: np.asarray(nib.load(next(out.glob(f"*/{name}.nii.gz"))).dataobj, np.float64)
+                for name in ("sct", "sct_sigma_aleatoric", "sct_sigma_epistemic")}
+        ct = np.asarray(nib.load(case.paths["ct"]).dataobj, np.float64)
+        body = np.asarray(nib.load(case.paths["mask"]).dataobj) != 0
+        residual.append((ct - maps["sct"])[body])
+        aleatoric.append(maps["sct_sigma_aleatoric"][body])
+        epistemic.append(maps["sct_sigma_epistemic"][body])
+    assert np.concatenate(epistemic).mean() > 1.0  # MC dropout does spread the samples here
+    expected = fit_sigma_scale(*(np.concatenate(v) for v in (residual, aleatoric, epistemic)))
+    assert record["factor"] == pytest.approx(expected, rel=2e-3)
