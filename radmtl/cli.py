@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", required=True, type=Path, help="dataset folder with ct/mask/labels")
     p.add_argument("--out", type=Path, default=None, help="CSV file (default PRED/metrics.csv)")
     p.add_argument("--json", type=Path, default=None, help="JSON file (default PRED/metrics.json)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="exit 0 although reference cases have no (complete) prediction; they are still listed")
     p.add_argument("--run-id", default=None,
                    help="log the mean metrics to this MLflow run (eval_<metric>; with several centre/anatomy "
                         "groups also eval_<group>_<metric>)")

@@ -53,6 +53,9 @@ class Evaluation:
     rows: dict[str, dict[str, float]]
     summary: dict[str, tuple[float, float]]
     failures: dict[str, str] = field(default_factory=dict)
+    # Reference cases without a (complete) prediction: case → what is missing. A summary over the
+    # cases present would otherwise look complete, and a model would score better by skipping a case.
+    missing: dict[str, str] = field(default_factory=dict)
     groups: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     case_groups: dict[str, str] = field(default_factory=dict)
     calibration: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
@@ -153,11 +156,21 @@ def evaluate(pred: str | Path, ref: str | Path) -> Evaluation:
             f"{', '.join(pred_folders[:5]) or 'none'}; reference: {', '.join(list(ref_cases)[:5])}); pass "
             "the --output folder of radmtl infer run on this reference"
         )
-    missing = [c for c in ref_cases if c not in common]
-    if missing:
-        log.warning("%d reference case(s) have no prediction: %s", len(missing), ", ".join(missing))
     result = Evaluation(rows={}, summary={})
+    result.missing = {c: f"no prediction folder {pred / c}" for c in ref_cases if c not in common}
+    # What infer wrote for some case it should have written for every case whose reference can be
+    # compared with it: an sCT where the reference has a CT, a seg where it has labels.
+    written = {stem for c in common for stem in ("sct", "seg") if _pred_file(pred / c, stem) is not None}
     for case_id in common:
+        for stem, ref_key in (("sct", "ct"), ("seg", "labels")):
+            if stem in written and ref_key in ref_cases[case_id].paths and _pred_file(pred / case_id, stem) is None:
+                result.missing[case_id] = f"{pred / case_id} has no {stem} file, although other cases have one"
+    if result.missing:
+        log.debug("%d of %d reference case(s) have no complete prediction: %s", len(result.missing),
+                    len(ref_cases), ", ".join(result.missing))
+    for case_id in common:
+        if case_id in result.missing:
+            continue
         try:
             row, curve = evaluate_case(case_id, pred / case_id, ref_cases[case_id].paths, index.labels)
         except RadmtlError as err:
@@ -217,6 +230,7 @@ def write_reports(result: Evaluation, csv_path: Path, json_path: Path, pred: Pat
         document = {
             "pred": str(pred.resolve()), "ref": str(Path(ref).resolve()),
             "n_cases": len(result.rows),
+            "missing": result.missing,
             "cases": {case_id: {k: _json_number(v) for k, v in row.items()} for case_id, row in result.rows.items()},
             "summary": _json_summary(result.summary),
             "failed": result.failures,
@@ -259,7 +273,9 @@ def format_tables(result: Evaluation) -> str:
         lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
         lines.append("")
     width = max((len(k) for k in result.summary), default=6)
-    lines.append(f"{'metric'.ljust(width)}  mean ± sd (n = {len(result.rows)} case(s))")
+    missing = f"; {len(result.missing)} reference case(s) without a complete prediction are not in it" \
+        if result.missing else ""
+    lines.append(f"{'metric'.ljust(width)}  mean ± sd (n = {len(result.rows)} case(s){missing})")
     for name, (mean, sd) in result.summary.items():
         lines.append(f"{name.ljust(width)}  {_fmt(mean)} ± {_fmt(sd)}")
     if result.groups:
@@ -322,4 +338,9 @@ def evaluate_from_cli(args: argparse.Namespace) -> int:
     for case_id, message in result.failures.items():
         print(f"radmtl evaluate: error: {message if message.startswith('case ') else f'case {case_id}: {message}'}",
               file=sys.stderr)
-    return 1 if result.failures else 0
+    allow = getattr(args, "allow_missing", False)
+    for case_id, what in result.missing.items():
+        print(f"radmtl evaluate: {'warning' if allow else 'error'}: case {case_id} not evaluated: {what}; "
+              f"{'left out as --allow-missing asks' if allow else 'run radmtl infer on it, or pass --allow-missing'}",
+              file=sys.stderr)
+    return 1 if result.failures or (result.missing and not allow) else 0

@@ -78,7 +78,7 @@ def test_prediction_equal_to_reference_is_perfect(tmp_path, reference):
     assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--out", str(out_csv),
                  "--json", str(out_json)]) == 0
     doc = json.loads(out_json.read_text())
-    assert doc["n_cases"] == 2 and doc["failed"] == {}
+    assert doc["n_cases"] == 2 and doc["failed"] == {} and doc["missing"] == {}
     mean = {k: v["mean"] for k, v in doc["summary"].items()}
     assert mean["mae_hu"] == 0.0 and mean["mae_bone_hu"] == 0.0
     assert mean["psnr"] == "inf"
@@ -102,6 +102,32 @@ def test_grid_mismatch_is_reported_per_case(tmp_path, reference, capsys):
     assert "Traceback" not in captured.err
     doc = json.loads((pred / "metrics.json").read_text())
     assert doc["n_cases"] == 1 and "case_002" in doc["failed"]
+
+
+@pytest.mark.parametrize("what", ["no folder", "no sct"])
+def test_a_reference_case_without_a_complete_prediction_is_listed_and_fails_the_run(tmp_path, reference, capsys,
+                                                                                     what):
+    import shutil
+
+    pred = tmp_path / "pred"
+    _predict(reference, pred, NOISE_SD_HU)
+    if what == "no folder":
+        shutil.rmtree(pred / "case_002")
+    else:
+        (pred / "case_002" / "sct.nii.gz").unlink()
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference)]) == 1
+    captured = capsys.readouterr()
+    reason = f"no prediction folder {pred / 'case_002'}" if what == "no folder" else \
+        f"{pred / 'case_002'} has no sct file, although other cases have one"
+    assert captured.err.strip().splitlines() == [
+        f"radmtl evaluate: error: case case_002 not evaluated: {reason}; run radmtl infer on it, or pass "
+        "--allow-missing"]
+    assert "(n = 1 case(s); 1 reference case(s) without a complete prediction are not in it)" in captured.out
+    doc = json.loads((pred / "metrics.json").read_text())
+    assert doc["n_cases"] == 1 and doc["missing"] == {"case_002": reason} and list(doc["cases"]) == ["case_001"]
+    # --allow-missing: the same report, a warning, exit 0
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--allow-missing"]) == 0
+    assert "radmtl evaluate: warning: case case_002 not evaluated" in capsys.readouterr().err
 
 
 def test_no_matching_cases_is_one_line(tmp_path, reference, capsys):
