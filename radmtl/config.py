@@ -8,6 +8,7 @@ as YAML scalars/lists, so ``--set data.patch_size=[32,32,32]`` and ``--set train
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -222,6 +223,11 @@ def _validate(cfg: Config) -> None:
     if cfg.train.steps_per_epoch < 0:
         raise ConfigError(f"train.steps_per_epoch: must be >= 0 (0 = one pass over the cases), "
                           f"got {cfg.train.steps_per_epoch}")
+    for key in ("lr", "log_var_lr", "weight_decay"):
+        value = getattr(cfg.train, key)
+        if not math.isfinite(value) or value < 0 or (key != "weight_decay" and value == 0):
+            raise ConfigError(f"train.{key}: must be a finite number {'>= 0' if key == 'weight_decay' else '> 0'}, "
+                              f"got {value}")
     if not cfg.train.log_var_lr > 0:
         raise ConfigError(f"train.log_var_lr: must be > 0, got {cfg.train.log_var_lr}")
     if not cfg.train.grad_clip > 0:

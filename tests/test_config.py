@@ -164,3 +164,15 @@ def test_budget_recipe_is_the_quick_recipe_on_the_finer_grid_with_more_steps():
     differ = {k for k in quick if quick[k] != budget[k]}
     assert differ == {"data.spacing", "data.patch_size", "train.epochs"}
     assert budget["train.epochs"] * budget["train.steps_per_epoch"] == 1000
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("train.lr=-1", "train.lr: must be a finite number > 0, got -1.0"),
+    ("train.lr=nan", "train.lr: must be a finite number > 0, got nan"),
+    ("train.lr=0", "train.lr: must be a finite number > 0, got 0.0"),
+    ("train.weight_decay=-0.1", "train.weight_decay: must be a finite number >= 0, got -0.1"),
+])
+def test_a_learning_rate_torch_would_reject_is_a_config_error_naming_the_key(override, words):
+    # torch's "Invalid learning rate" used to surface as a traceback from inside the optimiser
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_config(None, [override])

@@ -78,6 +78,10 @@ def _read_on_grid(path: Path, reference: Volume, case_id: str, what: str) -> np.
             f"case {case_id}: {what} {path.name} is not on the reference grid of {reference.path} "
             f"({problem}); run radmtl infer on this dataset's mr files so outputs land on its grid"
         )
+    bad = int(np.count_nonzero(~np.isfinite(volume.array)))
+    if bad:
+        raise VolumeError(f"case {case_id}: {what} {path.name} holds {bad} NaN or Inf voxel(s); the model that "
+                          "wrote it is broken (check its checkpoint) or the file was damaged: rerun radmtl infer")
     return volume.array
 
 

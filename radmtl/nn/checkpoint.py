@@ -176,9 +176,28 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path}: its weights do not fit the config it carries ({mismatch}); the config or the weights "
             "were changed after training: use the checkpoint as radmtl train saved it, or retrain")
+    broken = [name for name, tensor in payload["model_state"].items()
+              if torch.is_tensor(tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if broken:
+        # Such a network writes NaN sCT and σ everywhere and an all-background segmentation, exit 0.
+        raise CheckpointError(
+            f"{path}: {len(broken)} weight tensor(s) hold NaN or Inf (first {broken[0]}): the training diverged "
+            "before this checkpoint was saved; use an earlier checkpoint of the run or retrain with a lower "
+            "train.lr")
+    label_names = dict(payload["label_names"])
+    if "seg" in cfg.model.tasks:
+        outside = {name: value for name, value in label_names.items()
+                   if not isinstance(value, int) or not 0 <= value < cfg.model.num_classes}
+        unnamed = sorted(set(range(cfg.model.num_classes)) - set(label_names.values()))
+        if outside or unnamed:
+            detail = (f"label values {outside} outside 0..{cfg.model.num_classes - 1}" if outside
+                      else f"class(es) {unnamed} of the {cfg.model.num_classes} have no name")
+            raise CheckpointError(f"{path}: its label names do not fit model.num_classes = "
+                                  f"{cfg.model.num_classes} ({detail}); the file was edited after training: "
+                                  "use the checkpoint as radmtl train saved it, or retrain")
     model.load_state_dict(payload["model_state"])
     model.to(device).eval()
-    return LoadedModel(model=model, cfg=cfg, label_names=dict(payload["label_names"]), payload=payload)
+    return LoadedModel(model=model, cfg=cfg, label_names=label_names, payload=payload)
 
 
 def state_mismatch(expected: dict[str, Any], found: Any) -> str | None:

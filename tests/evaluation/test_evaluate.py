@@ -130,6 +130,22 @@ def test_a_reference_case_without_a_complete_prediction_is_listed_and_fails_the_
     assert "radmtl evaluate: warning: case case_002 not evaluated" in capsys.readouterr().err
 
 
+def test_a_nan_prediction_is_one_line_for_its_case_not_a_traceback(tmp_path, reference, capsys):
+    pred = tmp_path / "pred"
+    _predict(reference, pred, NOISE_SD_HU)
+    sigma = read_volume(pred / "case_001" / "sct_sigma_total.nii.gz")
+    broken = sigma.array.copy()
+    broken[3, 4, 5] = np.nan
+    write_like(broken, sigma, pred / "case_001" / "sct_sigma_total.nii.gz", np.float32)
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "radmtl evaluate: error: case case_001: prediction sct_sigma_total.nii.gz holds 1 NaN or Inf voxel(s); the "
+        "model that wrote it is broken (check its checkpoint) or the file was damaged: rerun radmtl infer"]
+    assert list(json.loads((pred / "metrics.json").read_text())["cases"]) == ["case_002"]
+
+
 def test_no_matching_cases_is_one_line(tmp_path, reference, capsys):
     (tmp_path / "pred" / "other").mkdir(parents=True)
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(reference)]) == 1

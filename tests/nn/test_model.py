@@ -164,7 +164,8 @@ def test_saved_config_without_the_key_rebuilds_the_encoder_placement(tmp_path):
     assert config_from_dict(old_style).model == cfg.model
     torch.manual_seed(0)
     trained = build_model(cfg.model)
-    payload = make_payload(cfg=cfg, label_names={"background": 0}, model=trained, with_rng=False)
+    labels = {"background": 0, **{f"organ_{k}": k for k in range(1, cfg.model.num_classes)}}
+    payload = make_payload(cfg=cfg, label_names=labels, model=trained, with_rng=False)
     payload["config"] = old_style
     save_checkpoint(tmp_path / "old.pt", payload)
     loaded = model_from_checkpoint(tmp_path / "old.pt")
