@@ -142,6 +142,11 @@ MUTANTS: list[Mutant] = [
         (RECALIBRATION, "res = [case_residuals(loaded, case, mc_samples, device) for case in usable]",
          "res = [case_residuals(loaded, case, 1, device) for case in usable]"),
     )),
+    Mutant("body outline closed without padding (eroded at the field of view's edge)",
+           ("tests/data/test_transforms.py",), (
+        (TRANSFORMS, 'body = ndimage.binary_closing(np.pad(body, pad, mode="edge"), iterations=CLOSING_ITERATIONS)',
+         "body = np.pad(ndimage.binary_closing(body, iterations=CLOSING_ITERATIONS), pad)"),
+    )),
     Mutant("a zero stored voxel size read as nibabel's 1 mm", ("tests/data/test_io.py",), (
         ("radmtl/data/io.py", "if not all(np.isfinite(zooms)) or any(v == 0 for v in zooms):", "if False:"),
     )),

@@ -49,6 +49,9 @@ DISCRETE_KEYS = ("mask", "labels")  # nearest neighbour, never interpolated
 TARGET_KEYS = ("ct", "labels")  # what a case may lack; its "has_<key>" flag says whether it is real
 
 
+CLOSING_ITERATIONS = 2  # bridges thin dark gaps (cortical bone, air-like tissue) in the thresholded body
+
+
 def derive_body_mask(mr: np.ndarray) -> np.ndarray:
     """Body outline from an MR volume: threshold, keep the largest component, fill holes.
 
@@ -62,7 +65,13 @@ def derive_body_mask(mr: np.ndarray) -> np.ndarray:
         return np.zeros(mr.shape, dtype=np.uint8)
     threshold = 0.1 * float(np.percentile(positive, 99.0))
     body = mr > threshold
-    body = ndimage.binary_closing(body, iterations=2)
+    # Closing erodes from the border of the array (scipy pads with background), which used to cut the
+    # first and last two slices, and two columns wherever the body touches the field of view, out of the
+    # outline: a pelvis fills its end slices. Padding with the edge voxels' own values first closes as if
+    # the body went on beyond the field of view.
+    pad = CLOSING_ITERATIONS
+    body = ndimage.binary_closing(np.pad(body, pad, mode="edge"), iterations=CLOSING_ITERATIONS)
+    body = body[pad:-pad, pad:-pad, pad:-pad]
     labelled, n = ndimage.label(body)
     if n > 1:
         sizes = ndimage.sum_labels(body, labelled, index=np.arange(1, n + 1))

@@ -89,3 +89,19 @@ def test_ct_targets_are_clipped_to_the_ct_range_before_scaling(tmp_path):
     lo, hi = cfg.data.ct_clip_hu
     assert scaled.min() == pytest.approx(lo, abs=1e-3) and scaled.max() == pytest.approx(hi, abs=1e-3)
     assert scaled[6, 6, 4] == pytest.approx(-500.0, abs=1e-3) and scaled[2, 2, 2] == pytest.approx(40.0, abs=1e-3)
+
+
+def test_body_outline_keeps_the_slices_and_columns_at_the_edge_of_the_field_of_view():
+    # A body that fills the end slices and touches one side of the field of view, as a pelvis does:
+    # closing must not erode it from the array's border (the sCT was air there, BODY had no contour).
+    from radmtl.data.transforms import derive_body_mask
+
+    x, y, _ = np.meshgrid(np.arange(40), np.arange(30), np.arange(12), indexing="ij")
+    body = ((x - 20) / 19.5) ** 2 + ((y - 18) / 12.0) ** 2 <= 1.0  # touches x = 0, x = 39 and every slice
+    mr = np.where(body, 400.0, 0.0).astype(np.float32)
+    mr[body & (np.abs(x - 12) <= 1) & (np.abs(y - 18) <= 1)] = 0.0  # a dark bone inside: must be filled
+    derived = derive_body_mask(mr).astype(bool)
+    assert np.all(derived[body])  # nothing of the body is lost, at the border or at the bone
+    # Closing may round off the outline's pixel steps where it meets the border, nothing more.
+    assert (derived & ~body).sum() <= 0.01 * body.sum()
+    assert derived[:, :, 0].sum() == derived[:, :, -1].sum() == derived[:, :, 5].sum()
