@@ -89,7 +89,9 @@ def test_dicom_round_trip(tmp_path, checkpoint, orientation, dciodvfy):
     provenance = json.loads((case / "provenance.json").read_text())
     ct_hu = np.transpose(sitk.GetArrayFromImage(ct_image)).astype(np.float32)
     body = masks["BODY"]
-    assert 0.2 < body.mean() < 0.9
+    # This 140 × 108 mm field of view lies inside the patient, so BODY is all of it (the outline used to
+    # lose the first and last two slices and the edge columns); air outside a body: the test below.
+    assert body.mean() >= 0.99
     # An untrained network predicts beyond the CT range in places: the series holds those clipped to the
     # trained range (data.ct_clip_hu) and provenance counts them.
     sct_hu = sct_nifti.get_fdata()[body]
@@ -211,14 +213,15 @@ def test_bad_dicom_folders_give_one_line_and_no_output(tmp_path, checkpoint, cap
     assert not (tmp_path / "out").exists()
 
 
-def _write_outputs(tmp_path, sct_of=lambda case: case.ct_clean_hu, labels_of=lambda case: None):
+def _write_outputs(tmp_path, sct_of=lambda case, body: case.ct_clean_hu, labels_of=lambda case: None,
+                   spacing=SPACING):
     """write_dicom_outputs on phantom case 6 (its MR as a NIfTI volume); (case, provenance entry, body)."""
     from radmtl.data.dicom.common import generated_identity
     from radmtl.data.io import Volume, write_volume
     from radmtl.data.transforms import derive_body_mask
     from radmtl.inference.dicom_out import write_dicom_outputs
 
-    case = generate_case(6, SHAPE, SPACING)
+    case = generate_case(6, SHAPE, spacing)
     mr_path = tmp_path / "mr.nii.gz"
     write_volume(case.mr, case.affine, mr_path, np.float32)
     body = derive_body_mask(case.mr) > 0  # the body the writer derives from the MR
@@ -247,6 +250,22 @@ def test_sct_beyond_the_trained_ct_range_is_clipped_in_the_series_and_counted(tm
     ct_hu = np.transpose(sitk.GetArrayFromImage(series)).astype(np.float32)
     assert ct_hu[spots["low"]] == -1024.0 and ct_hu[spots["high"]] == 3071.0
     assert ct_hu.min() >= -1024.0 and ct_hu.max() <= 3071.0
+
+
+def test_air_outside_the_body_and_the_body_kept_to_the_end_slices(tmp_path):
+    # A field of view wider than the patient (392 × 288 mm): air around the body, which fills every slice.
+    case, entry, body = _write_outputs(tmp_path, spacing=(14.0, 12.0, 6.5))
+    assert 0.3 < body.mean() < 0.9
+    for k in (0, 1, -2, -1):  # the end slices, which closing used to erode away
+        assert body[:, :, k].sum() >= 0.8 * body[:, :, 8].sum() > 0
+    series = sitk.ReadImage([str(p) for p in sorted((tmp_path / "dicom").glob("CT_*.dcm"))])
+    ct_hu = np.transpose(sitk.GetArrayFromImage(series)).astype(np.float32)
+    assert np.all(ct_hu[~body] == -1024) and entry["air_outside_body_voxels"] == int((~body).sum())
+    np.testing.assert_allclose(ct_hu[body], np.clip(np.rint(case.ct_clean_hu[body]), -1024, 3071), atol=0.5)
+    # the phantom's own body (its generator's outline) is inside the written one
+    assert np.all(body[case.mask > 0])
+    masks = rasterise_rtstruct(tmp_path / "dicom" / "RS_radmtl.dcm", _planes_of(series), body.shape)
+    assert masks["BODY"][:, :, 0].any() and masks["BODY"][:, :, -1].any()
 
 
 def test_an_organ_not_found_is_left_out_of_the_structure_set_and_said(tmp_path, caplog, dciodvfy):
