@@ -148,7 +148,7 @@ MUTANTS: list[Mutant] = [
          "body = np.pad(ndimage.binary_closing(body, iterations=CLOSING_ITERATIONS), pad)"),
     )),
     Mutant("a zero stored voxel size read as nibabel's 1 mm", ("tests/data/test_io.py",), (
-        ("radmtl/data/io.py", "if not all(np.isfinite(zooms)) or any(v == 0 for v in zooms):", "if False:"),
+        ("radmtl/data/nifti_header.py", "if not all(np.isfinite(zooms)) or any(v == 0 for v in zooms):", "if False:"),
     )),
     Mutant("output heads inside bf16 autocast", ("tests/training/test_train_step.py",), (
         (MODEL, "with torch.autocast(device_type=points[0].device.type, enabled=False):",

@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from radmtl.errors import RadmtlError
+from radmtl.data.nifti_header import stored_header_problem
 
 log = logging.getLogger(__name__)
 
@@ -189,36 +190,8 @@ def _squeeze_to_3d(path: Path, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _raw_nifti_problem(path: Path) -> tuple[str, str] | None:
-    """(what, fix) of what is wrong with the header as stored, before nibabel mends it; None if nothing
-    (or unreadable: nib.load then reports that).
-
-    nibabel replaces a zero voxel size by 1 mm when it loads a header without an sform (it logs
-    "setting 0 dims to 1"), so the affine radmtl sees is finite and plausible and no affine rule can
-    tell that the true voxel size is unknown: only the stored ``pixdim`` can.
-    """
-    try:
-        with nib.openers.ImageOpener(str(path)) as fileobj:
-            header = nib.Nifti1Header.from_fileobj(fileobj, check=False)
-            if int(header["sizeof_hdr"]) != 348:
-                fileobj.seek(0)
-                header = nib.Nifti2Header.from_fileobj(fileobj, check=False)
-    except Exception:  # corrupt or truncated: nib.load says so in its own words
-        return None
-    if header.get_data_dtype().kind == "c":
-        return (f"complex-valued voxels ({header.get_data_dtype()}), radmtl reads magnitude images",
-                "save the magnitude (numpy.abs) as float32")
-    if int(header["sform_code"]) == 0:  # the affine comes from pixdim (qform or the bare voxel sizes)
-        zooms = [float(v) for v in header["pixdim"][1:4]]
-        if not all(np.isfinite(zooms)) or any(v == 0 for v in zooms):
-            return (f"voxel size pixdim[1:4] = {zooms} has a zero or non-finite value and the header has no "
-                    "sform, so the voxel size is unknown (nibabel would assume 1 mm)",
-                    "re-export the image with its true voxel size")
-    return None
-
-
 def _read_nifti(path: Path) -> Volume:
-    problem = _raw_nifti_problem(path)
+    problem = stored_header_problem(path)
     if problem is not None:
         raise VolumeHeaderError(path, *problem)
     try:

@@ -33,18 +33,17 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from radmtl import __version__
 from radmtl.device import amp_dtype_for, keep_freed_memory_for_reuse, resolve_device
 from radmtl.errors import RadmtlError
 from radmtl.data.laterality import check_laterality, laterality_problems, midline_x
 from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
-from radmtl.data.io import OUTPUT_FORMATS, VolumeError, Grid, output_suffix, strip_volume_suffix, write_like
+from radmtl.inference.provenance import case_provenance
+from radmtl.data.io import OUTPUT_FORMATS, VolumeError, output_suffix, strip_volume_suffix, write_like
 
 from radmtl.inference.case_maps import MAP_OUTPUTS, input_grid_outputs, predict_on_network_grid
 from radmtl.inference.inputs import (PreparedCase, case_folder, find_cases, prepare_case, prepare_output_root,
@@ -54,13 +53,6 @@ from radmtl.inference.work_dirs import CaseWriter, remove_stale_work_folders
 log = logging.getLogger(__name__)
 
 PROVENANCE = "provenance.json"
-# What the stage times in provenance.json measure, for the reader of that file.
-TIMINGS_NOTE = ("read_s, preprocess_s: reading/checking the MR and the training preprocessing, on the read-ahead "
-                "thread (for a case after the first, while the previous case ran); input_wait_s: the part of "
-                "them the run waited for; predict_s: the network; resample_s: maps back onto the input grid; "
-                "write_s: time spent writing files, on writer threads, overlapping resample_s; write_wait_s: "
-                "the part of writing not hidden behind resampling; total_s: from waiting for the input to the "
-                "last file written")
 
 
 @dataclass(frozen=True)
@@ -226,7 +218,7 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
             timings["write_s"] = writer.write_s
             timings["write_wait_s"] = writer.blocked_s + time.perf_counter() - t_resampled
             timings["total_s"] = time.perf_counter() - t_start
-            provenance = _provenance(loaded, source, prepared, options, written, timings, context)
+            provenance = case_provenance(loaded, source, prepared, options, written, timings, context)
             if dicom_future is not None:
                 provenance["dicom"] = dicom_future.result()
             try:
@@ -253,55 +245,6 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
                           flags=flags)
 
     return finish
-
-
-def _provenance(loaded: Any, source: ModelSource, prepared: PreparedCase, options: InferOptions,
-                written: dict[str, Any], timings: dict[str, float], c: dict[str, Any]) -> dict[str, Any]:
-    from radmtl.config import to_dict
-
-    volume, cfg = prepared.volume, loaded.cfg
-    return {
-        "radmtl_version": __version__,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "case": prepared.case_id,
-        "input": {
-            "path": str(Path(prepared.mr_path).resolve()),
-            "format": "dicom" if prepared.is_dicom else "volume",
-            "grid": volume.grid.describe(),
-            "affine": np.round(volume.affine, 6).tolist(),
-            "qform_code": int(volume.header["qform_code"]) if volume.header is not None else None,
-            "sform_code": int(volume.header["sform_code"]) if volume.header is not None else None,
-        },
-        "network_grid": Grid.from_affine(c["net_shape"], c["net_affine"]).describe(),
-        "model": {
-            "source": source.argument,
-            "checkpoint": source.recorded,  # a lasting path, or the URI when the copy was temporary
-            "sha256": source.sha256,
-            "epoch": loaded.payload.get("epoch"),
-            "mlflow_run_id": loaded.payload.get("mlflow_run_id"),
-            "checkpoint_radmtl_version": loaded.payload.get("radmtl_version"),
-            "label_names": dict(loaded.label_names),
-        },
-        "config": to_dict(cfg),
-        "inference": {
-            "mc_samples": c["mc_samples"], "overlap": c["overlap"], "sw_batch_size": c["sw_batch_size"],
-            "device": str(c["device"]),
-            "amp_dtype": str(c["amp_dtype"]).replace("torch.", "") if c["amp_dtype"] else None,
-            "seed": cfg.seed, "sliding_window": "gaussian", "roi_size": list(cfg.data.patch_size),
-            "label_resampling": "argmax of bilinearly resampled probabilities",
-            "sigma_scaling": {
-                "applied": bool(options.sigma_scaling and "sigma_scaling" in loaded.payload),
-                "factor": c["sigma_scale"],
-                "fitted": loaded.payload.get("sigma_scaling"),
-            },
-            "sigma_epistemic": "spread of the MC-dropout samples only; window overlap excluded",
-            "output_format": options.output_format,
-        },
-        "outputs": written,
-        "laterality": c["laterality"],
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "timings_note": TIMINGS_NOTE,
-    }
 
 
 # --- the command -------------------------------------------------------------------------------
