@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each case's MR as a DICOM MR series in DIR/<case>/ (to try DICOM input)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes making cases side by side (default: one per CPU from 4 cases on)")
+    p.add_argument("--deformation-mm", type=float, default=None, metavar="MM",
+                   help="RMS length of the smooth MR→CT misregistration (default 2.0; 0: perfectly registered)")
+    p.add_argument("--plain", action="store_true",
+                   help="no bowel gas, tissue texture or MR→CT misregistration (one HU per tissue)")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("check", help="validate every case of a dataset folder before training",
@@ -160,9 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from radmtl.data.phantom import generate_dataset
+    from radmtl.data.phantom import PhantomError, generate_dataset
+    from radmtl.data.phantom.realism import Realism
 
-    kwargs = {}
+    realism = Realism.none() if args.plain else Realism()
+    if args.deformation_mm is not None:
+        if not args.deformation_mm >= 0:
+            raise PhantomError(f"--deformation-mm must be ≥ 0 mm, got {args.deformation_mm}")
+        realism = realism.replace(deformation_rms_mm=args.deformation_mm)
+    kwargs = {"realism": realism}
     if args.shape is not None:
         kwargs["shape"] = tuple(args.shape)
     if args.spacing is not None:

@@ -16,11 +16,12 @@ import numpy as np
 # Tissue classes of the tissue map; phantom.py maps each to CT HU and MR intensity.
 AIR, FAT, MUSCLE, PELVIC_FAT, CORTICAL, TRABECULAR = 0, 1, 2, 3, 4, 5
 URINE, BLADDER_WALL, PROSTATE, RECTAL_WALL, RECTAL_CONTENT, RECTAL_GAS = 6, 7, 8, 9, 10, 11
+BOWEL_WALL, BOWEL_GAS = 12, 13  # sigmoid and small-bowel loops (radmtl.data.phantom.realism)
 TISSUE_NAMES = {
     AIR: "air", FAT: "fat", MUSCLE: "muscle", PELVIC_FAT: "pelvic_fat", CORTICAL: "cortical_bone",
     TRABECULAR: "trabecular_bone", URINE: "urine", BLADDER_WALL: "bladder_wall",
     PROSTATE: "prostate", RECTAL_WALL: "rectal_wall", RECTAL_CONTENT: "rectal_content",
-    RECTAL_GAS: "rectal_gas",
+    RECTAL_GAS: "rectal_gas", BOWEL_WALL: "bowel_wall", BOWEL_GAS: "bowel_gas",
 }
 
 # Least muscle (mm) between any bone surface and the subcutaneous fat.
@@ -197,8 +198,32 @@ def _rotate_z(p, center, angle: float) -> tuple[np.ndarray, ...]:
     return (c * x + s * y, -s * x + c * y, p[2] - center[2])
 
 
+# Sigmoid and small-bowel loops fill the pelvic fat above the bladder and behind it, up to the
+# sacral promontory: centre relative to the prostate (x, y, z) and semi-axes of that region (mm).
+BOWEL_REGION_OFFSET = (0.0, -20.0, 80.0)
+BOWEL_REGION_AXES = (48.0, 32.0, 38.0)
+
+
+def _paint_bowel(tissue: np.ndarray, p, anatomy: Anatomy, pockets: np.ndarray, wall_mm: float) -> None:
+    """Gas pockets, each in a soft-tissue wall, painted over pelvic fat only (organs are painted later)."""
+    pc = _floats(anatomy.prostate_center)
+    centre = [pc[i] + BOWEL_REGION_OFFSET[i] for i in range(3)]
+    sd = None
+    for fx, fy, fz, rx, ry, rz, present in pockets.tolist():
+        if present:
+            at = [centre[i] + f * BOWEL_REGION_AXES[i] for i, f in enumerate((fx, fy, fz))]
+            pocket = sd_ellipsoid(p, at, (rx, ry, rz))
+            sd = pocket if sd is None else np.minimum(sd, pocket)
+    if sd is None:
+        return
+    fat = tissue == PELVIC_FAT
+    tissue[fat & (sd <= wall_mm)] = BOWEL_WALL
+    tissue[fat & (sd <= 0)] = BOWEL_GAS
+
+
 def build_tissue_map(
-    coords_mm: tuple[np.ndarray, np.ndarray, np.ndarray], anatomy: Anatomy
+    coords_mm: tuple[np.ndarray, np.ndarray, np.ndarray], anatomy: Anatomy,
+    bowel_gas: np.ndarray | None = None, bowel_wall_mm: float = 2.5,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Paint tissues and organ labels on a grid.
 
@@ -206,6 +231,10 @@ def build_tissue_map(
         coords_mm: world RAS coordinates (mm) of the voxel centres, three arrays of shape (X, Y, Z)
             (or broadcastable to it).
         anatomy: the case's anatomy from :func:`sample_anatomy`.
+        bowel_gas: (n, 7) sigmoid/small-bowel gas pockets (centre as fractions of the bowel region's
+            semi-axes, three semi-axes in mm, present flag), from
+            :func:`radmtl.data.phantom.realism.draw_case_realism`; None or empty: none.
+        bowel_wall_mm: thickness of the soft-tissue wall around each pocket.
 
     Returns:
         ``tissue`` (X, Y, Z) uint8 tissue classes, ``labels`` (X, Y, Z) uint8 organ labels, and
@@ -259,6 +288,8 @@ def build_tissue_map(
     bone = (sd_bone <= 0) & inner
     tissue[bone] = TRABECULAR
     tissue[bone & (sd_bone > -anatomy.cortex_mm)] = CORTICAL
+    if bowel_gas is not None and len(bowel_gas):
+        _paint_bowel(tissue, p, anatomy, bowel_gas, bowel_wall_mm)
 
     # Rectum: an elliptical tube anterior to the sacrum, curving posteriorly away from the prostate
     # level; it narrows towards the anal canal.

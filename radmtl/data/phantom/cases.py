@@ -30,6 +30,7 @@ from radmtl.data.phantom import anatomy as anat
 from radmtl.errors import RadmtlError
 from radmtl.data.io import atomic_path, write_volume
 from radmtl.data.phantom.noise import ct_noise_sd
+from radmtl.data.phantom.realism import CaseRealism, Realism, draw_case_realism
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,11 @@ class PhantomCase:
         ct_noise_sd_hu: the exact per-voxel SD (HU) of the noise added to the CT, float32.
         affine: 4×4 voxel→RAS world (mm).
         ct_clean_hu: the CT before noise, float32 (for tests and noise checks).
-        tissue: tissue classes of :mod:`radmtl.data.phantom.anatomy` (``TISSUE_NAMES``), uint8.
+        tissue: tissue classes of :mod:`radmtl.data.phantom.anatomy` (``TISSUE_NAMES``) the CT
+            shows, uint8.
         seed: the seed the case was generated from.
+        mr_tissue: the tissue classes the MR shows (``tissue`` before the MR→CT deformation), uint8.
+        displacement_mm: length (mm) of the MR→CT displacement at each voxel, float32.
     """
 
     mr: np.ndarray
@@ -94,6 +98,8 @@ class PhantomCase:
     ct_clean_hu: np.ndarray
     tissue: np.ndarray
     seed: int
+    mr_tissue: np.ndarray
+    displacement_mm: np.ndarray
 
 
 def default_spacing(shape: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -160,6 +166,8 @@ def _tissue_properties(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
         anat.RECTAL_WALL: (u(35.0, 45.0), 330.0),
         anat.RECTAL_CONTENT: (u(10.0, 30.0), 250.0),
         anat.RECTAL_GAS: (-1000.0, 0.0),
+        anat.BOWEL_WALL: (u(35.0, 45.0), 330.0),
+        anat.BOWEL_GAS: (-1000.0, 0.0),
     }
     for tissue, (hu_value, mr_value) in table.items():
         hu[tissue] = hu_value
@@ -178,12 +186,15 @@ def _bias_field(rng: np.random.Generator, coords_mm) -> np.ndarray:
     return np.exp(log_field).astype(np.float32)
 
 
-def _voxel_means(affine, shape, spacing, anatomy, hu_table, mr_table) -> tuple[np.ndarray, np.ndarray]:
+def _voxel_means(affine, shape, spacing, anatomy, hu_table, mr_table,
+                 extra: CaseRealism) -> tuple[np.ndarray, np.ndarray]:
     """CT HU and (partial-volume blurred) MR signal averaged over each voxel's volume.
 
-    The tissue map is painted on a sub-grid of ``k`` points per voxel and axis (sub-spacing at most
+    The tissue maps are painted on a sub-grid of ``k`` points per voxel and axis (sub-spacing at most
     :data:`SUBVOXEL_MM`), the MR's partial-volume blur is applied there, and both images are
-    block-averaged back to the voxel grid. Labels, mask and tissue classes stay centre-sampled.
+    block-averaged back to the voxel grid. Labels, mask and tissue classes stay centre-sampled. The
+    MR shows the anatomy where it is; the CT shows it displaced by the case's MR→CT deformation, with
+    the HU texture of the tissue it shows.
     """
     k = [max(1, int(np.ceil(s / SUBVOXEL_MM))) for s in spacing]
     fine_spacing = [s / n for s, n in zip(spacing, k)]
@@ -192,24 +203,34 @@ def _voxel_means(affine, shape, spacing, anatomy, hu_table, mr_table) -> tuple[n
          - 0.5 * spacing[i]).reshape([-1 if j == i else 1 for j in range(3)]).astype(np.float32)
         for i in range(3)
     )
-    tissue, _, _ = anat.build_tissue_map(coords, anatomy)
+    gas, wall = extra.gas_pockets, extra.realism.bowel_wall_mm
+    tissue_mr, _, _ = anat.build_tissue_map(coords, anatomy, gas, wall)
+    mr_fine = mr_table[tissue_mr] * extra.mr_texture_factor(coords, tissue_mr)
+    del tissue_mr
     pv_sigma = [MR_PARTIAL_VOLUME_SIGMA_MM / s for s in fine_spacing]
-    mr_fine = ndimage.gaussian_filter(mr_table[tissue], pv_sigma, mode="nearest")
+    mr_fine = ndimage.gaussian_filter(mr_fine, pv_sigma, mode="nearest")
     blocks = (shape[0], k[0], shape[1], k[1], shape[2], k[2])
-    ct = hu_table[tissue].reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float64)
     mr = mr_fine.reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float64)
+    del mr_fine
+    ct_coords = extra.ct_coords(coords)
+    tissue_ct, _, _ = anat.build_tissue_map(ct_coords, anatomy, gas, wall)
+    ct_fine = hu_table[tissue_ct] + extra.texture_hu(ct_coords, tissue_ct)
+    ct = ct_fine.reshape(blocks).mean(axis=(1, 3, 5), dtype=np.float64)
     return ct.astype(np.float32), mr.astype(np.float32)
 
 
-def _case_draws(seed: int):
-    """The case's generator after its grid-independent draws, its anatomy and its tissue tables.
+def _case_draws(seed: int, realism: Realism = Realism()):
+    """The case's generator after its grid-independent draws, its anatomy, tissue tables and realism.
 
     Everything that does not depend on the grid is drawn first, so anatomy is grid-independent.
     """
     rng = np.random.default_rng(seed)
     anatomy = anat.sample_anatomy(rng)
     hu_table, mr_table = _tissue_properties(rng)
-    return rng, anatomy, hu_table, mr_table
+    # Realism draws from a generator of its own (one draw here), so a case with and without it
+    # (Realism.none()) has the same anatomy, tissue values, MR gain and CT noise.
+    extra = draw_case_realism(np.random.default_rng(rng.integers(2**63)), realism)
+    return rng, anatomy, hu_table, mr_table, extra
 
 
 def case_tissue_hu(seed: int) -> dict[str, float]:
@@ -227,6 +248,7 @@ def generate_case(
     seed: int,
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: tuple[float, float, float] | None = None,
+    realism: Realism = Realism(),
 ) -> PhantomCase:
     """Generate one synthetic pelvis case.
 
@@ -236,13 +258,16 @@ def generate_case(
         shape: grid size (X, Y, Z) in voxels.
         spacing: voxel size (mm); None chooses the spacing at which ``shape`` covers
             :data:`DEFAULT_FOV_MM` (4.0 × 3.0 × 3.0 mm for 96 × 96 × 64).
+        realism: bowel gas, tissue texture and MR→CT misregistration
+            (:class:`radmtl.data.phantom.realism.Realism`; its defaults are the phantom's).
 
     Returns:
-        The case, arrays (X, Y, Z).
+        The case, arrays (X, Y, Z). Labels, mask, tissue and the noise SD are the CT's (the
+        contours of a planning CT, registered to the MR up to the case's residual deformation).
     """
     seed = _check_seed(seed)
     shape, spacing = _check_grid(shape, spacing)
-    rng, anatomy, hu_table, mr_table = _case_draws(seed)
+    rng, anatomy, hu_table, mr_table, extra = _case_draws(seed, realism)
     mr_gain = rng.uniform(0.8, 1.25)  # arbitrary scanner scale
     mr_noise_fraction = rng.uniform(0.015, 0.03)
     noise_rng = np.random.default_rng(rng.integers(2**63))
@@ -254,11 +279,13 @@ def generate_case(
         ).astype(np.float32)
         for i in range(3)
     )
-    tissue, labels, extras = anat.build_tissue_map(coords, anatomy)
+    tissue, labels, extras = anat.build_tissue_map(extra.ct_coords(coords), anatomy, extra.gas_pockets,
+                                                   realism.bowel_wall_mm)
+    mr_tissue = anat.build_tissue_map(coords, anatomy, extra.gas_pockets, realism.bowel_wall_mm)[0]
     bias = _bias_field(rng, coords)
     mask = extras["body"].astype(np.uint8)
 
-    ct_clean, mr_clean = _voxel_means(affine, shape, spacing, anatomy, hu_table, mr_table)
+    ct_clean, mr_clean = _voxel_means(affine, shape, spacing, anatomy, hu_table, mr_table, extra)
     noise_sd = ct_noise_sd(rng, ct_clean, tissue, extras["body"], coords, spacing)
     ct = ct_clean + noise_rng.standard_normal(shape, dtype=np.float32) * noise_sd
 
@@ -273,7 +300,8 @@ def generate_case(
     return PhantomCase(
         mr=mr, ct_hu=ct.astype(np.float32), mask=mask, labels=labels,
         ct_noise_sd_hu=noise_sd, affine=affine, ct_clean_hu=ct_clean.astype(np.float32),
-        tissue=tissue, seed=seed,
+        tissue=tissue, seed=seed, mr_tissue=mr_tissue,
+        displacement_mm=np.broadcast_to(extra.displacement_mm(coords), shape).astype(np.float32),
     )
 
 
@@ -293,8 +321,8 @@ def _workers(workers: int | None, cases: int) -> int:
 
 def _write_case(job) -> dict[str, str]:
     """Generate one case and write its files; its dataset.json entry (a worker process runs this)."""
-    folder, seed, shape, spacing = job
-    case = generate_case(seed, shape, spacing)
+    folder, seed, shape, spacing, realism = job
+    case = generate_case(seed, shape, spacing, realism)
     arrays = {"mr": (case.mr, np.float32), "ct": (case.ct_hu, np.float32),
               "mask": (case.mask, np.uint8), "labels": (case.labels, np.uint8),
               "ct_noise_sd": (case.ct_noise_sd_hu, np.float32)}
@@ -313,6 +341,7 @@ def generate_dataset(
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: tuple[float, float, float] | None = None,
     workers: int | None = 1,
+    realism: Realism = Realism(),
 ) -> list[str]:
     """Write ``cases`` phantom cases and ``dataset.json`` in the radmtl dataset layout.
 
@@ -330,6 +359,8 @@ def generate_dataset(
             worker about as long to start), otherwise 1 (``radmtl phantom``'s default). Workers are
             spawned processes, which import the caller's main module again: a script that asks for
             more than one must call this under ``if __name__ == "__main__":``, hence the default 1.
+        realism: bowel gas, texture and MR→CT deformation (:class:`Realism`); recorded in
+            ``dataset.json``.
 
     Returns:
         The case ids, e.g. ``["case_001", ...]``.
@@ -344,7 +375,8 @@ def generate_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     seeds = [case_seed(seed, index) for index in range(cases)]
-    jobs = [(out_dir / f"case_{index + 1:03d}", seeds[index], shape, spacing) for index in range(cases)]
+    jobs = [(out_dir / f"case_{index + 1:03d}", seeds[index], shape, spacing, realism)
+            for index in range(cases)]
     entries = []
     with contextlib.ExitStack() as stack:
         make = map
@@ -366,6 +398,7 @@ def generate_dataset(
         "shape": list(shape),
         "seed": seed,
         "case_seeds": seeds,
+        "realism": realism.as_dict(),
         "training": entries,
         "validation": [],
     }

@@ -22,6 +22,7 @@ from radmtl.data.phantom import (
     generate_case,
     generate_dataset,
 )
+from radmtl.data.phantom.realism import Realism
 
 SHAPE = (48, 48, 32)
 SPACING = (8.0, 6.0, 6.0)
@@ -32,6 +33,12 @@ SOFT_TISSUES = (anat.FAT, anat.MUSCLE, anat.PELVIC_FAT, anat.URINE, anat.BLADDER
 @pytest.fixture(scope="module")
 def case():
     return generate_case(3, SHAPE, SPACING)
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """The same case without bowel gas, texture or MR→CT deformation: one HU per tissue."""
+    return generate_case(3, SHAPE, SPACING, Realism.none())
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +92,8 @@ def _pure(region: np.ndarray) -> np.ndarray:
     return ndimage.binary_erosion(region)
 
 
-def test_ct_values_per_tissue(case):
+def test_ct_values_per_tissue(plain):
+    case = plain
     ct, tissue = case.ct_clean_hu, case.tissue
     assert np.all(ct[ndimage.binary_erosion(case.mask == 0, np.ones((3, 3, 3), bool))] == -1000.0)
     assert 0.0 <= ct[_pure(tissue == anat.URINE)].mean() <= 20.0
@@ -100,7 +108,8 @@ def test_ct_values_per_tissue(case):
     assert trabecular.min() >= 150.0 and trabecular.max() <= 400.0
 
 
-def test_case_tissue_hu_is_the_value_the_case_was_drawn_with(case):
+def test_case_tissue_hu_is_the_value_the_case_was_drawn_with(plain):
+    case = plain
     table = case_tissue_hu(3)
     pure = _pure(case.tissue == anat.MUSCLE)
     assert pure.sum() > 100
@@ -134,7 +143,7 @@ def test_rectal_gas_is_air_and_labelled_rectum():
 
 
 def test_mr_bone_and_air_dark_urine_and_fat_bright(case):
-    mean = {k: case.mr[case.tissue == k].mean() for k in anat.TISSUE_NAMES if (case.tissue == k).any()}
+    mean = {k: case.mr[case.mr_tissue == k].mean() for k in anat.TISSUE_NAMES if (case.mr_tissue == k).any()}
     urine = mean[anat.URINE]
     assert mean[anat.CORTICAL] < 0.15 * urine
     assert case.mr[case.mask == 0].mean() < 0.15 * urine
@@ -157,6 +166,11 @@ def test_ct_noise_matches_the_sd_map(case):
     assert abs(z.mean()) < 0.02 and z.std() == pytest.approx(1.0, abs=0.02)
     # Noisier in bone and towards the lateral body edge, as designed.
     assert sd[bone].mean() > 2.0 * sd[soft].mean()
+
+
+def test_ct_noise_is_higher_towards_the_lateral_body_edge_low_in_the_pelvis(plain):
+    # Without texture and deformation the noise map shows the ray model alone.
+    sd = plain.ct_noise_sd_hu
     centre, lateral = sd[SHAPE[0] // 2, SHAPE[1] // 2, 4], sd[6:10, SHAPE[1] // 2, 4]
     assert lateral.max() > centre
 
