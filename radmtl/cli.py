@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes making cases side by side (default: one per CPU from 4 cases on)")
     p.add_argument("--deformation-mm", type=float, default=None, metavar="MM",
                    help="RMS length of the smooth MR→CT misregistration (default 2.0; 0: perfectly registered)")
+    p.add_argument("--orientations", nargs="+", default=["ras"], choices=["ras", "lps", "oblique"],
+                   metavar="O", help="storage grids taken in turn, among ras, lps, oblique (default ras); with "
+                   "several, case folders are <orientation>/case_NNN")
     p.add_argument("--plain", action="store_true",
                    help="no bowel gas, tissue texture or MR→CT misregistration (one HU per tissue)")
     p.set_defaults(func=cmd_phantom)
@@ -172,7 +175,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
         if not args.deformation_mm >= 0:
             raise PhantomError(f"--deformation-mm must be ≥ 0 mm, got {args.deformation_mm}")
         realism = realism.replace(deformation_rms_mm=args.deformation_mm)
-    kwargs = {"realism": realism}
+    kwargs = {"realism": realism, "orientations": tuple(args.orientations)}
     if args.shape is not None:
         kwargs["shape"] = tuple(args.shape)
     if args.spacing is not None:

@@ -29,6 +29,7 @@ from scipy import ndimage
 from radmtl.data.phantom import anatomy as anat
 from radmtl.errors import RadmtlError
 from radmtl.data.io import atomic_path, write_volume
+from radmtl.data.phantom.grids import ORIENTATIONS, orientation_affine, phantom_affine, world_coords  # noqa: F401
 from radmtl.data.phantom.noise import ct_noise_sd
 from radmtl.data.phantom.realism import CaseRealism, Realism, draw_case_realism
 
@@ -105,13 +106,6 @@ class PhantomCase:
 def default_spacing(shape: tuple[int, int, int]) -> tuple[float, float, float]:
     """Voxel size (mm) at which ``shape`` covers the default pelvis field of view."""
     return tuple(fov / n for fov, n in zip(DEFAULT_FOV_MM, shape))
-
-
-def phantom_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
-    """RAS affine with diagonal ``spacing`` whose grid centre is the world origin."""
-    affine = np.diag([*map(float, spacing), 1.0])
-    affine[:3, 3] = [-(n - 1) / 2.0 * s for n, s in zip(shape, spacing)]
-    return affine
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -198,11 +192,8 @@ def _voxel_means(affine, shape, spacing, anatomy, hu_table, mr_table,
     """
     k = [max(1, int(np.ceil(s / SUBVOXEL_MM))) for s in spacing]
     fine_spacing = [s / n for s, n in zip(spacing, k)]
-    coords = tuple(
-        (affine[i, 3] + spacing[i] * (np.arange(shape[i] * k[i], dtype=np.float32) + 0.5) / k[i]
-         - 0.5 * spacing[i]).reshape([-1 if j == i else 1 for j in range(3)]).astype(np.float32)
-        for i in range(3)
-    )
+    # Sub-voxel centres in (fractional) voxel indices of the storage grid, whatever its orientation.
+    coords = world_coords(affine, [(np.arange(shape[i] * k[i]) + 0.5) / k[i] - 0.5 for i in range(3)])
     gas, wall = extra.gas_pockets, extra.realism.bowel_wall_mm
     tissue_mr, _, _ = anat.build_tissue_map(coords, anatomy, gas, wall)
     mr_fine = mr_table[tissue_mr] * extra.mr_texture_factor(coords, tissue_mr)
@@ -249,6 +240,7 @@ def generate_case(
     shape: tuple[int, int, int] = DEFAULT_SHAPE,
     spacing: tuple[float, float, float] | None = None,
     realism: Realism = Realism(),
+    orientation: str = "ras",
 ) -> PhantomCase:
     """Generate one synthetic pelvis case.
 
@@ -260,6 +252,9 @@ def generate_case(
             :data:`DEFAULT_FOV_MM` (4.0 × 3.0 × 3.0 mm for 96 × 96 × 64).
         realism: bowel gas, tissue texture and MR→CT misregistration
             (:class:`radmtl.data.phantom.realism.Realism`; its defaults are the phantom's).
+        orientation: storage grid, one of :data:`radmtl.data.phantom.grids.ORIENTATIONS`: ``ras``
+            (the phantom's own), ``lps`` (a scanner's axial order) or ``oblique``; the patient is in
+            the same place in the world on each, sampled (not resampled) on that grid.
 
     Returns:
         The case, arrays (X, Y, Z). Labels, mask, tissue and the noise SD are the CT's (the
@@ -267,18 +262,15 @@ def generate_case(
     """
     seed = _check_seed(seed)
     shape, spacing = _check_grid(shape, spacing)
+    if orientation not in ORIENTATIONS:
+        raise PhantomError(f"orientation must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}")
     rng, anatomy, hu_table, mr_table, extra = _case_draws(seed, realism)
     mr_gain = rng.uniform(0.8, 1.25)  # arbitrary scanner scale
     mr_noise_fraction = rng.uniform(0.015, 0.03)
     noise_rng = np.random.default_rng(rng.integers(2**63))
 
-    affine = phantom_affine(shape, spacing)
-    coords = tuple(
-        (affine[i, 3] + spacing[i] * np.arange(shape[i], dtype=np.float32)).reshape(
-            [-1 if j == i else 1 for j in range(3)]
-        ).astype(np.float32)
-        for i in range(3)
-    )
+    affine = orientation_affine(orientation, shape, spacing)
+    coords = world_coords(affine, [np.arange(n) for n in shape])
     tissue, labels, extras = anat.build_tissue_map(extra.ct_coords(coords), anatomy, extra.gas_pockets,
                                                    realism.bowel_wall_mm)
     mr_tissue = anat.build_tissue_map(coords, anatomy, extra.gas_pockets, realism.bowel_wall_mm)[0]
@@ -321,16 +313,16 @@ def _workers(workers: int | None, cases: int) -> int:
 
 def _write_case(job) -> dict[str, str]:
     """Generate one case and write its files; its dataset.json entry (a worker process runs this)."""
-    folder, seed, shape, spacing, realism = job
-    case = generate_case(seed, shape, spacing, realism)
+    folder, case_id, seed, shape, spacing, realism, orientation = job
+    case = generate_case(seed, shape, spacing, realism, orientation)
     arrays = {"mr": (case.mr, np.float32), "ct": (case.ct_hu, np.float32),
               "mask": (case.mask, np.uint8), "labels": (case.labels, np.uint8),
               "ct_noise_sd": (case.ct_noise_sd_hu, np.float32)}
-    entry = {"case": folder.name}
+    entry = {"case": case_id}
     for name in CASE_FILES:
         array, dtype = arrays[name]
         write_volume(array, case.affine, folder / f"{name}.nii.gz", dtype)
-        entry[name] = f"{folder.name}/{name}.nii.gz"
+        entry[name] = f"{case_id}/{name}.nii.gz"
     return entry
 
 
@@ -342,6 +334,7 @@ def generate_dataset(
     spacing: tuple[float, float, float] | None = None,
     workers: int | None = 1,
     realism: Realism = Realism(),
+    orientations: tuple[str, ...] = ("ras",),
 ) -> list[str]:
     """Write ``cases`` phantom cases and ``dataset.json`` in the radmtl dataset layout.
 
@@ -361,6 +354,9 @@ def generate_dataset(
             more than one must call this under ``if __name__ == "__main__":``, hence the default 1.
         realism: bowel gas, texture and MR→CT deformation (:class:`Realism`); recorded in
             ``dataset.json``.
+        orientations: storage grids (:data:`ORIENTATIONS`), taken in turn: case ``i`` is stored on
+            ``orientations[i % n]``. With more than one, each case's folder is
+            ``<orientation>/case_NNN``, so ``radmtl evaluate`` summarises each orientation apart.
 
     Returns:
         The case ids, e.g. ``["case_001", ...]``.
@@ -375,8 +371,14 @@ def generate_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     seeds = [case_seed(seed, index) for index in range(cases)]
-    jobs = [(out_dir / f"case_{index + 1:03d}", seeds[index], shape, spacing, realism)
-            for index in range(cases)]
+    orientations = tuple(orientations)
+    if not orientations or any(o not in ORIENTATIONS for o in orientations):
+        raise PhantomError(f"orientations must be among {', '.join(ORIENTATIONS)}, got {orientations!r}")
+    case_orientations = [orientations[index % len(orientations)] for index in range(cases)]
+    case_ids = [(f"{case_orientations[index]}/" if len(orientations) > 1 else "") + f"case_{index + 1:03d}"
+                for index in range(cases)]
+    jobs = [(out_dir / case_ids[index], case_ids[index], seeds[index], shape, spacing, realism,
+             case_orientations[index]) for index in range(cases)]
     entries = []
     with contextlib.ExitStack() as stack:
         make = map
@@ -399,6 +401,7 @@ def generate_dataset(
         "seed": seed,
         "case_seeds": seeds,
         "realism": realism.as_dict(),
+        "case_orientations": case_orientations,
         "training": entries,
         "validation": [],
     }

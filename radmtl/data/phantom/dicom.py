@@ -13,31 +13,13 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from radmtl.data.dicom.common import DicomError, dicom_datetime, ds_text, file_dataset, grid_to_planes, new_uid
+from radmtl.data.phantom.grids import axial_affine, oblique_affine  # noqa: F401  (tests import them here)
 
 log = logging.getLogger(__name__)
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-
-
-def axial_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
-    """RAS affine of a conventional axial DICOM grid (columns to the patient's left, rows to the
-    posterior, slices to the head), centred on the world origin."""
-    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
-    affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape, dtype=np.float64) - 1) / 2)
-    return affine
-
-
-def oblique_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float],
-                   degrees: tuple[float, float, float] = (14.0, -9.0, 23.0)) -> np.ndarray:
-    """:func:`axial_affine` rotated about the grid centre by the x-y-z Euler angles ``degrees``."""
-    affine = axial_affine(shape, spacing)
-    rotation = Rotation.from_euler("xyz", degrees, degrees=True).as_matrix()
-    affine[:3, :3] = rotation @ affine[:3, :3]
-    affine[:3, 3] = -affine[:3, :3] @ ((np.asarray(shape, dtype=np.float64) - 1) / 2)
-    return affine
 
 
 def phantom_mr_series(folder: str | Path, seed: int, shape: tuple[int, int, int],

@@ -39,8 +39,10 @@ def _mean_view_variance(mu, coords_mm, spacing, electronic_margin: float) -> np.
             electronic noise equals the quantum noise.
     """
     nx, ny, nz = mu.shape
-    x = np.broadcast_to(coords_mm[0], (nx, ny, 1))[:, :, 0].astype(np.float64).ravel()
-    y = np.broadcast_to(coords_mm[1], (nx, ny, 1))[:, :, 0].astype(np.float64).ravel()
+    # The rays of the middle slice serve every slice: exact for an axial grid, an approximation for an
+    # oblique one (whose slices are tilted planes).
+    x = np.broadcast_to(coords_mm[0], mu.shape)[:, :, nz // 2].astype(np.float64).ravel()
+    y = np.broadcast_to(coords_mm[1], mu.shape)[:, :, nz // 2].astype(np.float64).ravel()
     # Projections are binned at half the in-plane voxel size (linear splatting), then smoothed by
     # about half a voxel so that oblique views do not alias into ripples that exp() would amplify.
     width = 0.5 * min(spacing[0], spacing[1])

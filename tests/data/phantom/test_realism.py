@@ -145,3 +145,40 @@ def test_phantom_report_meets_its_targets_and_its_numbers_follow_the_phantom(loa
     # A report that measured nothing must not pass.
     lines, met = report.table({"a": plain})
     assert not met and "MISSED" in lines[-1]
+
+
+@pytest.mark.parametrize("orientation", ["lps", "oblique"])
+def test_a_case_stored_lps_or_oblique_is_the_same_patient_in_the_same_place(orientation):
+    from radmtl.data.laterality import world_centroid
+    import nibabel as nib
+
+    ras = generate_case(9, (40, 32, 24), (9.6, 9.0, 8.0))
+    other = generate_case(9, (40, 32, 24), (9.6, 9.0, 8.0), orientation=orientation)
+    assert nib.aff2axcodes(other.affine)[:2] == ("L", "P")
+    if orientation == "oblique":
+        assert np.count_nonzero(np.abs(other.affine[:3, :3]) > 1e-6) > 3  # rotated, not a permutation
+    for label in (1, 3, 4, 5):
+        # Sampled on another grid, each organ's world centroid stays within a voxel or so.
+        a, b = world_centroid(ras.labels == label, ras.affine), world_centroid(other.labels == label, other.affine)
+        assert np.linalg.norm(np.asarray(a) - np.asarray(b)) < 6.0, label
+    assert world_centroid(other.labels == 4, other.affine)[0] < 0  # the left head at RAS x < 0
+    assert (other.labels == 1).sum() == pytest.approx((ras.labels == 1).sum(), rel=0.15)
+
+
+def test_dataset_with_orientations_in_turn_nests_cases_by_orientation(tmp_path):
+    import json
+
+    import nibabel as nib
+
+    from radmtl.data.discovery import discover
+    from radmtl.data.phantom import generate_dataset
+
+    ids = generate_dataset(tmp_path, cases=3, seed=2, shape=(24, 20, 16), spacing=(16.0, 14.4, 12.0),
+                           orientations=("ras", "lps", "oblique"))
+    assert ids == ["ras/case_001", "lps/case_002", "oblique/case_003"]
+    spec = json.loads((tmp_path / "dataset.json").read_text())
+    assert spec["case_orientations"] == ["ras", "lps", "oblique"]
+    assert spec["realism"]["deformation_rms_mm"] == 2.0
+    index = discover(tmp_path)
+    assert sorted(case.group for case in index.cases) == ["lps", "oblique", "ras"]
+    assert nib.aff2axcodes(nib.load(tmp_path / "lps/case_002/mr.nii.gz").affine) == ("L", "P", "S")
