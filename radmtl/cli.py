@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="HFS|FFS|HFP|...",
                    help="PatientPosition (0018,5100) of the DICOM outputs (default: the MR's; HFS with a warning "
                         "where the MR has none, as every NIfTI MR)")
+    p.add_argument("--dicom-grid", choices=("input", "axial"), default="input",
+                   help="grid of the DICOM outputs: input (default) = the MR's, oblique if the MR is; axial = "
+                        "an axial grid covering the MR (sCT interpolated, organs by nearest neighbour; σ maps "
+                        "on it in OUT/<case>/dicom_grid/), for a planning system that needs axial CT")
     p.add_argument("--output", required=True, type=Path, help="output folder (OUT/<case>/...)")
     p.add_argument("--output-format", choices=("auto", "nii.gz", "nii", "mha"), default="auto",
                    help="file format of the maps: auto (default) = the input's own (.mha → .mha, .nrrd → .nrrd, "

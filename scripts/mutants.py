@@ -42,7 +42,10 @@ class Mutant:
 PREDICT, INFER, RESAMPLE = "radmtl/inference/predict.py", "radmtl/inference/infer.py", "radmtl/inference/resample.py"
 CASE_MAPS = "radmtl/inference/case_maps.py"
 DICOM_COMMON, DICOM_CT = "radmtl/data/dicom/common.py", "radmtl/data/dicom/ct.py"
+DICOM_RTSTRUCT, DICOM_GRID = "radmtl/data/dicom/rtstruct.py", "radmtl/inference/dicom_grid.py"
+DICOM_OUT = "radmtl/inference/dicom_out.py"
 DICOM_TESTS = ("tests/data/dicom/test_dicom_series.py", "tests/data/dicom/test_dicom_ct.py", "tests/inference/test_infer_dicom.py")
+DICOM_GRID_TESTS = ("tests/inference/test_dicom_grid.py", "tests/inference/test_infer_dicom.py")
 LOSSES, LIKELIHOODS, MODEL = "radmtl/nn/losses.py", "radmtl/nn/likelihoods.py", "radmtl/nn/model.py"
 TRANSFORMS = "radmtl/data/transforms.py"
 CONFIG = "radmtl/config.py"
@@ -164,6 +167,53 @@ MUTANTS: list[Mutant] = [
     Mutant("DICOM: CT stored values without the rescale intercept", DICOM_TESTS, (
         (DICOM_CT, "stored = np.rint(np.asarray(sct_hu, dtype=np.float64) - HU_INTERCEPT)",
          "stored = np.rint(np.asarray(sct_hu, dtype=np.float64))"),
+    )),
+    Mutant("DICOM: ImageType AXIAL on an oblique grid", DICOM_TESTS, (
+        (DICOM_CT, "image_type = list(IMAGE_TYPE_AXIAL if planes.is_axial() else IMAGE_TYPE_NOT_AXIAL)",
+         "image_type = list(IMAGE_TYPE_AXIAL)"),
+    )),
+    Mutant("DICOM: transverse judged by the row direction only", ("tests/data/dicom/test_dicom_ct.py",), (
+        (DICOM_COMMON, "and abs(self.column_cosines[2]) <= ORIENTATION_TOL", ""),
+    )),
+    Mutant("DICOM: SeriesNumber fixed (every rerun 901)", DICOM_TESTS, (
+        (DICOM_COMMON, "return int((when - SERIES_NUMBER_EPOCH).total_seconds())", "return 901"),
+    )),
+    Mutant("DICOM: empty Laterality written again", DICOM_TESTS, (
+        (DICOM_CT, '    ds.ImageLaterality = side if side in ("R", "L", "B", "U") else "U"',
+         '    ds.Laterality = ""\n    ds.ImageLaterality = side if side in ("R", "L", "B", "U") else "U"'),
+    )),
+    Mutant("DICOM: a NIfTI MR's series in NIfTI's order (IOP -1\\0\\0\\0\\-1\\0)", DICOM_GRID_TESTS, (
+        (DICOM_OUT, "on = dicom_grid(grid, volume.affine, volume.shape, scanner_order=source is None)",
+         "on = dicom_grid(grid, volume.affine, volume.shape, scanner_order=False)"),
+    )),
+    Mutant("DICOM: scanner order flips the pixels but keeps the affine", DICOM_GRID_TESTS, (
+        (DICOM_COMMON, "return transform, affine_ras @ orientations.inv_ornt_aff(transform, shape)",
+         "return transform, affine_ras"),
+    )),
+    Mutant("axial grid: sCT by nearest neighbour", DICOM_GRID_TESTS, (
+        (DICOM_GRID, 'mode="nearest" if how == "nearest" else "bilinear"', 'mode="nearest"'),
+    )),
+    Mutant("axial grid: σ interpolated as σ, not σ²", DICOM_GRID_TESTS, (
+        (DICOM_GRID, 'values = array.astype(np.float32) ** 2 if how == "variance" else array.astype(np.float32)',
+         "values = array.astype(np.float32)"),
+        (DICOM_GRID, "np.sqrt(np.clip(out, 0.0, None))", "np.clip(out, 0.0, None)"),
+    )),
+    Mutant("axial grid: covers the MR's voxel centres, not its voxels", DICOM_GRID_TESTS, (
+        (DICOM_GRID, "*[(-0.5, n - 0.5) for n in mr_shape]", "*[(0, n - 1) for n in mr_shape]"),
+    )),
+    Mutant("axial grid: labels beyond the MR's field of view (edge values repeated)", DICOM_GRID_TESTS, (
+        (DICOM_GRID, "out = np.where(self.inside, np.rint(out), 0).astype(array.dtype)",
+         "out = np.rint(out).astype(array.dtype)"),
+    )),
+    Mutant("RT Structure Set: contours half a pixel off", DICOM_GRID_TESTS, (
+        (DICOM_RTSTRUCT, "points = np.asarray(line, dtype=np.float64) - 1.0",
+         "points = np.asarray(line, dtype=np.float64) - 0.5"),
+    )),
+    Mutant("RT Structure Set: rows and columns swapped, and swapped back by radmtl's own reader",
+           ("tests/inference/test_infer_dicom.py",), (
+        (DICOM_RTSTRUCT, "ijk = np.column_stack([points, np.full(len(points), float(k))])",
+         "ijk = np.column_stack([points[:, ::-1], np.full(len(points), float(k))])"),
+        (DICOM_RTSTRUCT, "inside = Polygon(ijk[:, :2], closed=False)", "inside = Polygon(ijk[:, 1::-1], closed=False)"),
     )),
     Mutant("slab offset negated (z0 → −z0)", ("tests/inference/test_resample.py",), (
         (RESAMPLE, "shift[2, 3] = z0", "shift[2, 3] = -z0"),

@@ -23,6 +23,17 @@ if ! command -v dciodvfy >/dev/null 2>&1; then
         echo "setup: dciodvfy not installed and not root; the DICOM validity tests will be skipped"
     fi
 fi
+# The RT Structure Set is also read back by an independent reader, plastimatch (Debian's plastimatch);
+# install it when root, as dicom3tools above. Without it that test skips, except as root in CI, where it fails.
+if ! command -v plastimatch >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing plastimatch for the RT Structure Set read-back test"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq plastimatch >/dev/null) \
+            || echo "setup: could not install plastimatch; the read-back test will fail in CI"
+    else
+        echo "setup: plastimatch not installed and not root; the RT Structure Set read-back test will be skipped"
+    fi
+fi
 # Two pytest workers (pytest-xdist), one test file each at a time so that a file's module fixtures are
 # built once: most of the suite's time is single-threaded (subprocesses importing torch and MONAI,
 # MLflow's SQLite store, small convolutions), so two workers on two cores took 376 s where one process

@@ -57,6 +57,35 @@ def dciodvfy() -> Callable[[Iterable[Path]], str]:
 
 
 @pytest.fixture(scope="session")
+def plastimatch() -> Callable[..., dict]:
+    """``read(rtstruct, ct_folder, out, xor=True)``: an RT Structure Set rasterised by plastimatch (Debian
+    ``plastimatch``), an RT reader independent of radmtl, onto the CT series it references; ROI name →
+    SimpleITK image (1 inside). ``xor``: contours of a slice combined with the even-odd rule (a contour
+    inside another is a hole), as radmtl writes them; plastimatch's default is their union.
+
+    Skips where plastimatch is missing, except as root in CI, where ``scripts/test.sh`` installs it.
+    """
+    executable = shutil.which("plastimatch")
+    if executable is None:
+        if os.geteuid() == 0 and os.environ.get("CI"):
+            pytest.fail("plastimatch not found, although running as root in CI where scripts/test.sh installs "
+                        "it; run scripts/test.sh or apt-get install plastimatch")
+        pytest.skip("plastimatch (Debian package plastimatch) is not installed; scripts/test.sh installs it as root")
+
+    def read(rtstruct: Path, ct_folder: Path, out: Path, xor: bool = True) -> dict:
+        import SimpleITK as sitk
+
+        command = [executable, "convert", "--input", str(rtstruct), "--referenced-ct", str(ct_folder),
+                   "--output-prefix", str(out), "--prefix-format", "nrrd", *(["--xor-contours"] if xor else [])]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if run.returncode != 0:
+            pytest.fail(f"plastimatch failed ({run.returncode}):\n{run.stdout}{run.stderr}", pytrace=False)
+        return {path.stem: sitk.ReadImage(str(path)) for path in sorted(Path(out).glob("*.nrrd"))}
+
+    return read
+
+
+@pytest.fixture(scope="session")
 def zero_voxel_nifti() -> Callable:
     """``write(path, array, affine, qform_code=1)``: a ``.nii.gz`` as a broken exporter writes it, with no
     sform and pixdim[2] = 0, which nibabel would load at 1 mm. nibabel mends a zero pixdim when it saves,

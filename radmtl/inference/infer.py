@@ -45,7 +45,9 @@ from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_o
 from radmtl.inference.provenance import case_provenance
 from radmtl.data.io import OUTPUT_FORMATS, VolumeError, output_suffix, strip_volume_suffix, write_like
 
+from radmtl.data.dicom.series import SeriesInfo
 from radmtl.inference.case_maps import MAP_OUTPUTS, input_grid_outputs, predict_on_network_grid
+from radmtl.inference.dicom_grid import DICOM_GRIDS
 from radmtl.inference.inputs import (PreparedCase, case_folder, find_cases, prepare_case, prepare_output_root,
                                      read_ahead, remove_if_empty)
 from radmtl.inference.work_dirs import CaseWriter, remove_stale_work_folders
@@ -75,6 +77,8 @@ class InferOptions:
     output_format: str = "auto"
     # PatientPosition of the DICOM outputs; None: the MR's, or HFS with a warning where it has none.
     patient_position: str | None = None
+    # The grid of the DICOM outputs: "input" (the MR's) or "axial" (radmtl.inference.dicom_grid).
+    dicom_grid: str = "input"
 
 
 @dataclass
@@ -180,7 +184,9 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
                 midline = midline_x(array > BODY_HU, volume.affine)  # for the laterality guard below
             elif stem == "seg":
                 laterality = laterality_of(prepared.case_id, array, volume.affine, loaded.label_names, midline)
-            if dicom_out and stem in ("sct", "seg"):
+            # σ maps too when the DICOM grid is not the input's: they are put onto it beside the CT.
+            if dicom_out and (stem in ("sct", "seg") or
+                              (options.dicom_grid != "input" and stem.startswith("sct_sigma"))):
                 on_input[stem] = array
             del array
             bar.update(1)
@@ -189,18 +195,23 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
         timings["resample_s"] = resample_s
         del maps
         if dicom_out:
-            from radmtl.inference.dicom_out import DICOM_FOLDER, write_dicom_outputs
+            from radmtl.inference.dicom_out import DICOM_FOLDER, GRID_MAPS_FOLDER, write_dicom_outputs
 
             if "sct" not in on_input:
                 raise RadmtlError(f"{source.argument}: the model has no sCT task; --dicom-out needs one")
+            sigma_maps = {stem: on_input.pop(stem) for stem in list(on_input) if stem.startswith("sct_sigma")}
             dicom_future = writer.submit(
                 write_dicom_outputs, writer.tmp_dir / DICOM_FOLDER, sct_hu=on_input.pop("sct"),
                 labels=on_input.pop("seg", None), label_names=loaded.label_names, volume=volume,
                 identity=prepared.identity, source=prepared.source_series, model_sha256=source.sha256,
                 hu_range=tuple(cfg.data.ct_clip_hu), case_id=prepared.case_id,
-                patient_position=options.patient_position)
+                patient_position=options.patient_position, grid=options.dicom_grid, sigma_maps=sigma_maps,
+                maps_suffix=suffix)
             written["dicom"] = {"file": f"{DICOM_FOLDER}/", "format": "dicom",
                                 "dtype": "int16 CT series + RT structure set", "units": "HU"}
+            if sigma_maps:  # only off the input grid (--dicom-grid axial)
+                written["dicom_grid"] = {"file": f"{GRID_MAPS_FOLDER}/", "format": file_format, "dtype": "float32",
+                                         "units": "HU", "maps": sorted(sigma_maps)}
     except BaseException:
         bar.close()
         if writer is not None:
@@ -294,7 +305,13 @@ def run_inference(
     if options.output_format not in OUTPUT_FORMATS:
         raise RadmtlError(f"--output-format: must be one of {', '.join(OUTPUT_FORMATS)}, got "
                           f"{options.output_format!r}")
+    if options.dicom_grid not in DICOM_GRIDS:
+        raise RadmtlError(f"--dicom-grid: must be one of {', '.join(DICOM_GRIDS)}, got {options.dicom_grid!r}")
     cases = find_cases(input_path, options.series)
+    if options.dicom_grid != "input" and not options.dicom_out and not any(
+            isinstance(mr, SeriesInfo) for _, mr in cases):
+        raise RadmtlError(f"--dicom-grid {options.dicom_grid}: {input_path} is not DICOM, so nothing is written as "
+                          "DICOM; add --dicom-out")
     output, created = prepare_output_root(output)
     slots: list[CaseResult | Future] = []
     try:
@@ -359,7 +376,7 @@ def infer_from_cli(args: argparse.Namespace) -> int:
         progress=not args.no_progress and not getattr(args, "quiet", False) and sys.stderr.isatty(),
         sigma_scaling=not args.no_sigma_scaling,
         series=args.series, dicom_out=True if args.dicom_out else None, output_format=args.output_format,
-        patient_position=args.patient_position,
+        patient_position=args.patient_position, dicom_grid=args.dicom_grid,
     )
     results = run_inference(args.model, args.input, args.output, options, tracking_uri=args.tracking_uri)
     failed = [r for r in results if r.error]

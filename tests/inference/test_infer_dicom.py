@@ -21,6 +21,7 @@ from radmtl.data.dicom.common import RADMTL_UID_ROOT, SlicePlanes
 from radmtl.data.dicom.rtstruct import rasterise_rtstruct
 from radmtl.data.phantom import PHANTOM_LABELS, generate_case
 from radmtl.data.phantom.dicom import phantom_mr_series
+from radmtl.data.transforms import derive_body_mask
 from radmtl.inference.model_uri import sha256_of
 from radmtl.nn.checkpoint import save_checkpoint
 
@@ -45,6 +46,24 @@ def _planes_of(image: sitk.Image) -> SlicePlanes:
     return SlicePlanes(row_cosines=direction[:, 0], column_cosines=direction[:, 1],
                        pixel_spacing=(spacing[1], spacing[0]), slice_step=direction[:, 2] * spacing[2],
                        origin=np.asarray(image.GetOrigin()))
+
+
+def _on_grid(image: sitk.Image, affine_ras: np.ndarray, shape: tuple[int, int, int],
+             array: np.ndarray | None = None) -> np.ndarray:
+    """``image`` (or ``array`` (X, Y, Z) on ``image``'s grid) by nearest neighbour on the RAS grid (``affine_ras``,
+    ``shape``), with SimpleITK: where the two grids share their voxel centres, the values as they are."""
+    if array is not None:
+        values = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array)).astype(np.float32))
+        values.CopyInformation(image)
+        image = values
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_ras
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    reference = sitk.Image([int(n) for n in shape], sitk.sitkFloat32)
+    reference.SetSpacing([float(s) for s in spacing])
+    reference.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
+    reference.SetOrigin([float(v) for v in lps[:3, 3]])
+    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, np.nan, sitk.sitkFloat32)
+    return np.transpose(sitk.GetArrayFromImage(resampled))
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -123,8 +142,48 @@ def test_dicom_round_trip(tmp_path, checkpoint, orientation, dciodvfy):
     # NIfTI outputs carry the same grid as the DICOM ones.
     np.testing.assert_allclose(seg_nifti.affine, sct_nifti.affine)
 
+    # Image Type claims AXIAL only for transverse slices; no empty Laterality (a pelvis is not a paired
+    # part: absent, with Image Laterality U); series numbers of this run, not a fixed 901/902.
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY", "AXIAL" if orientation == "axial" else "OTHER"]
+    assert "Laterality" not in first and first.ImageLaterality == "U"
+    assert (first.SeriesNumber, structure_set.SeriesNumber) == (provenance["dicom"]["series_numbers"]["ct"],
+                                                                provenance["dicom"]["series_numbers"]["ct"] + 1)
     report = dciodvfy([*ct_files, rtstruct])
     assert report.count("CTImage") == SHAPE[2] and "RTStructureSet" in report
+    assert "Laterality" not in report
+
+
+def test_an_independent_reader_gets_the_organs_back_holes_included(tmp_path, checkpoint, plastimatch):
+    """plastimatch rasterises the structure set of an oblique series onto the CT: seg.nii.gz, organ by organ."""
+    from scipy import ndimage
+
+    phantom_mr_series(tmp_path / "MR", 6, SHAPE, SPACING, orientation="oblique")
+    assert _infer(checkpoint, tmp_path / "MR", tmp_path / "out") == 0
+    case = tmp_path / "out" / "MR"
+    seg_image = sitk.ReadImage(str(case / "seg.nii.gz"))
+    seg = np.transpose(sitk.GetArrayFromImage(seg_image))
+
+    def on_seg_grid(image: sitk.Image) -> np.ndarray:
+        resampled = sitk.Resample(image, seg_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        return np.transpose(sitk.GetArrayFromImage(resampled)) > 0
+
+    dicom = case / "dicom"
+    even_odd = plastimatch(dicom / "RS_radmtl.dcm", dicom, tmp_path / "xor")
+    union = plastimatch(dicom / "RS_radmtl.dcm", dicom, tmp_path / "or", xor=False)
+    assert sorted(even_odd) == sorted(["BODY", *(n for n, v in PHANTOM_LABELS.items() if v)])
+    holes_filled_by_union = 0
+    for name, value in PHANTOM_LABELS.items():
+        if not value:
+            continue
+        organ = seg == value
+        assert organ.sum() > 100, name
+        assert _dice(on_seg_grid(even_odd[name]), organ) >= 0.98, name
+        holes = sum(int((ndimage.binary_fill_holes(organ[:, :, k]) & ~organ[:, :, k]).sum())
+                    for k in range(organ.shape[2]))
+        holes_filled_by_union += int(holes > 0 and on_seg_grid(union[name]).sum() > organ.sum())
+    # The untrained network's organs have holes, written as contours of their own: read as a union (the
+    # reader's default) they are filled, so the even-odd agreement above is not for want of holes.
+    assert holes_filled_by_union >= 3
 
 
 @pytest.mark.slow
@@ -141,11 +200,14 @@ def test_dicom_out_from_nifti_has_generated_identifiers(tmp_path, checkpoint, dc
 
     runs = [sorted((tmp_path / run / "pelvis" / "dicom").glob("CT_*.dcm")) for run in ("a", "b")]
     image = sitk.ReadImage([str(p) for p in runs[0]])
-    lps = case.affine.copy()
-    lps[:2] *= -1  # RAS → LPS
-    np.testing.assert_allclose(image.GetOrigin(), lps[:3, 3], atol=1e-3)
-    np.testing.assert_allclose(np.asarray(image.GetDirection()).reshape(3, 3) * image.GetSpacing(), lps[:3, :3],
-                               atol=1e-3)
+    # The RAS-stored NIfTI is written in the scanners' order (rows to the patient's left, columns to the
+    # posterior), not as NIfTI's −1\\0\\0\\0\\−1\\0, and every CT voxel is still where it is in sct.nii.gz.
+    assert [float(v) for v in pydicom.dcmread(runs[0][0]).ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    assert image.GetSize() == SHAPE
+    sct = nib.load(tmp_path / "a" / "pelvis" / "sct.nii.gz")
+    body = derive_body_mask(case.mr) > 0
+    expected = np.where(body, np.clip(sct.get_fdata(), -1024, 3071), -1024)
+    np.testing.assert_allclose(_on_grid(image, sct.affine, SHAPE), expected, atol=0.5 + 1e-3)
     first, second = pydicom.dcmread(runs[0][0]), pydicom.dcmread(runs[1][0])
     assert first.PatientID.startswith("RADMTL-") and "generated" in first.PatientComments
     # The same MR file gives the same study and frame of reference; every run is a new series.
@@ -214,11 +276,10 @@ def test_bad_dicom_folders_give_one_line_and_no_output(tmp_path, checkpoint, cap
 
 
 def _write_outputs(tmp_path, sct_of=lambda case, body: case.ct_clean_hu, labels_of=lambda case: None,
-                   spacing=SPACING):
+                   spacing=SPACING, **options):
     """write_dicom_outputs on phantom case 6 (its MR as a NIfTI volume); (case, provenance entry, body)."""
     from radmtl.data.dicom.common import generated_identity
     from radmtl.data.io import Volume, write_volume
-    from radmtl.data.transforms import derive_body_mask
     from radmtl.inference.dicom_out import write_dicom_outputs
 
     case = generate_case(6, SHAPE, spacing)
@@ -228,8 +289,12 @@ def _write_outputs(tmp_path, sct_of=lambda case, body: case.ct_clean_hu, labels_
     entry = write_dicom_outputs(tmp_path / "dicom", sct_hu=sct_of(case, body), labels=labels_of(case),
                                 label_names=PHANTOM_LABELS, volume=Volume(array=case.mr, affine=case.affine, path=mr_path),
                                 identity=generated_identity("c1", mr_path), source=None, model_sha256="0" * 64,
-                                hu_range=(-1024.0, 3071.0), case_id="c1")
+                                hu_range=(-1024.0, 3071.0), case_id="c1", **options)
     return case, entry, body
+
+
+def _series(folder: Path) -> sitk.Image:
+    return sitk.ReadImage([str(p) for p in sorted(folder.glob("CT_*.dcm"))])
 
 
 def test_sct_beyond_the_trained_ct_range_is_clipped_in_the_series_and_counted(tmp_path, caplog):
@@ -243,11 +308,10 @@ def test_sct_beyond_the_trained_ct_range_is_clipped_in_the_series_and_counted(tm
         return sct
 
     with caplog.at_level("WARNING", logger="radmtl.inference.dicom_out"):
-        _, entry, _ = _write_outputs(tmp_path, sct_of=sct_with_spikes)
+        case, entry, _ = _write_outputs(tmp_path, sct_of=sct_with_spikes)
     assert entry["hu_clipped_to_range_voxels"] == 2 and entry["hu_range"] == [-1024.0, 3071.0]
     assert "case c1: 2 sCT voxel(s) inside the body lie outside the trained CT range [-1024, 3071] HU" in caplog.text
-    series = sitk.ReadImage([str(p) for p in sorted((tmp_path / "dicom").glob("CT_*.dcm"))])
-    ct_hu = np.transpose(sitk.GetArrayFromImage(series)).astype(np.float32)
+    ct_hu = _on_grid(_series(tmp_path / "dicom"), case.affine, SHAPE)
     assert ct_hu[spots["low"]] == -1024.0 and ct_hu[spots["high"]] == 3071.0
     assert ct_hu.min() >= -1024.0 and ct_hu.max() <= 3071.0
 
@@ -258,14 +322,14 @@ def test_air_outside_the_body_and_the_body_kept_to_the_end_slices(tmp_path):
     assert 0.3 < body.mean() < 0.9
     for k in (0, 1, -2, -1):  # the end slices, which closing used to erode away
         assert body[:, :, k].sum() >= 0.8 * body[:, :, 8].sum() > 0
-    series = sitk.ReadImage([str(p) for p in sorted((tmp_path / "dicom").glob("CT_*.dcm"))])
-    ct_hu = np.transpose(sitk.GetArrayFromImage(series)).astype(np.float32)
+    series = _series(tmp_path / "dicom")
+    ct_hu = _on_grid(series, case.affine, SHAPE)
     assert np.all(ct_hu[~body] == -1024) and entry["air_outside_body_voxels"] == int((~body).sum())
     np.testing.assert_allclose(ct_hu[body], np.clip(np.rint(case.ct_clean_hu[body]), -1024, 3071), atol=0.5)
     # the phantom's own body (its generator's outline) is inside the written one
     assert np.all(body[case.mask > 0])
-    masks = rasterise_rtstruct(tmp_path / "dicom" / "RS_radmtl.dcm", _planes_of(series), body.shape)
-    assert masks["BODY"][:, :, 0].any() and masks["BODY"][:, :, -1].any()
+    masks = rasterise_rtstruct(tmp_path / "dicom" / "RS_radmtl.dcm", _planes_of(series), series.GetSize())
+    np.testing.assert_array_equal(_on_grid(series, case.affine, SHAPE, masks["BODY"]) > 0, body)
 
 
 def test_an_organ_not_found_is_left_out_of_the_structure_set_and_said(tmp_path, caplog, dciodvfy):

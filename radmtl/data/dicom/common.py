@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,10 @@ MANUFACTURER = "radmtl"
 # How far apart two direction cosines may be and still count as one orientation (DS values carry
 # about 6 decimals after export).
 ORIENTATION_TOL = 1e-4
+
+# SeriesNumber of a written series: seconds since this instant (UTC), so that every run gets its own
+# number, later runs larger ones, and the value fits DICOM's IS (< 2**31) until the year 2092.
+SERIES_NUMBER_EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
 class DicomError(RadmtlError, ValueError):
@@ -66,6 +70,9 @@ class DicomIdentity:
     referring_physician_name: str = ""
     study_description: str = ""
     patient_position: str = ""
+    # (0020,0062) R, L, B or U as the MR says (its Laterality or Image Laterality); empty when it says none.
+    image_laterality: str = ""
+    body_part_examined: str = ""
     generated: bool = False
 
     def describe(self) -> dict:
@@ -89,6 +96,17 @@ class SourceSeries:
     series_number: str
     sop_class_uid: str
     sop_instance_uids: tuple[str, ...] = field(default_factory=tuple)
+
+
+def series_number_at(when: datetime) -> int:
+    """The SeriesNumber of a series written at ``when``: whole seconds since :data:`SERIES_NUMBER_EPOCH`.
+
+    A fixed number (radmtl used 901) gives every rerun the same one, and a planning system lists
+    several series under one number; this one differs between runs and grows with time.
+    """
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time, as datetime.now() gives it
+    return int((when - SERIES_NUMBER_EPOCH).total_seconds())
 
 
 def generated_identity(case_id: str, mr_path: Path) -> DicomIdentity:
@@ -142,6 +160,11 @@ class SlicePlanes:
         """ImageOrientationPatient (row cosines then column cosines)."""
         return [float(v) for v in (*self.row_cosines, *self.column_cosines)]
 
+    def is_axial(self) -> bool:
+        """True when the slices are transverse: rows and columns in the patient's x-y plane (the slice
+        normal along the feet-head axis), to within :data:`ORIENTATION_TOL`."""
+        return bool(abs(self.row_cosines[2]) <= ORIENTATION_TOL and abs(self.column_cosines[2]) <= ORIENTATION_TOL)
+
     def to_lps(self, ijk: np.ndarray) -> np.ndarray:
         """(N, 3) voxel coordinates (i, j, k) → (N, 3) LPS mm."""
         ijk = np.asarray(ijk, dtype=np.float64)
@@ -159,6 +182,27 @@ def grid_to_planes(affine_ras: np.ndarray) -> SlicePlanes:
     return SlicePlanes(row_cosines=cosines[:, 0], column_cosines=cosines[:, 1],
                        pixel_spacing=(float(spacing[1]), float(spacing[0])), slice_step=lps[:3, 2].copy(),
                        origin=lps[:3, 3].copy())
+
+
+def scanner_axis_order(affine_ras: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """How to flip and transpose a voxel array so that its planes follow the scanners' convention.
+
+    An axial scanner series runs along a row to the patient's left (+x in LPS), down a column to
+    the posterior (+y) and from slice to slice to the head (+z): ImageOrientationPatient 1\\0\\0\\0\\1\\0.
+    A NIfTI volume stored RAS would otherwise give −1\\0\\0\\0\\−1\\0, which is valid DICOM but not what
+    planning systems are used to. Each array axis goes to the LPS axis nearest to it, pointing along
+    it; the voxels stay where they are in the world.
+
+    Returns:
+        (nibabel orientation transform for :func:`nibabel.orientations.apply_orientation`, the RAS
+        affine of the reordered array).
+    """
+    from nibabel import orientations
+
+    affine_ras = np.asarray(affine_ras, dtype=np.float64)
+    start = orientations.io_orientation(RAS_FROM_LPS @ affine_ras)  # array axes against L, P, S
+    transform = orientations.ornt_transform(start, np.array([[0, 1], [1, 1], [2, 1]], dtype=np.float64))
+    return transform, affine_ras @ orientations.inv_ornt_aff(transform, shape)
 
 
 def planes_to_affine(planes: SlicePlanes) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from radmtl.data.dicom.common import (DicomError, DicomIdentity, SlicePlanes, SourceSeries, base_dataset,
-                                      dicom_datetime, ds_text, grid_to_planes, new_uid)
+                                      dicom_datetime, ds_text, grid_to_planes, new_uid, series_number_at)
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,12 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 # Stored value = HU + 1024, so air is 0; int16 storage holds HU in [-33792, 31743].
 HU_INTERCEPT = -1024.0
 INT16 = np.iinfo(np.int16)
+# Image Type value 3 of a CT image: AXIAL (a transverse slice, the defined term) or, for slices in any
+# other plane, OTHER. DICOM's AXIAL only sets a slice apart from a LOCALIZER, and scanners write it on
+# gantry-tilted slices too, but readers take it to mean transverse; OTHER is not among the CT Image
+# module's defined terms (dciodvfy warns, a defined term may be extended) and claims no plane.
+IMAGE_TYPE_AXIAL = ("DERIVED", "SECONDARY", "AXIAL")
+IMAGE_TYPE_NOT_AXIAL = ("DERIVED", "SECONDARY", "OTHER")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,22 @@ def hu_to_stored(sct_hu: np.ndarray) -> tuple[np.ndarray, int]:
     return np.clip(stored, INT16.min, INT16.max).astype(np.int16), clipped
 
 
+def _set_laterality(ds, identity: DicomIdentity) -> None:
+    """Image Laterality (0020,0062) and Body Part Examined (0018,0015); no Laterality (0020,0060).
+
+    Laterality is type 2C: required for a paired body part when Image Laterality is absent, and not
+    to be present otherwise. Empty means "unknown", which is wrong for the regions radmtl is for
+    (pelvis, brain, head and neck, thorax, abdomen: unpaired) and dciodvfy warns about it. Image
+    Laterality says the side per image instead: the MR's side when it names one, else U (unpaired),
+    which is also what lets a validator see that Laterality is not required. The MR's body part is
+    copied when it has one.
+    """
+    side = identity.image_laterality.strip().upper()
+    ds.ImageLaterality = side if side in ("R", "L", "B", "U") else "U"
+    if identity.body_part_examined:
+        ds.BodyPartExamined = identity.body_part_examined[:16]
+
+
 def write_ct_series(
     sct_hu: np.ndarray,
     affine: np.ndarray,
@@ -52,7 +74,7 @@ def write_ct_series(
     series_description: str,
     derivation_description: str,
     source: SourceSeries | None = None,
-    series_number: int = 901,
+    series_number: int | None = None,
 ) -> CtSeries:
     """Write ``sct_hu`` (X, Y, Z) on the grid ``affine`` (RAS) as ``folder/CT_<k>.dcm``, one per slice.
 
@@ -63,6 +85,7 @@ def write_ct_series(
         series_description: shown in the planning system's series list (≤ 64 characters).
         derivation_description: how the series was made, naming the source MR series.
         source: the MR series (its slice k becomes the source image of CT slice k), if DICOM.
+        series_number: SeriesNumber; by default :func:`~radmtl.data.dicom.common.series_number_at` now.
 
     Returns:
         The UIDs, files, planes and number of clipped voxels of the series.
@@ -84,6 +107,8 @@ def write_ct_series(
     when = datetime.now()
     date, time = dicom_datetime(when)
     series_uid = new_uid()
+    series_number = series_number_at(when) if series_number is None else int(series_number)
+    image_type = list(IMAGE_TYPE_AXIAL if planes.is_axial() else IMAGE_TYPE_NOT_AXIAL)
     uids, files = [], []
     for k in range(sct_hu.shape[2]):
         uid = new_uid()
@@ -92,12 +117,10 @@ def write_ct_series(
         ds.SeriesDescription = series_description[:64]
         ds.SeriesDate, ds.SeriesTime, ds.ContentDate, ds.ContentTime = date, time, date, time
         ds.PatientPosition = identity.patient_position or "HFS"
-        # Type 2C whose condition (a paired body part) dciodvfy cannot evaluate and reports as an error
-        # when absent; empty means "unknown", which is what radmtl knows of the input.
-        ds.Laterality = ""
+        _set_laterality(ds, identity)
         ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = identity.frame_of_reference_uid, ""
         ds.InstanceNumber = k + 1
-        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.ImageType = image_type
         ds.DerivationDescription = derivation_description[:1024]
         if source is not None and source.sop_instance_uids:
             from pydicom import Dataset

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from radmtl.data.dicom.common import (RAS_FROM_LPS, DicomError, DicomIdentity, SlicePlanes, base_dataset,
-                                      dicom_datetime, new_uid, planes_to_affine)
+                                      dicom_datetime, new_uid, planes_to_affine, series_number_at)
 from radmtl.data.dicom.ct import CT_IMAGE_STORAGE, CtSeries
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def write_rtstruct(
     *,
     label: str = "radmtl",
     description: str = "",
-    series_number: int = 902,
+    series_number: int | None = None,
 ) -> dict[str, int]:
     """Write the structures as one RT Structure Set instance referencing the sCT series ``ct``.
 
@@ -113,6 +113,8 @@ def write_rtstruct(
             slice by slice.
         identity: patient/study/frame-of-reference identifiers (the sCT's).
         path: output file.
+        series_number: SeriesNumber; by default one more than a CT series written now gets
+            (:func:`~radmtl.data.dicom.common.series_number_at`).
 
     Returns:
         ROI name → number of contours written.
@@ -122,7 +124,8 @@ def write_rtstruct(
     when = datetime.now()
     date, time = dicom_datetime(when)
     ds = base_dataset(RT_STRUCTURE_SET_STORAGE, new_uid(), identity, when)
-    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "RTSTRUCT", new_uid(), series_number
+    ds.Modality, ds.SeriesInstanceUID = "RTSTRUCT", new_uid()
+    ds.SeriesNumber = series_number_at(when) + 1 if series_number is None else int(series_number)
     ds.SeriesDescription = f"{label} structures"[:64]
     ds.SeriesDate, ds.SeriesTime, ds.OperatorsName = date, time, ""
     # The Frame of Reference module is part of the RT Structure Set IOD since DICOM 2021.

@@ -263,6 +263,8 @@ def series_identity(series: SeriesInfo) -> DicomIdentity:
         accession_number=_text(first, "AccessionNumber"),
         referring_physician_name=_text(first, "ReferringPhysicianName"),
         study_description=_text(first, "StudyDescription"), patient_position=_text(first, "PatientPosition"),
+        image_laterality=(_text(first, "Laterality") or _text(first, "ImageLaterality")).strip().upper(),
+        body_part_examined=_text(first, "BodyPartExamined"),
     )
 
 

@@ -1,16 +1,21 @@
-"""The sCT as a DICOM CT series: geometry, HU, identifiers, UIDs, clipping, validity (dciodvfy)."""
+"""The sCT as a DICOM CT series: geometry, HU, identifiers, UIDs, clipping, image type, laterality, series
+numbers, validity (dciodvfy)."""
 
 from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
 
-from radmtl.data.dicom.common import RADMTL_UID_ROOT, RAS_FROM_LPS, DicomError, DicomIdentity, SourceSeries
+from radmtl.data.dicom.common import (RADMTL_UID_ROOT, RAS_FROM_LPS, DicomError, DicomIdentity, SourceSeries,
+                                      series_number_at)
 from radmtl.data.dicom.ct import hu_to_stored, write_ct_series
 from radmtl.data.phantom import generate_case
-from radmtl.data.phantom.dicom import oblique_affine
+from radmtl.data.phantom.dicom import axial_affine, oblique_affine
 
 SHAPE = (20, 18, 12)
 SPACING = (5.0, 4.5, 6.5)
@@ -18,8 +23,9 @@ IDENTITY = DicomIdentity(patient_id="P-7", patient_name="Doe^Jane", study_instan
                          frame_of_reference_uid="1.2.826.0.1.8", study_id="S1", patient_position="FFS")
 
 
-def _write(tmp_path, sct_hu, **kwargs):
-    return write_ct_series(sct_hu, oblique_affine(SHAPE, SPACING), tmp_path / "ct", IDENTITY,
+def _write(tmp_path, sct_hu, affine=None, identity=IDENTITY, **kwargs):
+    affine = oblique_affine(SHAPE, SPACING) if affine is None else affine
+    return write_ct_series(sct_hu, affine, tmp_path / "ct", identity,
                            series_description="radmtl sCT", derivation_description="from MR 1.2.3", **kwargs)
 
 
@@ -70,3 +76,58 @@ def test_non_finite_sct_is_refused(tmp_path):
     with pytest.raises(DicomError, match="NaN or Inf"):
         _write(tmp_path, sct)
     assert not (tmp_path / "ct").exists()
+
+
+@pytest.mark.parametrize("grid, value3", [
+    ("axial", "AXIAL"),
+    ("oblique", "OTHER"),  # rows and columns out of the transverse plane: not AXIAL
+    ("coronal", "OTHER"),
+    ("tilted-in-plane", "AXIAL"),  # rotated about the feet-head axis only: still transverse slices
+])
+def test_image_type_says_axial_only_for_transverse_slices(tmp_path, grid, value3):
+    from scipy.spatial.transform import Rotation
+
+    affine = axial_affine(SHAPE, SPACING) if grid == "axial" else oblique_affine(SHAPE, SPACING)
+    if grid in ("coronal", "tilted-in-plane"):
+        affine = axial_affine(SHAPE, SPACING)
+        turn = Rotation.from_euler("x" if grid == "coronal" else "z", 90 if grid == "coronal" else 30,
+                                   degrees=True).as_matrix()
+        affine[:3, :3] = turn @ affine[:3, :3]
+    ct = _write(tmp_path, np.zeros(SHAPE, np.float32), affine=affine)
+    ds = pydicom.dcmread(ct.files[0])
+    assert list(ds.ImageType) == ["DERIVED", "SECONDARY", value3]
+
+
+def _unpaired_and_left(tmp_path):
+    unpaired = _write(tmp_path / "a", np.zeros(SHAPE, np.float32))
+    left = dataclasses.replace(IDENTITY, image_laterality="L", body_part_examined="BREAST")
+    return unpaired.files[0], _write(tmp_path / "b", np.zeros(SHAPE, np.float32), identity=left).files[0]
+
+
+def test_laterality_is_absent_for_an_unpaired_part_and_carried_for_a_side(tmp_path):
+    unpaired, paired = (pydicom.dcmread(p) for p in _unpaired_and_left(tmp_path))
+    # An empty Laterality means "unknown"; for an unpaired body part it must be absent (dciodvfy warns).
+    assert "Laterality" not in unpaired and unpaired.ImageLaterality == "U" and "BodyPartExamined" not in unpaired
+    # the side goes to Image Laterality; with it present, Laterality must be absent (type 2C)
+    assert ("Laterality" in paired, paired.ImageLaterality, paired.BodyPartExamined) == (False, "L", "BREAST")
+
+
+def test_laterality_and_other_pass_dciodvfy(tmp_path, dciodvfy):
+    report = dciodvfy(_unpaired_and_left(tmp_path))  # oblique grids: ImageType ...\OTHER
+    assert "Laterality" not in report
+    # OTHER is not among the CT Image module's defined terms: a warning, not an error
+    assert "Warning - Unrecognized defined term <OTHER> for value 3 of attribute <Image Type>" in report
+
+
+def test_series_numbers_differ_between_runs_and_grow_with_time(tmp_path):
+    epoch = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    assert series_number_at(epoch + timedelta(seconds=10)) == 10
+    assert series_number_at(epoch + timedelta(days=1, seconds=1)) == 86401
+    assert series_number_at(datetime(2092, 1, 1, tzinfo=timezone.utc)) < 2**31  # DICOM IS, a signed 32-bit int
+    before = series_number_at(datetime.now())
+    ct = _write(tmp_path, np.zeros(SHAPE, np.float32))
+    after = series_number_at(datetime.now())
+    numbers = {int(pydicom.dcmread(p).SeriesNumber) for p in ct.files}
+    assert len(numbers) == 1 and before <= numbers.pop() <= after
+    assert int(pydicom.dcmread(_write(tmp_path / "b", np.zeros(SHAPE, np.float32), series_number=7).files[0])
+               .SeriesNumber) == 7

@@ -36,6 +36,23 @@ def test_a_ring_has_an_outline_and_a_hole_and_a_separate_island():
     assert slice_contours(np.zeros((4, 4), bool)) == []
 
 
+def test_polygon_area_is_half_a_pixel_short_per_outline_and_over_per_hole():
+    """The documented convention (docs/dicom.md): midpoint polygons cut each outline's pixel corners."""
+    def area(points):  # shoelace, unsigned
+        x, y = points[:, 0], points[:, 1]
+        return abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2
+
+    mask = np.zeros((16, 16), bool)
+    mask[1:13, 1:13] = True  # 144 pixels
+    mask[4:9, 4:9] = False  # a 25-pixel hole
+    mask[6, 6] = True  # an island in the hole
+    mask[14, 14] = True  # a single pixel: a diamond of half a pixel
+    areas = sorted(area(c) for c in slice_contours(mask))
+    assert areas == [0.5, 0.5, 24.5, 143.5]
+    # even-odd: outline − hole + islands = pixels − ½ (3 outlines − 1 hole)
+    assert 143.5 - 24.5 + 0.5 + 0.5 == mask.sum() - 0.5 * (3 - 1)
+
+
 @pytest.fixture()
 def written(tmp_path):
     case = generate_case(5, SHAPE, SPACING)

@@ -45,6 +45,17 @@ def test_phantom_series_reads_back_on_its_grid(tmp_path, orientation):
     assert mr.source.sop_instance_uids == tuple(str(pydicom.dcmread(f).SOPInstanceUID) for f in files)
 
 
+def test_laterality_and_body_part_of_the_mr_are_kept(tmp_path):
+    files = phantom_mr_series(tmp_path / "mr", 3, SHAPE, SPACING)
+    assert read_series(select_series(tmp_path / "mr")).identity.image_laterality == ""  # the phantom says none
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.Laterality, ds.BodyPartExamined = "R", "BREAST"
+        ds.save_as(path)
+    identity = read_series(select_series(tmp_path / "mr")).identity
+    assert (identity.image_laterality, identity.body_part_examined) == ("R", "BREAST")
+
+
 def test_world_position_of_a_voxel_is_lps_of_the_ras_affine():
     """Voxel (2, 3, 4) of the axial grid: RAS affine · ijk, then x and y negated, is the DICOM position."""
     affine = axial_affine(SHAPE, SPACING)
