@@ -28,7 +28,7 @@ from scipy import optimize
 from radmtl.evaluation.calibration import SIGMA_FLOOR_HU, coverage, zscore_stats
 from radmtl.nn.checkpoint import model_from_checkpoint, save_checkpoint
 from radmtl.data.discovery import Case
-from radmtl.inference.case_maps import map_to_input_grid, predict_on_network_grid
+from radmtl.inference.case_maps import body_outline, map_to_input_grid, predict_on_network_grid
 from radmtl.data.io import read_volume
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,9 @@ def case_residuals(loaded: Any, case: Case, mc_samples: int, device: Any) -> Cas
         loaded, case.paths["mr"], mc_samples=mc_samples, overlap=cfg.infer.overlap,
         sw_batch_size=cfg.infer.sw_batch_size, device=device, amp_dtype=None)
     ct = read_volume(case.paths["ct"])
-    on_grid = {key: map_to_input_grid(key, maps[key], net_affine, ct, cfg.data.ct_scale_hu)
+    # The body outline infer uses on an input grid finer than the network's (the MR's grid is the CT's).
+    outline = body_outline(maps["sct"], net_affine, read_volume(case.paths["mr"]), cfg.data.ct_scale_hu)
+    on_grid = {key: map_to_input_grid(key, maps[key], net_affine, ct, cfg.data.ct_scale_hu, outline)
                for key in ("sct", "sigma_aleatoric", "sigma_epistemic") if key in maps}
     if "mask" in case.paths:
         body = read_volume(case.paths["mask"]).array != 0
