@@ -41,8 +41,8 @@ class Realism:
         bowel_gas_candidates: sigmoid/small-bowel gas pockets drawn per case (a fixed number, so the
             draws never depend on the grid); each is present with ``bowel_gas_probability``, in the
             pelvic fat above and behind the bladder. Defaults 40 and 0.6 with semi-axes 4–12 mm give
-            0.26–0.46 % of the body's voxels as gas and a cortical-bone-vs-gas MR AUC of 0.47–0.58
-            (``python scripts/phantom_report.py``: 6 design-seed cases, 2026-12-06).
+            0.27–0.41 % of the body's voxels as gas and a cortical-bone-vs-gas MR AUC of 0.47–0.58
+            (``python scripts/phantom_report.py``: 6 design-seed cases on the default grid).
         bowel_gas_radius_mm: range of each pocket's three semi-axes (mm).
         bowel_wall_mm: thickness of the bowel wall around a pocket (soft tissue on CT and MR).
         texture_sd_hu: SD (HU) of the within-tissue texture of fat (subcutaneous and pelvic),
