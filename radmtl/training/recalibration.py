@@ -28,7 +28,7 @@ from scipy import optimize
 from radmtl.evaluation.calibration import SIGMA_FLOOR_HU, coverage, zscore_stats
 from radmtl.nn.checkpoint import model_from_checkpoint, save_checkpoint
 from radmtl.data.discovery import Case
-from radmtl.inference.case_maps import body_outline, map_to_input_grid, predict_on_network_grid
+from radmtl.inference.case_maps import body_outline, grid_sigma, map_to_input_grid, predict_on_network_grid
 from radmtl.data.io import read_volume
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,13 @@ def case_residuals(loaded: Any, case: Case, mc_samples: int, device: Any) -> Cas
     ct = read_volume(case.paths["ct"])
     # The body outline infer uses on an input grid finer than the network's (the MR's grid is the CT's).
     outline = body_outline(maps["sct"], net_affine, read_volume(case.paths["mr"]), cfg.data.ct_scale_hu)
+    if outline is not None:  # what the network grid cannot resolve: not scaled, like the epistemic σ
+        maps["sigma_grid"] = grid_sigma(maps["sct"])
     on_grid = {key: map_to_input_grid(key, maps[key], net_affine, ct, cfg.data.ct_scale_hu, outline)
-               for key in ("sct", "sigma_aleatoric", "sigma_epistemic") if key in maps}
+               for key in ("sct", "sigma_aleatoric", "sigma_epistemic", "sigma_grid") if key in maps}
+    if "sigma_grid" in on_grid:
+        epistemic = on_grid.get("sigma_epistemic", np.zeros_like(on_grid["sigma_grid"]))
+        on_grid["sigma_epistemic"] = np.sqrt(np.square(epistemic) + np.square(on_grid.pop("sigma_grid")))
     if "mask" in case.paths:
         body = read_volume(case.paths["mask"]).array != 0
     else:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from radmtl.data.io import Volume
-from radmtl.inference.case_maps import AIR_HU, body_outline, map_to_input_grid
+from radmtl.inference.case_maps import AIR_HU, add_grid_sigma, body_outline, grid_sigma, map_to_input_grid
 
 SCALE_HU = 1000.0  # network units → HU
 FINE, COARSE = 2.0, 8.0  # mm
@@ -71,16 +71,71 @@ def test_skin_follows_the_input_mr_not_the_network_voxels(phantom, as_torch):
     assert shaped[centre] < -500.0
 
 
-def test_sigma_at_the_skin_comes_from_the_interior(phantom):
+def test_sigma_maps_keep_the_networks_own_values_at_the_skin(phantom):
     sct_net, sigma_net = _net(phantom["sct"]), _net(phantom["sigma"])
     outline = body_outline(sct_net, phantom["net_affine"], phantom["volume"], SCALE_HU)
     plain = map_to_input_grid("sigma_total", sigma_net, phantom["net_affine"], phantom["volume"], SCALE_HU)
-    shaped = map_to_input_grid("sigma_total", sigma_net, phantom["net_affine"], phantom["volume"], SCALE_HU, outline)
-    rim = phantom["body"] & (plain > 2 * SIGMA_INSIDE_HU)
-    assert rim.sum() > 100  # the skin's σ reaches the input grid without the outline
-    np.testing.assert_allclose(shaped[phantom["away"]], SIGMA_INSIDE_HU, rtol=1e-4)
+    with_outline = map_to_input_grid("sigma_total", sigma_net, phantom["net_affine"], phantom["volume"], SCALE_HU,
+                                     outline)
+    np.testing.assert_array_equal(with_outline, plain)
+    assert (plain[phantom["body"]] > 2 * SIGMA_INSIDE_HU).sum() > 100  # the skin's σ reaches the input grid
+
+
+def test_grid_sigma_is_a_step_edges_spread_within_a_network_voxel_and_zero_where_flat():
+    # A step of 600 HU between two network voxels along x, flat elsewhere.
+    sct = np.zeros((8, 6, 5), np.float32)
+    sct[4:] = 0.6  # network units (× 1000 → HU)
+    sigma = grid_sigma(_net(sct))[0, 0] * SCALE_HU
+    # Central differences give half the step (300 HU) on each side of it: σ = 300/√6.
+    np.testing.assert_allclose(sigma[3], 300.0 / np.sqrt(6.0), rtol=1e-5)
+    np.testing.assert_allclose(sigma[4], 300.0 / np.sqrt(6.0), rtol=1e-5)
+    assert np.all(sigma[:3] == 0.0) and np.all(sigma[5:] == 0.0)
+    maps = {"sct": _net(sct), "sigma_total": _net(np.full(sct.shape, 0.03, np.float32))}
+    add_grid_sigma(maps)
+    np.testing.assert_allclose(maps["sigma_total"][0, 0, 3] * SCALE_HU, np.hypot(30.0, 300.0 / np.sqrt(6.0)), rtol=1e-5)
+    np.testing.assert_allclose(maps["sigma_total"][0, 0, 0] * SCALE_HU, 30.0, rtol=1e-6)
+    tensors = {"sct": _net(sct, True), "sigma_total": _net(np.full(sct.shape, 0.03, np.float32), True)}
+    add_grid_sigma(tensors)
+    np.testing.assert_allclose(tensors["sigma_total"].numpy(), maps["sigma_total"], rtol=1e-6)
 
 
 def test_no_outline_when_the_input_grid_is_not_finer(phantom):
     coarse_volume = Volume(np.ones(phantom["sct"].shape, np.float32), phantom["net_affine"])
     assert body_outline(_net(phantom["sct"]), phantom["net_affine"], coarse_volume, SCALE_HU) is None
+
+
+def test_infer_on_a_finer_grid_writes_the_grid_sigma_and_air_outside_the_mr_body(tmp_path, tiny_payload):
+    """radmtl infer end to end: an MR on a 3 mm grid, a network on 6 mm (8× the voxel volume)."""
+    import json
+
+    import nibabel as nib
+
+    from radmtl.cli import main
+    from radmtl.data.io import write_volume
+    from radmtl.data.phantom import generate_case
+    from radmtl.data.transforms import derive_body_mask
+    from radmtl.nn.checkpoint import save_checkpoint
+
+    model = save_checkpoint(tmp_path / "model.pt", tiny_payload(["infer.mc_samples=3", "model.dropout=0.2"]))
+    # The network grid is 6 mm (TINY_MODEL): "same" lies on it, "coarser" is 12 mm, "finer" 3 mm.
+    same = generate_case(3, (64, 48, 32), (6.0, 6.0, 6.0))  # 384 × 288 × 192 mm
+    coarser = generate_case(3, (32, 24, 16), (12.0, 12.0, 12.0))
+    for name, case in (("same", same), ("coarser", coarser)):
+        write_volume(case.mr, case.affine, tmp_path / "in" / name / "mr.nii.gz", np.float32)
+    finer = generate_case(3, (128, 96, 64), (3.0, 3.0, 3.0))
+    write_volume(finer.mr, finer.affine, tmp_path / "in" / "finer" / "mr.nii.gz", np.float32)
+    assert main(["-q", "infer", "--model", str(model), "--input", str(tmp_path / "in"), "--output",
+                 str(tmp_path / "out"), "--no-progress", "--device", "cpu"]) == 0
+    out = tmp_path / "out" / "finer"
+    read = {stem: nib.load(out / f"{stem}.nii.gz").get_fdata() for stem in
+            ("sct", "sct_sigma_aleatoric", "sct_sigma_epistemic", "sct_sigma_grid", "sct_sigma_total")}
+    total = np.sqrt(read["sct_sigma_aleatoric"] ** 2 + read["sct_sigma_epistemic"] ** 2 + read["sct_sigma_grid"] ** 2)
+    np.testing.assert_allclose(read["sct_sigma_total"], total, rtol=1e-4, atol=1e-3)
+    assert read["sct_sigma_grid"].max() > 10.0
+    body = derive_body_mask(finer.mr) != 0
+    assert np.all(read["sct"][~body] == AIR_HU)
+    written = json.loads((out / "provenance.json").read_text())["outputs"]
+    assert written["sct_sigma_grid"]["units"] == "HU"
+    # On the network's own grid (and a coarser one) nothing of this applies.
+    for name in ("same", "coarser"):
+        assert not (tmp_path / "out" / name / "sct_sigma_grid.nii.gz").exists(), name
