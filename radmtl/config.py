@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -218,8 +219,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction: must be in [0, 1), got {cfg.data.val_fraction}")
     if cfg.loss.log_var_min >= cfg.loss.log_var_max:
         raise ConfigError("loss.log_var_min: must be below loss.log_var_max")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.val_every < 1:
-        raise ConfigError("train.epochs, train.batch_size and train.val_every must be >= 1")
+    for key in ("epochs", "batch_size", "val_every"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")
     if cfg.train.steps_per_epoch < 0:
         raise ConfigError(f"train.steps_per_epoch: must be >= 0 (0 = one pass over the cases), "
                           f"got {cfg.train.steps_per_epoch}")
@@ -404,8 +406,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         return config_from_dict(raw)
     except ConfigError as err:
+        blamed = _overrides_named(str(err), overrides)
+        if blamed:  # the file is not to blame for a value --set gave
+            source = ", ".join(f"--set {item}" for item in blamed)
+            raise ConfigError(f"{err} (the value came from {source}" + (f", not {path})" if path else ")")) from err
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{err}") from err
+
+
+def _overrides_named(message: str, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The ``--set`` items whose key ``message`` names (as a whole dotted key, or a section of one)."""
+    named = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message):
+            named.append(item)
+    return named
 
 
 def dump_config(cfg: Config) -> str:
