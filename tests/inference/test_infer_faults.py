@@ -3,6 +3,7 @@ config and weights disagree or that lacks a key, what a killed run left, an outp
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -149,6 +150,42 @@ def test_checkpoint_without_a_required_key_is_one_line(tmp_path, capsys, mr, mis
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"radmtl infer: error: {model}: checkpoint lacks ")
     assert all(f"'{key}'" in lines[0] for key in missing)
+
+
+# --- a run folder as --model (issue 26) ------------------------------------------------------------
+
+
+def test_a_run_folder_as_model_uses_its_best_checkpoint(tmp_path, checkpoint, mr):
+    import shutil
+
+    run = tmp_path / "runs" / "exp1"
+    run.mkdir(parents=True)
+    shutil.copy(checkpoint, run / "checkpoint_best.pt")
+    (run / "metrics.jsonl").write_text("")
+    out = tmp_path / "out"
+    assert _infer(run, _write(tmp_path / "x.nii.gz", mr), out) == 0
+    provenance = json.loads((out / "x" / "provenance.json").read_text())["model"]
+    assert provenance["checkpoint"] == str((run / "checkpoint_best.pt").resolve())
+
+
+def test_a_run_folder_without_a_best_checkpoint_says_what_to_pass(tmp_path, capsys, checkpoint, mr):
+    import shutil
+
+    run = tmp_path / "exp1"
+    run.mkdir()
+    shutil.copy(checkpoint, run / "checkpoint_latest.pt")
+    assert _infer(run, _write(tmp_path / "x.nii.gz", mr), tmp_path / "out") == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert lines == [f"radmtl infer: error: {run}: a radmtl train run folder without checkpoint_best.pt (no "
+                     f"validation epoch has finished yet); pass --model {run / 'checkpoint_latest.pt'} for the "
+                     "last epoch's weights, or wait for the run to validate"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _infer(empty, _write(tmp_path / "x.nii.gz", mr), tmp_path / "out") == 1
+    line, = _error_lines(capsys.readouterr().err)
+    assert line.startswith(f"radmtl infer: error: {empty}: neither a radmtl train run folder (no "
+                           "checkpoint_best.pt) nor an MLflow model folder (no MLmodel); pass")
+    assert not (tmp_path / "out").exists()
 
 
 # --- what a killed run left ------------------------------------------------------------------------
