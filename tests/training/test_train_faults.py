@@ -3,9 +3,18 @@ fills up while a checkpoint is written, a kill between the latest and the best c
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
+import pytest
+
 from radmtl.cli import main
+from radmtl.config import load_config
+from radmtl.errors import RadmtlError
+from radmtl.nn.checkpoint import LATEST, load_checkpoint
+from radmtl.tracking.tracker import NullTracker
+from radmtl.training.train import train
+from tiny_config import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,3 +42,38 @@ def test_a_bad_value_in_the_config_file_is_still_blamed_on_the_file(tmp_path, ca
     assert main(["train", "--config", str(config), "--set", "train.lr=1e-3", "--out", str(tmp_path / "run")]) == 1
     assert _error_lines(capsys.readouterr().err) == [
         f"radmtl train: error: {config}: train.epochs: must be >= 1, got 0"]
+
+
+# --- a disk that fills up ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4288 vs 4176"),
+    OSError(errno.ENOSPC, "No space left on device"),
+], ids=["torch-zip-writer", "ENOSPC"])
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last_whole_one(
+        phantom_data, tmp_path, monkeypatch, failure):
+    import torch
+
+    from radmtl.nn import checkpoint as checkpoint_module
+
+    real_save, saves = torch.save, []
+
+    def save(payload, tmp):  # the first epoch's checkpoints are written; the disk is full in the second
+        saves.append(tmp)
+        if payload["epoch"] >= 2:
+            Path(tmp).write_bytes(b"PK\x03\x04 half a zip")
+            raise failure
+        real_save(payload, tmp)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save)
+    out = tmp_path / "run"
+    with pytest.raises(RadmtlError) as raised:
+        train(load_config(None, TINY), phantom_data, out, progress=False, tracker=NullTracker())
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"{out / LATEST}: the checkpoint could not be written (")
+    assert "MiB free on its disk" in message and "disk is probably full" in message
+    assert "free disk space" in message and "--resume" in message
+    assert load_checkpoint(out / LATEST)["epoch"] == 1  # the previous checkpoint, whole
+    assert [p.name for p in out.iterdir() if ".tmp." in p.name] == []  # no temporary file left
