@@ -230,6 +230,34 @@ def test_a_result_moved_aside_by_a_killed_publish_is_restored(tmp_path):
     assert not aside.exists()
 
 
+@pytest.mark.parametrize("earlier", [False, True], ids=["first-result", "replacing-an-earlier-one"])
+def test_two_runs_publishing_one_case_at_once_says_so_and_keeps_the_other_result(tmp_path, capsys, monkeypatch,
+                                                                               checkpoint, mr, earlier):
+    from radmtl.inference import work_dirs
+
+    real_replace = os.replace
+    out = tmp_path / "out"
+    if earlier:  # moved aside by this run before the other's rename lands
+        (out / "x").mkdir(parents=True)
+        (out / "x" / "sct.nii.gz").write_bytes(b"an earlier result")
+
+    def replace(src, dst):  # the other process's rename lands between our check and our rename
+        if ".x.partial-" in str(src) and Path(dst) == out / "x":
+            (out / "x").mkdir()
+            (out / "x" / "sct.nii.gz").write_bytes(b"the other run's result")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(work_dirs.os, "replace", replace)
+    assert _infer(checkpoint, _write(tmp_path / "x.nii.gz", mr), out) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert lines == [f"radmtl infer: error: case x: {out / 'x'}: another process published this case's output at "
+                     f"the same moment (Directory not empty); its result is in {out / 'x'}, this run's was dropped: "
+                     "run one radmtl infer per --output (or give each its own), then rerun this case if you need "
+                     "this run's result"]
+    assert (out / "x" / "sct.nii.gz").read_bytes() == b"the other run's result"
+    assert sorted(p.name for p in out.iterdir()) == ["x"]  # no hidden partial or old folder left
+
+
 # --- progress bars ---------------------------------------------------------------------------------
 
 
