@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 import types
 import typing
@@ -30,6 +31,22 @@ DEFAULT_SCT_LOG_VAR_INIT = {"gaussian": -5.0, "laplace": -2.9}
 # A saved config without model.mc_dropout_at predates it: it was trained with encoder dropout.
 MC_DROPOUT_PLACES = ("encoder", "last_block", "heads")
 LEGACY_MC_DROPOUT_AT = "encoder"
+# The most MC-dropout samples T radmtl runs (infer.mc_samples, --mc-samples, the pyfunc's mc_samples). The
+# samples are reduced as they come, so memory does not grow with T, but time does, linearly; the Monte-Carlo
+# error of σ_epistemic is about 1/√(2T) of it (2 % at 1000), far below what separates models (the paper: T = 20).
+MAX_MC_SAMPLES = 1000
+
+
+def mc_samples_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be the number of MC-dropout samples T (a whole number from 1 to
+    :data:`MAX_MC_SAMPLES`), in words that follow the option's name; None when it can."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, bool) or not whole:
+        return f"must be a whole number of samples, got {value!r}"
+    if not 1 <= int(value) <= MAX_MC_SAMPLES:
+        return (f"must be from 1 to {MAX_MC_SAMPLES}, got {int(value)} (time grows with every sample while the "
+                f"estimate hardly changes beyond a few hundred; the paper uses 20)")
+    return None
 
 
 class ConfigError(RadmtlError, ValueError):
@@ -234,8 +251,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.log_var_lr: must be > 0, got {cfg.train.log_var_lr}")
     if not cfg.train.grad_clip > 0:
         raise ConfigError(f"train.grad_clip: must be > 0, got {cfg.train.grad_clip}")
-    if cfg.infer.mc_samples < 1:
-        raise ConfigError(f"infer.mc_samples: must be >= 1, got {cfg.infer.mc_samples}")
+    problem = mc_samples_problem(cfg.infer.mc_samples)
+    if problem is not None:
+        raise ConfigError(f"infer.mc_samples: {problem}")
     if not 0.0 <= cfg.infer.overlap < 1.0:
         raise ConfigError(f"infer.overlap: must be in [0, 1), got {cfg.infer.overlap}")
 

@@ -152,6 +152,26 @@ def test_checkpoint_without_a_required_key_is_one_line(tmp_path, capsys, mr, mis
     assert all(f"'{key}'" in lines[0] for key in missing)
 
 
+# --- how many MC-dropout samples (issue 26) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["100000", "0"])
+def test_mc_samples_beyond_the_documented_bound_is_one_line_with_the_number(tmp_path, capsys, checkpoint, mr,
+                                                                            value):
+    assert _infer(checkpoint, _write(tmp_path / "x.nii.gz", mr), tmp_path / "out", "--mc-samples", value) == 1
+    assert _error_lines(capsys.readouterr().err) == [
+        f"radmtl infer: error: --mc-samples: must be from 1 to 1000, got {value} (time grows with every sample "
+        "while the estimate hardly changes beyond a few hundred; the paper uses 20)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_mc_samples_of_a_config_are_bounded_too():
+    from radmtl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"infer.mc_samples: must be from 1 to 1000, got 1001"):
+        load_config(None, ["infer.mc_samples=1001"])
+
+
 # --- a run folder as --model (issue 26) ------------------------------------------------------------
 
 
