@@ -122,6 +122,34 @@ def test_all_cases_failing_leaves_no_output_folder(tmp_path, capsys, checkpoint,
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize(("shape", "short"), [
+    ((96, 96, 2), ["2 mm along z (2 voxels of 1 mm), below 12 mm"]),
+    ((3, 3, 3), ["3 mm along x (3 voxels of 1 mm), below 12 mm", "3 mm along y (3 voxels of 1 mm), below 12 mm",
+                 "3 mm along z (3 voxels of 1 mm), below 12 mm"]),
+], ids=["96x96x2", "3x3x3"])
+def test_an_mr_smaller_than_the_network_can_see_is_refused_in_one_line(tmp_path, capsys, checkpoint, shape, short):
+    """The tiny model's deepest level pools 2 voxels of 6 mm: an MR must span 12 mm along every axis."""
+    rng = np.random.default_rng(0)
+    path = _write(tmp_path / "in" / "thin.nii.gz", rng.uniform(50, 500, shape), np.diag([1.0, 1.0, 1.0, 1.0]))
+    out = tmp_path / "out"
+    assert _infer(checkpoint, path, out) == 1
+    captured = capsys.readouterr()
+    lines = _error_lines(captured.err)
+    assert lines == [f"radmtl infer: error: case thin: {path}: the MR is too small for the network: {'; '.join(short)}; "
+                     "the model needs at least 12 × 12 × 12 mm (RAS x × y × z: one cell of its deepest level, "
+                     "model.strides × data.spacing), or its sCT would be made up; fix: give an MR that covers at "
+                     "least that much of the patient"]
+    assert "0 of 1 case(s)" in captured.out and not out.exists()
+
+
+def test_the_minimum_extent_follows_the_model():
+    from radmtl.config import load_config
+    from radmtl.data.volume_rules import network_min_extent_mm
+
+    quick = load_config(Path(__file__).resolve().parents[2] / "configs" / "quick.yaml")  # 3 strides of 2, 7×7×6 mm
+    assert network_min_extent_mm(quick.model.strides, quick.data.spacing) == (56.0, 56.0, 48.0)
+
+
 # --- a checkpoint that cannot rebuild its network --------------------------------------------------
 
 

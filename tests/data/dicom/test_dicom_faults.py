@@ -58,3 +58,16 @@ def test_a_slice_without_or_with_cut_pixel_data_is_named_with_its_problem(tmp_pa
     assert lines[0].startswith(f"radmtl infer: error: case mr: {broken}: {words} (slice ")
     assert lines[0].endswith("; re-export the series")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_two_slice_series_is_too_thin_for_the_network(tmp_path, checkpoint, capfd):
+    """Two 3 mm slices span 6 mm; the tiny model's deepest level pools 2 voxels of 6 mm: 12 mm at least."""
+    files = sorted(phantom_mr_series(tmp_path / "mr", 3, SHAPE, (5.0, 4.5, 3.0)))
+    for path in files[:5] + files[7:]:  # two neighbouring slices of the middle are left
+        path.unlink()
+    lines = _infer(checkpoint, tmp_path / "mr", tmp_path / "out", capfd)
+    assert lines == [f"radmtl infer: error: case mr: {tmp_path / 'mr'}: the MR is too small for the network: 6 mm "
+                     "along z (2 voxels of 3 mm), below 12 mm; the model needs at least 12 × 12 × 12 mm (RAS x × y "
+                     "× z: one cell of its deepest level, model.strides × data.spacing), or its sCT would be made "
+                     "up; fix: give an MR that covers at least that much of the patient"]
+    assert not (tmp_path / "out").exists()
