@@ -36,6 +36,7 @@ from radmtl.training.console import attach_file_log, progress_bar, summary_line
 from radmtl.training.data_setup import case_table, data_params, prepare_training_data
 from radmtl.training.distributed import (DistContext, all_finite, context_from_env, gather_lists,
                                          init_distributed, quiet_other_ranks, shutdown, wrap_model)
+from radmtl.training.best_checkpoint import reconcile_best
 from radmtl.training.finish import finish_run, recalibrate_best
 from radmtl.training.run_lock import prepare_run_dir, run_lock
 from radmtl.training.schedule import epoch_loader, seed_epoch, warmup_cosine
@@ -122,8 +123,11 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
     latest = out_dir / LATEST
     if resume and latest.exists():
         payload = load_checkpoint(latest)
-        state = TrainState(payload["epoch"], payload["global_step"], payload["best_metric"],
-                           payload["best_epoch"], payload["mlflow_run_id"])
+        # rank 0 owns the files: a kill between publishing latest and best is completed there
+        best_metric, best_epoch = (reconcile_best(out_dir, payload) if ctx.is_main
+                                   else (payload["best_metric"], payload["best_epoch"]))
+        state = TrainState(payload["epoch"], payload["global_step"], best_metric, best_epoch,
+                           payload["mlflow_run_id"])
         log.info("resuming %s from epoch %d (step %d)", out_dir, state.epoch, state.global_step)
         if payload.get("world_size", 1) != ctx.world_size:
             log.warning("--resume: the run trained with %d process(es) and goes on with %d; the epochs from "

@@ -77,3 +77,71 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_last_wh
     assert "free disk space" in message and "--resume" in message
     assert load_checkpoint(out / LATEST)["epoch"] == 1  # the previous checkpoint, whole
     assert [p.name for p in out.iterdir() if ".tmp." in p.name] == []  # no temporary file left
+
+
+# --- a kill between publishing the latest and the best checkpoint -------------------------------------
+
+
+class Killed(BaseException):
+    """SIGKILL in the middle of a rename: no handler runs (an exception that no ``except Exception`` takes)."""
+
+
+class Recording(NullTracker):
+    def __init__(self, metrics_jsonl):
+        super().__init__(metrics_jsonl)
+        self.artifacts: list[tuple[Path, str | None]] = []
+        self.metrics: list[tuple[int, dict]] = []
+
+    def log_artifact(self, path, artifact_path=None):
+        self.artifacts.append((Path(path), artifact_path))
+
+    def log_metrics(self, metrics, step):
+        super().log_metrics(metrics, step)
+        self.metrics.append((step, dict(metrics)))
+
+
+def test_a_kill_while_the_best_checkpoint_is_renamed_is_completed_on_resume(phantom_data, tmp_path, monkeypatch):
+    """Every epoch improves (forced), so epoch 2 is published as latest, then as best; the kill falls between
+    the two renames and leaves the complete new best file as a hidden temporary, as SIGKILL would. On resume
+    the best checkpoint is epoch 2's, σ-scaling is fitted on it and it is the model logged."""
+    import os
+    import shutil
+
+    import torch
+
+    from radmtl.data import io as io_module
+    from radmtl.nn.checkpoint import BEST
+    from radmtl.training import train as train_module
+
+    def always_better(state, epoch, val_metrics, cfg):
+        state.best_metric, state.best_epoch = val_metrics[cfg.train.best_metric], epoch
+        return True
+
+    monkeypatch.setattr(train_module, "_update_best", always_better)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == BEST and load_checkpoint(src)["epoch"] == 2:
+            shutil.copyfile(src, Path(src).with_name(".0badc0de.tmp." + BEST))  # what SIGKILL leaves behind
+            raise Killed()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io_module.os, "replace", replace)
+    cfg = load_config(None, TINY + ["infer.mc_samples=2"])
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        train(cfg, phantom_data, out, progress=False, tracker=NullTracker(out / "metrics.jsonl"))
+    monkeypatch.setattr(io_module.os, "replace", real_replace)
+    latest = load_checkpoint(out / LATEST)
+    assert latest["epoch"] == latest["best_epoch"] == 2 and load_checkpoint(out / BEST)["epoch"] == 1  # the fault
+
+    tracker = Recording(out / "metrics.jsonl")
+    state = train(cfg, phantom_data, out, resume=True, progress=False, tracker=tracker)
+    best = load_checkpoint(out / BEST)
+    assert (state.best_epoch, state.best_metric) == (2, latest["best_metric"])
+    assert best["epoch"] == 2 and best["best_metric"] == latest["best_metric"]
+    for name, tensor in latest["model_state"].items():  # epoch 2's weights, not epoch 1's
+        assert torch.equal(best["model_state"][name], tensor), name
+    assert "sigma_scaling" in best  # σ-scaling fitted into epoch 2's file
+    assert (out / BEST, "checkpoints") in tracker.artifacts  # the model logged is that file
+    assert [p.name for p in out.iterdir() if ".tmp." in p.name] == []  # the hidden temporary is gone
