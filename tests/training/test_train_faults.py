@@ -145,3 +145,27 @@ def test_a_kill_while_the_best_checkpoint_is_renamed_is_completed_on_resume(phan
     assert "sigma_scaling" in best  # σ-scaling fitted into epoch 2's file
     assert (out / BEST, "checkpoints") in tracker.artifacts  # the model logged is that file
     assert [p.name for p in out.iterdir() if ".tmp." in p.name] == []  # the hidden temporary is gone
+
+
+def test_a_best_file_that_cannot_be_mended_gives_the_metric_it_holds(tmp_path):
+    """A best checkpoint of another epoch than latest names, where no kill explains it (latest is not that
+    epoch): the run goes on from the file on disk, its own metric; a missing one is chosen anew."""
+    from radmtl.nn.checkpoint import BEST, make_payload, save_checkpoint
+    from radmtl.nn.model import build_model
+    from radmtl.training.best_checkpoint import reconcile_best
+
+    cfg = load_config(None, TINY)
+    model = build_model(cfg.model)
+
+    def payload(epoch, best_metric, best_epoch):
+        return make_payload(cfg=cfg, label_names={"background": 0}, model=model, epoch=epoch,
+                            best_metric=best_metric, best_epoch=best_epoch, with_rng=False)
+
+    latest = payload(3, 40.0, 2)
+    save_checkpoint(tmp_path / LATEST, latest)
+    save_checkpoint(tmp_path / BEST, payload(1, 55.0, 1))
+    assert reconcile_best(tmp_path, latest) == (55.0, 1)
+    (tmp_path / BEST).unlink()
+    assert reconcile_best(tmp_path, latest) == (None, None)
+    save_checkpoint(tmp_path / BEST, payload(2, 40.0, 2))
+    assert reconcile_best(tmp_path, latest) == (40.0, 2)  # they agree: nothing to do
