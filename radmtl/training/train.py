@@ -191,6 +191,9 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
                                  make_run_name(out_dir, cfg.loss.weighting, data_dirs), out_dir, state.run_id)
     state.run_id = tracker.run_id
     if payload is not None:
+        # files and values an earlier process kept for a store that did not answer (mlflow_unsent.json); its
+        # model and final status are this run's to log again
+        tracker.take_unsent()
         _flush_pending(tracker, payload, out_dir)
     if payload is None and ctx.is_main:
         tracker.log_params(flatten(cfg) | data_params(data, data_dirs) | {"dist.world_size": ctx.world_size})
@@ -363,6 +366,11 @@ def _config_for_resume(cfg: Config, saved: Config, path: Path, no_config_given: 
 
 
 def train_from_cli(args: argparse.Namespace) -> int:
+    if getattr(args, "sync_mlflow", False):
+        from radmtl.training.sync import sync_run
+
+        print(sync_run(args.out, args.tracking_uri))
+        return 0
     cfg = load_config(args.config, args.overrides)
     data_dir = args.data or [Path(__file__).resolve().parents[2] / "data_samples"]
     progress = not args.no_progress and sys.stderr.isatty()

@@ -12,6 +12,7 @@ from radmtl.cli import main
 from radmtl.config import load_config
 from radmtl.errors import RadmtlError
 from radmtl.nn.checkpoint import LATEST, load_checkpoint
+from radmtl.tracking.metrics_file import read_records
 from radmtl.tracking.tracker import NullTracker
 from radmtl.training.train import train
 from tiny_config import TINY
@@ -169,3 +170,136 @@ def test_a_best_file_that_cannot_be_mended_gives_the_metric_it_holds(tmp_path):
     assert reconcile_best(tmp_path, latest) == (None, None)
     save_checkpoint(tmp_path / BEST, payload(2, 40.0, 2))
     assert reconcile_best(tmp_path, latest) == (40.0, 2)  # they agree: nothing to do
+
+
+# --- an MLflow store that stops answering mid-run -----------------------------------------------------
+
+
+@pytest.fixture
+def lockable_store(tmp_path, monkeypatch):
+    """A SQLite store whose clients fail every call while ``lock["on"]`` (as a store locked by another process
+    does: MLflow logs the failure with its traceback, then raises it), asked again at once when due."""
+    import logging
+    import sqlite3
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from radmtl.tracking import outage, tracker
+
+    lock = {"on": False}
+    store_calls = {"log_batch", "get_run", "get_metric_history", "log_artifact", "set_terminated",
+                   "create_logged_model", "log_inputs", "update_run", "search_logged_models"}
+
+    class LockingClient(mlflow.MlflowClient):
+        def __getattribute__(self, name):
+            method = super().__getattribute__(name)
+            if name not in store_calls:
+                return method
+
+            def call(*args, **kwargs):
+                if lock["on"]:
+                    try:
+                        raise sqlite3.OperationalError("database is locked")
+                    except sqlite3.OperationalError as err:
+                        logging.getLogger("mlflow.store.db.utils").exception("SQLAlchemy database error.")
+                        raise MlflowException("(sqlite3.OperationalError) database is locked") from err
+                return method(*args, **kwargs)
+
+            return call
+
+    monkeypatch.setattr(mlflow, "MlflowClient", LockingClient)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # its thread stops within a second
+
+    def qa_images(out_dir, prefix, **_):  # a picture file per validation, without matplotlib's seconds
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(out_dir) / f"{prefix}_axial.png"
+        path.write_bytes(b"png")
+        return [path]
+
+    monkeypatch.setattr("radmtl.evaluation.qa.qa_images", qa_images)
+    monkeypatch.setattr(tracker, "RETRY_AFTER_S", 0.0)
+    monkeypatch.setattr(tracker, "END_WAIT_S", 0.2)
+    monkeypatch.setattr(outage, "POLL_S", 0.05)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}", lock
+
+
+def _lock_around_epochs(monkeypatch, lock, first: int, last: int | None) -> None:
+    """The store locks just before epoch ``first``'s points are sent and answers again after epoch ``last``'s."""
+    from radmtl.training import train as train_module
+
+    real_send = train_module._send
+
+    def send(tracker, pending):
+        epoch = max(int(metrics["epoch"]) for _, metrics in pending if "epoch" in metrics)
+        lock["on"] = lock["on"] or epoch == first
+        real_send(tracker, pending)
+        if epoch == last:
+            lock["on"] = False
+
+    monkeypatch.setattr(train_module, "_send", send)
+
+
+def _train_tracked(phantom_data, out: Path, uri: str, epochs: int) -> int:
+    sets = [a for s in TINY + [f"train.epochs={epochs}", "train.recalibrate=false"] for a in ("--set", s)]
+    return main(["-q", "train", "--data", str(phantom_data), "--out", str(out), "--tracking-uri", uri,
+                 "--experiment", "outage", "--no-progress", *sets])
+
+
+def _assert_complete(uri: str, run_id: str, out: Path, epochs: int) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key in ("epoch", "val_mae_hu", "train_loss_total"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(1, epochs + 1)), key
+    local = sorted(r["step"] for r in read_records(out / "metrics.jsonl") if "step_loss_total" in r)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "step_loss_total")) == local
+    pictures = sorted(f"qa/{p.name}" for p in (out / "qa").glob("epoch_*.png"))
+    assert sorted(a.path for a in client.list_artifacts(run_id, "qa")) == pictures and len(pictures) >= epochs
+    assert len(run.outputs.model_outputs) == 1  # the model is logged
+    assert not (out / "mlflow_unsent.json").exists()
+
+
+def test_a_store_locked_mid_run_gets_every_point_and_the_model_when_it_answers_again(
+        phantom_data, tmp_path, monkeypatch, capfd, lockable_store):
+    uri, lock = lockable_store
+    _lock_around_epochs(monkeypatch, lock, first=2, last=3)
+    out = tmp_path / "run"
+    assert _train_tracked(phantom_data, out, uri, epochs=4) == 0
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "SQLAlchemy" not in err
+    warnings = [line for line in err.splitlines() if line.strip() and "laterality" not in line]
+    assert len(warnings) == 1 and "unreachable (log_metrics: MlflowException: (sqlite3.OperationalError) " \
+                                  "database is locked); training continues" in warnings[0], warnings
+    _assert_complete(uri, load_checkpoint(out / LATEST)["mlflow_run_id"], out, 4)
+
+
+def test_a_store_still_locked_at_the_end_is_marked_and_sync_mlflow_sends_it_all(
+        phantom_data, tmp_path, monkeypatch, capfd, lockable_store):
+    import json
+
+    uri, lock = lockable_store
+    _lock_around_epochs(monkeypatch, lock, first=2, last=None)
+    out = tmp_path / "run"
+    assert _train_tracked(phantom_data, out, uri, epochs=3) == 0  # training finishes all the same
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "SQLAlchemy" not in err
+    assert f"send it with `radmtl train --out {out} --sync-mlflow` once the store answers" in err.strip().splitlines()[-1]
+    run_id = load_checkpoint(out / LATEST)["mlflow_run_id"]
+    unsent = json.loads((out / "mlflow_unsent.json").read_text())
+    assert unsent["status"] == "FINISHED" and unsent["notes"]["model"]["checkpoint"] == "checkpoint_best.pt"
+
+    assert main(["train", "--out", str(out), "--sync-mlflow"]) == 1  # still locked: one line, the file kept
+    err = capfd.readouterr().err
+    assert err.strip().splitlines() == [
+        f"radmtl train: error: MLflow tracking at {uri} still does not answer (MlflowException: "
+        f"(sqlite3.OperationalError) database is locked); {out / 'mlflow_unsent.json'} is kept: run radmtl train "
+        f"--out {out} --sync-mlflow again later (or pass --tracking-uri if the store has moved)"]
+    lock["on"] = False
+    assert main(["train", "--out", str(out), "--sync-mlflow"]) == 0
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err
+    assert captured.out.startswith(f"run {run_id} at {uri}: ") and "model logged from checkpoint_best.pt" in captured.out
+    _assert_complete(uri, run_id, out, 3)
