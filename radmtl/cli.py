@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="predict sCT, segmentation and uncertainty maps",
                        description="Run a trained model on MR volumes; every output lands on the input's grid.")
     p.add_argument("--model", required=True,
-                   help="checkpoint file, a radmtl train run folder (its checkpoint_best.pt), or an MLflow model URI (runs:/<id>/model, models:/<name>/<version>, "
+                   help="checkpoint file, a radmtl train run folder (its checkpoint_best.pt), or an MLflow model URI "
+                        "(runs:/<id>/model, models:/<name>/<version>, "
                         "models:/<name>@best)")
     p.add_argument("--input", required=True, type=Path,
                    help="an MR file, a folder of MR files (CASE.nii.gz, CASE_mr.*, nnU-Net CASE_0000.*; files "

@@ -55,7 +55,8 @@ class Outage:
         return time.monotonic() - self.since
 
 
-def missing_points(metrics_jsonl: Path, steps_in_run: Callable[[str], set[int] | None]) -> list[tuple[str, float, int, int]]:
+def missing_points(metrics_jsonl: Path,
+                   steps_in_run: Callable[[str], set[int] | None]) -> list[tuple[str, float, int, int]]:
     """``(key, value, timestamp_ms, step)`` of every point of ``metrics_jsonl`` the run lacks; ``steps_in_run(key)``
     gives the steps the run holds (None: the store did not answer, and nothing is returned)."""
     if metrics_jsonl is None or not Path(metrics_jsonl).is_file():
@@ -240,6 +241,7 @@ class OutageHandling:
                                "reason": self.outage.reason, "kept": kept, "notes": self._notes})
         logger.warning(
             "MLflow tracking at %s has not answered for %.0f s (%s): run %s stays RUNNING there without the points, "
-            "files%s logged meanwhile; all of it is in %s: send it with `radmtl train --out %s --sync-mlflow` once the store answers",
+            "files%s logged meanwhile; all of it is in %s: send it with `radmtl train --out %s --sync-mlflow` once "
+            "the store answers",
             self.uri, self.outage.seconds(), self.outage.reason, self.run_id,
             " and model" if "model" in self._notes else "", out_dir, out_dir)

@@ -128,7 +128,7 @@ class Tracker:
 
     def note_unsent(self, key: str, value: Any) -> None:
         """Record what a caller could not log while the store did not answer (``model``: the checkpoint and
-        registration to log), for ``radmtl train --sync-mlflow``; see :func:`radmtl.tracking.outage.write_unsent`."""
+        registration to log), for ``radmtl train --sync-mlflow`` (:func:`radmtl.tracking.outage.write_unsent`)."""
 
     def take_unsent(self) -> dict[str, Any]:
         """Replay what ``<out>/mlflow_unsent.json`` kept for this run (files, params, tags) and return its
@@ -172,8 +172,8 @@ class MlflowTracker(OutageHandling, Tracker):
     :class:`~radmtl.tracking.outage.Outage`: training goes on, metric points stay in ``metrics.jsonl``,
     files, params and tags are kept, and the store is asked again every ``retry_after_s``. When it
     answers, the points it lacks and the kept calls are sent; at the end the run waits up to
-    ``end_wait_s`` for it, and otherwise leaves ``mlflow_unsent.json`` for ``radmtl train --sync-mlflow``. Training
-    never stops because tracking did.
+    ``end_wait_s`` for it, and otherwise leaves ``mlflow_unsent.json`` for ``radmtl train --sync-mlflow``.
+    Training never stops because tracking did.
     """
 
     def __init__(self, client: Any, uri: str, experiment_id: str, run_id: str, metrics_jsonl: Path) -> None:

@@ -47,7 +47,7 @@ def finish_run(cfg: Config, out_dir: Path, tracker: Tracker, state, register: st
     from radmtl.inference.pyfunc_model import log_servable_model
 
     model_uri = log_servable_model(tracker, best)
-    if model_uri is None and tracker.offline:  # for `radmtl train --out OUT --sync-mlflow`, once the store answers
+    if model_uri is None and tracker.offline:  # for `radmtl train --sync-mlflow`, once the store answers
         tracker.note_unsent("model", {"checkpoint": best.name, "register": register,
                                       "best_metric": cfg.train.best_metric, "best_mode": cfg.train.best_mode,
                                       "best_epoch": state.best_epoch})

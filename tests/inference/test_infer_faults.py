@@ -135,10 +135,10 @@ def test_an_mr_smaller_than_the_network_can_see_is_refused_in_one_line(tmp_path,
     assert _infer(checkpoint, path, out) == 1
     captured = capsys.readouterr()
     lines = _error_lines(captured.err)
-    assert lines == [f"radmtl infer: error: case thin: {path}: the MR is too small for the network: {'; '.join(short)}; "
-                     "the model needs at least 12 × 12 × 12 mm (RAS x × y × z: one cell of its deepest level, "
-                     "model.strides × data.spacing), or its sCT would be made up; fix: give an MR that covers at "
-                     "least that much of the patient"]
+    assert lines == [f"radmtl infer: error: case thin: {path}: the MR is too small for the network: "
+                     f"{'; '.join(short)}; the model needs at least 12 × 12 × 12 mm (RAS x × y × z: one cell of "
+                     "its deepest level, model.strides × data.spacing), or its sCT would be made up; fix: give an MR "
+                     "that covers at least that much of the patient"]
     assert "0 of 1 case(s)" in captured.out and not out.exists()
 
 

@@ -286,7 +286,8 @@ def test_a_store_still_locked_at_the_end_is_marked_and_sync_mlflow_sends_it_all(
     assert _train_tracked(phantom_data, out, uri, epochs=3) == 0  # training finishes all the same
     err = capfd.readouterr().err
     assert "Traceback" not in err and "SQLAlchemy" not in err
-    assert f"send it with `radmtl train --out {out} --sync-mlflow` once the store answers" in err.strip().splitlines()[-1]
+    last = err.strip().splitlines()[-1]
+    assert f"send it with `radmtl train --out {out} --sync-mlflow` once the store answers" in last
     run_id = load_checkpoint(out / LATEST)["mlflow_run_id"]
     unsent = json.loads((out / "mlflow_unsent.json").read_text())
     assert unsent["status"] == "FINISHED" and unsent["notes"]["model"]["checkpoint"] == "checkpoint_best.pt"
@@ -301,5 +302,6 @@ def test_a_store_still_locked_at_the_end_is_marked_and_sync_mlflow_sends_it_all(
     assert main(["train", "--out", str(out), "--sync-mlflow"]) == 0
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err
-    assert captured.out.startswith(f"run {run_id} at {uri}: ") and "model logged from checkpoint_best.pt" in captured.out
+    assert captured.out.startswith(f"run {run_id} at {uri}: ")
+    assert "model logged from checkpoint_best.pt" in captured.out
     _assert_complete(uri, run_id, out, 3)

@@ -52,7 +52,8 @@ def test_a_slice_without_or_with_cut_pixel_data_is_named_with_its_problem(tmp_pa
         words = "has no pixel data (no PixelData element): the slice holds a header only"
     else:
         broken.write_bytes(broken.read_bytes()[:-200])
-        words = f"holds 520 bytes of pixel data where {SHAPE[1]}×{SHAPE[0]} pixels of 16 bits need 720: the file is truncated"
+        words = (f"holds 520 bytes of pixel data where {SHAPE[1]}×{SHAPE[0]} pixels of 16 bits need 720: the file "
+                 "is truncated")
     lines = _infer(checkpoint, tmp_path / "mr", tmp_path / "out", capfd)
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"radmtl infer: error: case mr: {broken}: {words} (slice ")
