@@ -34,6 +34,11 @@ def _setup_logging(verbosity: int, log_file: Path | None = None) -> None:
     # Third-party libraries are chatty at INFO (alembic migrations, MLflow tips); keep them quiet.
     for name in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "numexpr"):
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    # A store that does not answer (a locked SQLite file) makes MLflow log each failed call with its traceback
+    # and SQL, and its system-metrics thread warn at every sample; MLflow raises the same failure to radmtl,
+    # whose tracker reports it once and says how the run catches up (radmtl/tracking/outage.py).
+    for name in ("mlflow.store.db.utils", "mlflow.system_metrics"):
+        logging.getLogger(name).setLevel(logging.CRITICAL if verbosity <= 0 else logging.DEBUG)
     # With pydicom installed (DICOM input), MONAI's LoadImage builds its GPU DICOM decoder and warns, on
     # every NIfTI read, that the optional nvImageCodec is absent; radmtl decodes DICOM with SimpleITK.
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
@@ -105,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite mlflow.db here)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (default from config)")
+    p.add_argument("--sync-mlflow", action="store_true",
+                   help="train nothing: send the MLflow store what the run in --out could not log while the store "
+                        "did not answer (OUT/mlflow_unsent.json: metric points, files, the model, the final status)")
     p.add_argument("--register", default=None, metavar="NAME",
                    help="after training, register the logged model in MLflow's Model Registry as a new version "
                         "of NAME (tags: best validation metrics, data digest); alias @best moves to it when its "
@@ -115,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="predict sCT, segmentation and uncertainty maps",
                        description="Run a trained model on MR volumes; every output lands on the input's grid.")
     p.add_argument("--model", required=True,
-                   help="checkpoint file, or an MLflow model URI (runs:/<id>/model, models:/<name>/<version>, "
+                   help="checkpoint file, a radmtl train run folder (its checkpoint_best.pt), or an MLflow model URI "
+                        "(runs:/<id>/model, models:/<name>/<version>, "
                         "models:/<name>@best)")
     p.add_argument("--input", required=True, type=Path,
                    help="an MR file, a folder of MR files (CASE.nii.gz, CASE_mr.*, nnU-Net CASE_0000.*; files "
@@ -167,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "groups also eval_<group>_<metric>)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for --run-id")
     p.set_defaults(func=cmd_evaluate)
+
     return parser
 
 

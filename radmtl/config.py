@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +31,22 @@ DEFAULT_SCT_LOG_VAR_INIT = {"gaussian": -5.0, "laplace": -2.9}
 # A saved config without model.mc_dropout_at predates it: it was trained with encoder dropout.
 MC_DROPOUT_PLACES = ("encoder", "last_block", "heads")
 LEGACY_MC_DROPOUT_AT = "encoder"
+# The most MC-dropout samples T radmtl runs (infer.mc_samples, --mc-samples, the pyfunc's mc_samples). The
+# samples are reduced as they come, so memory does not grow with T, but time does, linearly; the Monte-Carlo
+# error of σ_epistemic is about 1/√(2T) of it (2 % at 1000), far below what separates models (the paper: T = 20).
+MAX_MC_SAMPLES = 1000
+
+
+def mc_samples_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be the number of MC-dropout samples T (a whole number from 1 to
+    :data:`MAX_MC_SAMPLES`), in words that follow the option's name; None when it can."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, bool) or not whole:
+        return f"must be a whole number of samples, got {value!r}"
+    if not 1 <= int(value) <= MAX_MC_SAMPLES:
+        return (f"must be from 1 to {MAX_MC_SAMPLES}, got {int(value)} (time grows with every sample while the "
+                f"estimate hardly changes beyond a few hundred; the paper uses 20)")
+    return None
 
 
 class ConfigError(RadmtlError, ValueError):
@@ -218,8 +236,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction: must be in [0, 1), got {cfg.data.val_fraction}")
     if cfg.loss.log_var_min >= cfg.loss.log_var_max:
         raise ConfigError("loss.log_var_min: must be below loss.log_var_max")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.val_every < 1:
-        raise ConfigError("train.epochs, train.batch_size and train.val_every must be >= 1")
+    for key in ("epochs", "batch_size", "val_every"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")
     if cfg.train.steps_per_epoch < 0:
         raise ConfigError(f"train.steps_per_epoch: must be >= 0 (0 = one pass over the cases), "
                           f"got {cfg.train.steps_per_epoch}")
@@ -232,8 +251,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.log_var_lr: must be > 0, got {cfg.train.log_var_lr}")
     if not cfg.train.grad_clip > 0:
         raise ConfigError(f"train.grad_clip: must be > 0, got {cfg.train.grad_clip}")
-    if cfg.infer.mc_samples < 1:
-        raise ConfigError(f"infer.mc_samples: must be >= 1, got {cfg.infer.mc_samples}")
+    problem = mc_samples_problem(cfg.infer.mc_samples)
+    if problem is not None:
+        raise ConfigError(f"infer.mc_samples: {problem}")
     if not 0.0 <= cfg.infer.overlap < 1.0:
         raise ConfigError(f"infer.overlap: must be in [0, 1), got {cfg.infer.overlap}")
 
@@ -404,8 +424,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         return config_from_dict(raw)
     except ConfigError as err:
+        blamed = _overrides_named(str(err), overrides)
+        if blamed:  # the file is not to blame for a value --set gave
+            source = ", ".join(f"--set {item}" for item in blamed)
+            raise ConfigError(f"{err} (the value came from {source}" + (f", not {path})" if path else ")")) from err
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{err}") from err
+
+
+def _overrides_named(message: str, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The ``--set`` items whose key ``message`` names (as a whole dotted key, or a section of one)."""
+    named = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message):
+            named.append(item)
+    return named
 
 
 def dump_config(cfg: Config) -> str:

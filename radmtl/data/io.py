@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from radmtl.errors import RadmtlError
+from radmtl.data.metaimage_header import stored_metaimage_problem
 from radmtl.data.nifti_header import stored_header_problem
 
 log = logging.getLogger(__name__)
@@ -215,11 +216,16 @@ def _read_nifti(path: Path) -> Volume:
 def _read_itk(path: Path) -> Volume:
     import SimpleITK as sitk  # only needed for non-NIfTI inputs
 
+    if path.name.lower().endswith((".mha", ".mhd")):
+        problem = stored_metaimage_problem(path)
+        if problem is not None:
+            raise VolumeHeaderError(path, *problem)
     try:
         img = sitk.ReadImage(str(path))
     except Exception as err:
         raise VolumeError(
-            f"{path}: cannot read with SimpleITK ({err}); the file is corrupt or truncated, re-export it"
+            f"{path}: cannot read with SimpleITK ({_itk_reason(err, path)}); the file is corrupt or truncated, "
+            "re-export it"
         ) from err
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(f"{path}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
@@ -234,6 +240,17 @@ def _read_itk(path: Path) -> Volume:
     affine_lps[:3, :3] = direction @ np.diag(img.GetSpacing())
     affine_lps[:3, 3] = img.GetOrigin()
     return Volume(array=array, affine=_LPS_TO_RAS @ affine_lps, path=path, header=None)
+
+
+def _itk_reason(err: Exception, path: Path) -> str:
+    """ITK's reason in one line: its message spans several, and says "No such file or directory" (the last
+    errno, not the cause) for a file that exists but does not read."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reasons = [line for line in lines if "ERROR" in line or line.startswith("Reason")] or lines[-1:]
+    text = " ".join(reason.split(": ", 1)[-1] if "ERROR" in reason else reason for reason in reasons)
+    if "No such file or directory" in text and path.is_file():
+        text = text.replace("Reason: No such file or directory", "").strip() or "unreadable"
+    return text or type(err).__name__
 
 
 def volume_suffix(path: str | Path) -> str | None:

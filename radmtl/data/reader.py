@@ -11,6 +11,8 @@ as the NIfTI of the same case.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,14 +55,16 @@ def volume_error_in(err: BaseException) -> VolumeError | None:
     traceback, as text, in the message of its own "cannot find a suitable reader" error; so the
     error is looked for in the exception chain first, then as the traceback's last line.
     """
-    marker = f"{VolumeError.__module__}.{VolumeError.__qualname__}: "
+    # VolumeError or a subclass of it (VolumeHeaderError), as the traceback's last line names it
+    marker = re.compile(rf"^{re.escape(VolumeError.__module__)}\.Volume\w*Error: ")
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, VolumeError):
             return err
         for line in str(err).splitlines():
-            if line.startswith(marker):
-                return VolumeError(line[len(marker):])
+            found = marker.match(line)
+            if found:
+                return VolumeError(line[found.end():])
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

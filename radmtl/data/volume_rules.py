@@ -16,6 +16,9 @@ what a failed conversion leaves, and the network would turn it into a plausible-
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 
 from radmtl.data.io import Volume
@@ -82,6 +85,34 @@ def content_problems(array: np.ndarray, key: str) -> list[Issue]:
     problems = [issue] if issue is not None else []
     constant = constant_problem(values, key)
     return problems + ([constant] if constant is not None else [])
+
+
+def network_min_extent_mm(strides: Sequence[int], spacing: Sequence[float]) -> tuple[float, float, float]:
+    """The smallest extent (mm, RAS x, y, z) of an MR the network can be run on: one cell of its deepest
+    level, ``prod(model.strides)`` voxels of ``data.spacing``. Below it, that level sees padding rather than
+    the MR along an axis, and the sCT is made up (a 2-slice series, a 3×3×3 volume)."""
+    cell = math.prod(int(s) for s in strides)
+    return tuple(float(cell * s) for s in spacing)
+
+
+def extent_problems(volume: Volume, min_extent_mm: Sequence[float]) -> list[Issue]:
+    """The MR's extent against ``min_extent_mm`` (RAS x, y, z; :func:`network_min_extent_mm`), ``[]`` when it
+    covers it. Each voxel axis covers ``shape × voxel size`` along the RAS axis it points most along."""
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    extent = np.asarray(volume.shape, dtype=np.float64) * spacing
+    short = []
+    for axis in range(3):
+        ras = int(np.argmax(np.abs(affine[:3, axis])))
+        if extent[axis] < min_extent_mm[ras] - 1e-6:
+            short.append(f"{extent[axis]:.4g} mm along {'xyz'[ras]} ({volume.shape[axis]} voxels of "
+                         f"{spacing[axis]:.4g} mm), below {min_extent_mm[ras]:.4g} mm")
+    if not short:
+        return []
+    need = " × ".join(f"{v:.4g}" for v in min_extent_mm)
+    return [(f"the MR is too small for the network: {'; '.join(short)}; the model needs at least {need} mm "
+             f"(RAS x × y × z: one cell of its deepest level, model.strides × data.spacing), or its sCT would be "
+             "made up", "give an MR that covers at least that much of the patient")]
 
 
 def mr_problems(volume: Volume) -> list[Issue]:

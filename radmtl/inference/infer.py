@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from radmtl.config import mc_samples_problem
 from radmtl.device import amp_dtype_for, keep_freed_memory_for_reuse, resolve_device
 from radmtl.errors import RadmtlError
 from radmtl.data.laterality import check_laterality, laterality_problems, midline_x
@@ -296,8 +297,9 @@ def run_inference(
     Raises:
         RadmtlError: problems that stop every case (model, input, output folder, options).
     """
-    if options.mc_samples is not None and options.mc_samples < 1:
-        raise RadmtlError(f"--mc-samples: must be >= 1, got {options.mc_samples}")
+    problem = mc_samples_problem(options.mc_samples) if options.mc_samples is not None else None
+    if problem is not None:
+        raise RadmtlError(f"--mc-samples: {problem}")
     if options.overlap is not None and not 0.0 <= options.overlap < 1.0:
         raise RadmtlError(f"--overlap: must be in [0, 1), got {options.overlap}")
     if options.sw_batch_size is not None and options.sw_batch_size < 1:

@@ -147,16 +147,19 @@ def _flat_mr_cases(folder: Path, files: list[Path]) -> list[tuple[str, Path]]:
     return cases
 
 
-def check_mr(volume: Volume, name: str | Path | None = None) -> None:
+def check_mr(volume: Volume, name: str | Path | None = None, cfg: Any = None) -> None:
     """Refuse an MR the network cannot be run on, by the rule ``radmtl check`` applies
-    (:func:`radmtl.data.volume_rules.mr_problems`: a usable affine, finite, not constant).
+    (:func:`radmtl.data.volume_rules.mr_problems`: a usable affine, finite, not constant) and, given the
+    model's config ``cfg``, its smallest extent (:func:`radmtl.data.volume_rules.network_min_extent_mm`).
 
     Raises:
         VolumeError: one line naming the file (``name``, else ``volume.path``), what is wrong, how to fix it.
     """
-    from radmtl.data.volume_rules import mr_problems
+    from radmtl.data.volume_rules import extent_problems, mr_problems, network_min_extent_mm
 
     problems = mr_problems(volume)
+    if not problems and cfg is not None:
+        problems = extent_problems(volume, network_min_extent_mm(cfg.model.strides, cfg.data.spacing))
     if problems:
         raise VolumeError(f"{name or volume.path}: " + "; ".join(f"{what}; fix: {fix}" for what, fix in problems))
 
@@ -258,7 +261,7 @@ def prepare_case(loaded: Any, case_id: str, mr_path: Path | SeriesInfo | None, o
         mr_path = mr_path.folder
     else:
         volume = read_volume(mr_path)
-    check_mr(volume)
+    check_mr(volume, cfg=loaded.cfg)
     if (is_dicom if dicom_out is None else dicom_out) and identity is None:
         identity = generated_identity(case_id, mr_path)
     read_s = time.perf_counter() - t0

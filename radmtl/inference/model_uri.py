@@ -16,6 +16,7 @@ the process ends (or at :func:`release_downloads`); provenance then records the 
 from __future__ import annotations
 
 import atexit
+import logging
 import re
 import shutil
 import tempfile
@@ -33,6 +34,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 # extra files of the pytorch-flavour models older radmtl versions logged.
 CHECKPOINT_FOLDERS = ("artifacts", "extra_files")
 _DOWNLOADS: dict[Path, str] = {}  # temporary download folder -> the MLflow URI it holds
+log = logging.getLogger(__name__)
 
 
 class ModelNotFoundError(RadmtlError):
@@ -210,12 +212,30 @@ class ModelSource:
             object.__setattr__(self, "recorded", text)
 
 
+def _checkpoint_of_folder(folder: Path, tracking_uri: str | None) -> Path:
+    """A run folder of ``radmtl train`` → its ``checkpoint_best.pt``; an MLflow model folder → its checkpoint."""
+    from radmtl.nn.checkpoint import BEST, LATEST
+
+    if (folder / BEST).is_file():
+        log.info("%s: a radmtl train run folder; using its %s", folder, BEST)
+        return folder / BEST
+    if (folder / "MLmodel").is_file() or any((folder / sub).is_dir() for sub in CHECKPOINT_FOLDERS):
+        return resolve_model_uri(str(folder), tracking_uri)
+    if (folder / LATEST).is_file():
+        raise ModelNotFoundError(
+            f"{folder}: a radmtl train run folder without {BEST} (no validation epoch has finished yet); pass "
+            f"--model {folder / LATEST} for the last epoch's weights, or wait for the run to validate")
+    raise ModelNotFoundError(
+        f"{folder}: neither a radmtl train run folder (no {BEST}) nor an MLflow model folder (no MLmodel); pass "
+        f"a checkpoint file such as RUN/{BEST}, a run folder, or an MLflow model URI (runs:/<id>/model)")
+
+
 def resolve_checkpoint(model: str, tracking_uri: str | None = None) -> Path:
     """``--model`` → a local checkpoint path (MLflow URIs resolved, see the module docstring)."""
     local = Path(model).expanduser()
     if local.exists():
         if local.is_dir():
-            return resolve_model_uri(str(local), tracking_uri)
+            return _checkpoint_of_folder(local, tracking_uri)
         return local
     if _URI_SCHEME.match(model):
         return resolve_model_uri(model, tracking_uri)

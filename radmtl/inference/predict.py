@@ -34,27 +34,56 @@ def window_statistics(model: torch.nn.Module, mr: torch.Tensor, mc_samples: int,
     """Per-window statistics, each (B, C, D, H, W).
 
     ``mc_samples == 1`` is the deterministic forward (dropout off in eval mode); T > 1 draws T
-    dropout masks over the shared encoder features.
+    dropout masks over the shared encoder features. The samples are reduced as they come, a chunk at
+    a time (``model.mc_chunks``; a model with only ``mc_forward`` gives one chunk of all T): means are
+    summed and the sample variance is merged chunk by chunk (Chan et al.'s pairwise form of Welford's
+    update), so memory does not grow with T.
     """
     if mc_samples <= 1:
-        samples = {k: v.unsqueeze(0) for k, v in model(mr).items()}
+        chunks = iter([{k: v.unsqueeze(0) for k, v in model(mr).items()}])
+    elif hasattr(model, "mc_chunks"):
+        chunks = model.mc_chunks(mr, mc_samples)
     else:
-        samples = model.mc_forward(mr, mc_samples)
+        chunks = iter([model.mc_forward(mr, mc_samples)])
+    sums: dict[str, torch.Tensor] = {}
+    sct_mean = sct_m2 = None  # running mean and sum of squared deviations of the sCT samples
+    count = 0
+    for samples in chunks:
+        n = next(iter(samples.values())).shape[0]
+        parts: dict[str, torch.Tensor] = {}
+        if "sct" in samples:
+            sct = samples["sct"].float()
+            mean = sct.mean(0)
+            if mc_samples > 1:  # one sample has no spread: skip torch's var over a length-1 axis
+                m2 = ((sct - mean) ** 2).sum(0)
+                if sct_mean is None:
+                    sct_mean, sct_m2 = mean, m2
+                else:
+                    delta = mean - sct_mean
+                    sct_mean = sct_mean + delta * (n / (count + n))
+                    sct_m2 = sct_m2 + m2 + delta**2 * (count * n / (count + n))
+            else:
+                sct_mean = mean
+            if "sct_log_var" in samples:
+                parts["var_aleatoric"] = sigma2_from_log_var(samples["sct_log_var"].float(), likelihood).sum(0)
+        if "seg_logits" in samples:
+            log_probs = F.log_softmax(samples["seg_logits"].float(), dim=2)
+            probs = log_probs.exp()
+            parts["seg_probs"] = probs.sum(0)
+            parts["seg_expected_entropy"] = -(probs * log_probs).sum(dim=2, keepdim=True).sum(0)
+        for key, value in parts.items():
+            sums[key] = value if key not in sums else sums[key] + value
+        count += n
     stats: dict[str, torch.Tensor] = {}
-    if "sct" in samples:
-        sct = samples["sct"].float()
-        stats["sct"] = sct.mean(0)
-        if mc_samples <= 1:  # one sample, no spread: torch's var over a length-1 axis costs ~14 ms a window on a CPU
-            stats["var_epistemic"] = torch.zeros_like(stats["sct"])
-        else:  # population variance (ddof = 0) of the T samples
-            stats["var_epistemic"] = sct.var(0, unbiased=False)
-        if "sct_log_var" in samples:
-            stats["var_aleatoric"] = sigma2_from_log_var(samples["sct_log_var"].float(), likelihood).mean(0)
-    if "seg_logits" in samples:
-        log_probs = F.log_softmax(samples["seg_logits"].float(), dim=2)
-        probs = log_probs.exp()
-        stats["seg_probs"] = probs.mean(0)
-        stats["seg_expected_entropy"] = -(probs * log_probs).sum(dim=2, keepdim=True).mean(0)
+    if sct_mean is not None:
+        stats["sct"] = sct_mean
+        # population variance (ddof = 0) of the T samples
+        stats["var_epistemic"] = sct_m2 / count if mc_samples > 1 else torch.zeros_like(sct_mean)
+    if "var_aleatoric" in sums:
+        stats["var_aleatoric"] = sums.pop("var_aleatoric") / count
+    for key in ("seg_probs", "seg_expected_entropy"):
+        if key in sums:
+            stats[key] = sums[key] / count
     return stats
 
 

@@ -63,22 +63,25 @@ class RadmtlModel(mlflow.pyfunc.PythonModel):
 
         Args:
             model_input: a DataFrame, a list of records or one record with ``mr`` and ``output``
-                (and optionally ``mc_samples``, the MC dropout samples T, in every record or in none;
-                default: the model's).
+                (and optionally ``mc_samples``, the MC dropout samples T: a whole number from 1 to
+                :data:`radmtl.config.MAX_MC_SAMPLES`; left out, the model's).
 
-        A record that fails gives a row with ``error`` set (what, which file, how to fix) and the
-        other records still run; nothing is written under a case's final folder unless it is complete.
+        A record that fails, or that cannot be run as given (no ``mr``/``output``, an ``mc_samples`` that is
+        not a whole number in range), gives a row with ``error`` set (what, which record or file, how to fix)
+        and the other records still run; nothing is written under a case's final folder unless it is
+        complete. The signature lets every record through to here, so that MLflow's schema check does not
+        answer with a traceback first.
         """
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(
             [model_input] if isinstance(model_input, dict) else list(model_input))
-        missing = [c for c in INPUT_COLUMNS[:2] if c not in frame.columns]
-        if missing:
-            raise ValueError(f"model input lacks the column(s) {missing}; give records with 'mr' (an MR file) "
-                             "and 'output' (a folder), e.g. " + json.dumps(INPUT_EXAMPLE[0]))
         rows: list[dict[str, Any]] = []
-        for record in frame.to_dict(orient="records"):
-            mc_samples = None if _missing(record.get("mc_samples")) else int(record["mc_samples"])
-            rows.extend(self._run(str(record["mr"]), str(record["output"]), mc_samples))
+        for number, record in enumerate(frame.to_dict(orient="records"), start=1):
+            problem, mr, output, mc_samples = _read_record(record)
+            if problem is not None:
+                name = Path(mr).name if mr else f"record {number}"
+                rows.append(_row(name, error=f"record {number}: {problem}"))
+                continue
+            rows.extend(self._run(mr, output, mc_samples))
         # object columns keep a missing value as None (JSON null) and whole numbers as ints
         return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
 
@@ -102,6 +105,30 @@ class RadmtlModel(mlflow.pyfunc.PythonModel):
             folder = case_folder(Path(output), result.case_id).absolute()
             rows.append(_row(result.case_id, folder=folder, seconds=result.seconds, files=result.outputs))
         return rows
+
+
+def _read_record(record: dict[str, Any]) -> tuple[str | None, str | None, str | None, int | None]:
+    """``(problem, mr, output, mc_samples)`` of one request record; ``problem`` says what is wrong with it, in
+    the pyfunc's own terms (the columns, not radmtl infer's options)."""
+    from radmtl.config import mc_samples_problem
+
+    texts = {}
+    for column, what in (("mr", "an MR file"), ("output", "an output folder")):
+        value = record.get(column)
+        if _missing(value) or not isinstance(value, str) or not value.strip():
+            example = json.dumps(INPUT_EXAMPLE[0])
+            got = "none" if _missing(value) else repr(value)
+            return (f"'{column}' must be the path of {what} as a string, got {got}; give records like {example}",
+                    texts.get("mr"), None, None)
+        texts[column] = value
+    value = record.get("mc_samples")
+    if _missing(value):
+        return None, texts["mr"], texts["output"], None
+    problem = mc_samples_problem(value)
+    if problem is not None:
+        return (f"'mc_samples' (the MC-dropout samples T) {problem}; give a whole number, or leave 'mc_samples' "
+                "out for the model's own", texts["mr"], texts["output"], None)
+    return None, texts["mr"], texts["output"], int(value)
 
 
 def _missing(value: Any) -> bool:
@@ -132,11 +159,12 @@ def _row(case: str, folder: Path | None = None, seconds: float = 0.0, files: lis
 def signature() -> Any:
     """Input and output schema of :meth:`RadmtlModel.predict`."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    # mc_samples: in every record or in none (MLflow refuses a long column with missing values).
-    inputs = Schema([ColSpec("string", "mr"), ColSpec("string", "output"),
-                     ColSpec("long", "mc_samples", required=False)])
+    # Any type, none required: MLflow's schema check would answer a record without 'mr', an mc_samples of
+    # "four" (or 2.7, or one left out of some records) with a traceback; predict refuses each such record
+    # in one line of its own, naming the column.
+    inputs = Schema([ColSpec(AnyType(), name, required=False) for name in INPUT_COLUMNS])
     outputs = Schema([ColSpec("string", "case")]
                      + [ColSpec("string", name, required=False) for name in OUTPUT_COLUMNS[1:6]]
                      + [ColSpec("long", "mc_samples", required=False), ColSpec("double", "seconds"),

@@ -14,6 +14,7 @@ or of an older radmtl that did not put its pid in the name is never touched.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -27,6 +28,8 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
 from typing import Any
+
+from radmtl.errors import RadmtlError
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +108,40 @@ def remove_stale_work_folders(folders: Iterable[Path]) -> list[Path]:
     return removed
 
 
+class PublishRaceError(RadmtlError):
+    """Another process published the same case folder while this one did."""
+
+
+# What rename(2) answers when another process got there first: the final folder (re)appeared, full, between
+# moving the old result aside and renaming ours (ENOTEMPTY, EEXIST), or it was moved away under us (ENOENT).
+_RACE_ERRNOS = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT)
+
+
 def publish(tmp_dir: Path, final_dir: Path) -> None:
-    """Rename the finished hidden folder onto ``final_dir``, replacing an older result."""
+    """Rename the finished hidden folder onto ``final_dir``, replacing an older result.
+
+    Raises:
+        PublishRaceError: another process published ``final_dir`` at the same moment; its result stays,
+            this one is dropped (the caller discards ``tmp_dir``).
+    """
     old = None
-    if final_dir.exists():
-        old = work_folder(final_dir, "old")
-        os.replace(final_dir, old)
-    os.replace(tmp_dir, final_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        if final_dir.exists():
+            old = work_folder(final_dir, "old")
+            os.replace(final_dir, old)
+        os.replace(tmp_dir, final_dir)
+    except OSError as err:
+        if err.errno not in _RACE_ERRNOS or not tmp_dir.is_dir():
+            raise
+        if old is not None and not final_dir.exists():
+            os.replace(old, final_dir)  # nothing took its place after all: the previous result goes back
+        raise PublishRaceError(
+            f"{final_dir}: another process published this case's output at the same moment ({err.strerror}); its "
+            f"result is in {final_dir}, this run's was dropped: run one radmtl infer per --output (or give "
+            "each its own), then rerun this case if you need this run's result") from err
+    finally:
+        if old is not None and old.exists() and final_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 class CaseWriter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,13 +63,44 @@ def _as_tuple(value: Any) -> Any:
     return value
 
 
+class CheckpointWriteError(RadmtlError):
+    """A checkpoint could not be written (a full disk, a folder that refuses writes); the previous one stays."""
+
+
+# What torch's zip writer says when a write of the file fails (no room left, an I/O error): it reports
+# a failed C++ check, never the operating system's reason.
+_TORCH_WRITE_FAILURES = ("inline_container", "PytorchStreamWriter", "unexpected pos", "file write failed")
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Atomically write ``payload`` (see :func:`make_payload`)."""
+    """Atomically write ``payload`` (see :func:`make_payload`).
+
+    Raises:
+        CheckpointWriteError: one line naming the file, the free space on its disk and what to do; the
+            file under ``path`` (if any) is the previous one, whole.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except OSError as err:
+        raise CheckpointWriteError(_write_failure(path, err.strerror or str(err))) from err
+    except RuntimeError as err:
+        if not any(marker in str(err) for marker in _TORCH_WRITE_FAILURES):
+            raise
+        raise CheckpointWriteError(_write_failure(path, "torch could not write the file")) from err
     return path
+
+
+def _write_failure(path: Path, reason: str) -> str:
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on its disk"
+    except OSError:
+        free = "free space unknown"
+    return (f"{path}: the checkpoint could not be written ({reason}; {free}): the disk is probably full or "
+            f"not writable; free disk space (or choose another --out) and continue with --resume, which "
+            f"starts from the last checkpoint that was written whole")
 
 
 def make_payload(

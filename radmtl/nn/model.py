@@ -23,7 +23,7 @@ import dataclasses
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ from radmtl.nn.heads import PointwiseHead
 logger = logging.getLogger(__name__)
 
 NORMS = ("instance", "batch", "group")
+# MC-dropout samples per call of the per-sample part on a GPU (decoder_batch None): T = 20 runs in one call,
+# and a T of hundreds in chunks instead of every sample's activations at once.
+GPU_SAMPLES_PER_CALL = 32
 SPATIAL_DIMS = 3
 
 
@@ -332,13 +335,24 @@ class MultiTaskUNet(nn.Module):
             samples: T >= 1.
             batched: run several samples per call (``decoder_batch``); False runs one at a time.
             decoder_batch: at most this many items (whole samples of B, at least one sample) per
-                call of the per-sample part. None chooses by device: all T·B at once on a GPU, one
-                sample at a time on a CPU, where large batches only cost allocation and cache
-                misses (measured in docs/mc_dropout.md).
+                call of the per-sample part. None chooses by device: up to :data:`GPU_SAMPLES_PER_CALL`
+                samples of B at once on a GPU, one sample at a time on a CPU, where large batches only
+                cost allocation and cache misses (measured in docs/mc_dropout.md).
 
         Returns:
-            The keys of :meth:`forward`, each of shape (T, B, C, D, H, W).
+            The keys of :meth:`forward`, each of shape (T, B, C, D, H, W): every sample held at once.
+            :meth:`mc_chunks` gives the same samples a chunk at a time.
         """
+        chunks = list(self.mc_chunks(mr, samples, batched, decoder_batch))
+        if len(chunks) == 1:
+            return chunks[0]
+        return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+
+    def mc_chunks(
+        self, mr: Tensor, samples: int, batched: bool = True, decoder_batch: int | None = None
+    ) -> Iterator[dict[str, Tensor]]:
+        """The samples of :meth:`mc_forward` (same arguments, same samples), one chunk at a time, each
+        (t, B, C, D, H, W): a caller that reduces them as they come holds one chunk, whatever T is."""
         if samples < 1:
             raise ValueError(f"samples: must be >= 1, got {samples}")
         if decoder_batch is not None and decoder_batch < 1:
@@ -362,11 +376,9 @@ class MultiTaskUNet(nn.Module):
         elif decoder_batch is not None:
             step = max(1, decoder_batch // batch_size)
         else:
-            step = 1 if mr.device.type == "cpu" else samples
-        chunks = [run_samples(min(step, samples - first)) for first in range(0, samples, step)]
-        if len(chunks) == 1:
-            return chunks[0]
-        return {key: torch.cat([chunk[key] for chunk in chunks]) for key in chunks[0]}
+            step = 1 if mr.device.type == "cpu" else min(samples, GPU_SAMPLES_PER_CALL)
+        for first in range(0, samples, step):
+            yield run_samples(min(step, samples - first))
 
 
 def build_model(cfg: ModelConfig) -> MultiTaskUNet:

@@ -11,6 +11,8 @@ import logging
 import time
 from pathlib import Path
 
+from radmtl.errors import RadmtlError
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,9 +22,13 @@ def append_record(path: Path, metrics: dict[str, float], step: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # One write of one full line per call: a crash leaves at most one truncated last line,
     # which read_records skips.
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
+    try:
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+    except OSError as err:
+        raise RadmtlError(f"{path}: cannot append the metrics of step {int(step)} ({err.strerror or err}); the "
+                          "disk is probably full or not writable: free disk space and continue with --resume") from err
 
 
 def close_cut_line(path: Path) -> None:

@@ -101,7 +101,11 @@ def register_model(tracker: Any, name: str, model_uri: str | None, best_metric: 
     Returns:
         What was registered, or None when nothing was.
     """
-    if tracker.client is None or getattr(tracker, "disabled", False) or model_uri is None:
+    if tracker.client is not None and getattr(tracker, "offline", False):
+        log.warning("--register %s: not registered yet, the MLflow store does not answer; `radmtl train "
+                    "--sync-mlflow` logs and registers the model once it does (see below)", name)
+        return None
+    if tracker.client is None or model_uri is None:
         log.warning("--register %s: not registered, the run has no model in MLflow (see the warnings above)",
                     name)
         return None

@@ -19,10 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from radmtl.errors import RadmtlError, shielded
+from radmtl.errors import RadmtlError
 from radmtl.tracking.environment import user_name
 from radmtl.tracking.experiment import get_or_create_experiment
 from radmtl.tracking.metrics_file import append_record, close_cut_line, logged_points
+from radmtl.tracking.outage import END_WAIT_S, RETRY_AFTER_S, Outage, OutageHandling, unreachable_message
 from radmtl.tracking.store import (  # noqa: F401  (default_tracking_uri, probe_http: public here too)
     default_tracking_uri, is_http, probe_http, sqlite_path, sqlite_write_problem)
 
@@ -38,7 +39,7 @@ MAX_TAG_VALUE_LENGTH = 8000
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 # MLflow's client otherwise retries 7 times with exponential back-off and a 120 s timeout per
 # request: a server that dies mid-run would stall training for minutes at every call.
-_HTTP_ENV_DEFAULTS = {
+HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
@@ -115,6 +116,25 @@ class Tracker:
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
 
+    @property
+    def offline(self) -> bool:
+        """True while the run's store does not answer (what it misses is kept, see :mod:`.outage`)."""
+        return False
+
+    def wait_for_store(self) -> bool:
+        """Give a store that stopped answering a last chance (once per run, ``END_WAIT_S``) before what
+        only it can hold is logged (the model); True when the store answers."""
+        return not self.offline
+
+    def note_unsent(self, key: str, value: Any) -> None:
+        """Record what a caller could not log while the store did not answer (``model``: the checkpoint and
+        registration to log), for ``radmtl train --sync-mlflow`` (:func:`radmtl.tracking.outage.write_unsent`)."""
+
+    def take_unsent(self) -> dict[str, Any]:
+        """Replay what ``<out>/mlflow_unsent.json`` kept for this run (files, params, tags) and return its
+        notes (the final status, the model to log); the file is removed once the store has them."""
+        return {}
+
     def mend(self, pending: list[tuple[int, dict[str, float]]]) -> int:
         """Record each (key, step) of ``pending`` that the run does not hold yet; returns how many
         points it added (metrics.jsonl and MLflow counted apart). For a resume: the killed process may have died between any two
@@ -145,11 +165,15 @@ class NullTracker(Tracker):
         self.run_id = run_id
 
 
-class MlflowTracker(Tracker):
+class MlflowTracker(OutageHandling, Tracker):
     """A run in an MLflow store, reached through an explicit ``MlflowClient``.
 
-    The first MLflow call that fails logs one warning and turns the tracker into a local-only
-    one; training never stops because tracking did.
+    A call that fails (a locked SQLite store, a server restarting) logs one warning and starts an
+    :class:`~radmtl.tracking.outage.Outage`: training goes on, metric points stay in ``metrics.jsonl``,
+    files, params and tags are kept, and the store is asked again every ``retry_after_s``. When it
+    answers, the points it lacks and the kept calls are sent; at the end the run waits up to
+    ``end_wait_s`` for it, and otherwise leaves ``mlflow_unsent.json`` for ``radmtl train --sync-mlflow``.
+    Training never stops because tracking did.
     """
 
     def __init__(self, client: Any, uri: str, experiment_id: str, run_id: str, metrics_jsonl: Path) -> None:
@@ -158,23 +182,15 @@ class MlflowTracker(Tracker):
         self.uri = uri
         self.experiment_id = experiment_id
         self.run_id = run_id
-        self.disabled = False
+        self.outage: Outage | None = None
+        self._resumed_outage: Outage | None = None  # the outage whose backlog is being sent
+        self.retry_after_s = RETRY_AFTER_S
+        self.end_wait_s = END_WAIT_S
+        self._waited = False
+        self._notes: dict[str, Any] = {}
         self._ended = False
         self._existing_params: dict[str, str] | None = None
         self._system_metrics: Any = None
-
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.disabled:
-            return None
-        try:
-            with shielded():  # a SIGTERM mid-call could leave the store's write lock held
-                return fn(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - any MLflow/network/disk failure means the same
-            self.disabled = True
-            reason = f"{what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            logger.warning(_unreachable_message(self.uri, reason, self.metrics_jsonl))
-            logger.debug("MLflow failure details", exc_info=True)
-            return None
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -195,7 +211,8 @@ class MlflowTracker(Tracker):
                 continue
             new.append(Param(key, text))
         for batch in _chunks(new, MAX_PARAMS_PER_BATCH):
-            self._call("log_params", self.client.log_batch, self.run_id, params=batch)
+            self._call("log_params", self.client.log_batch, self.run_id, params=batch,
+                       keep={"kind": "params", "values": {p.key: p.value for p in batch}})
             self._existing_params.update({p.key: p.value for p in batch})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -210,21 +227,13 @@ class MlflowTracker(Tracker):
             self._call("log_metrics", self.client.log_batch, self.run_id, metrics=batch)
 
     def _mend_remote(self, pending: list[tuple[int, dict[str, float]]]) -> int:
-        from mlflow.entities import Metric
-
-        now_ms = int(time.time() * 1000)
-        entries = []
-        for key in sorted({key for _, metrics in pending for key in metrics}):
-            steps = self.metric_steps(key)
-            if steps is None:  # MLflow unreachable: the local copy is all there is
-                return 0
-            entries += [Metric(key, float(metrics[key]), now_ms, int(step))
-                        for step, metrics in pending if key in metrics and int(step) not in steps]
-        self._send_metrics(entries)
-        return len(entries)
+        # The local copy already holds ``pending`` (Tracker.mend); whatever of it, or of an earlier outage,
+        # the run lacks is sent from there.
+        return self.resync()
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self._call("log_artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
+        self._call("log_artifact", self.client.log_artifact, self.run_id, str(path), artifact_path,
+                   keep={"kind": "artifact", "path": str(Path(path).absolute()), "artifact_path": artifact_path})
 
     def log_model(self, **pyfunc_kwargs: Any) -> str | None:
         return self._call("log_model", self._log_model, pyfunc_kwargs)
@@ -281,7 +290,8 @@ class MlflowTracker(Tracker):
 
         entries = [RunTag(key, str(value)[:MAX_TAG_VALUE_LENGTH]) for key, value in tags.items()]
         for batch in _chunks(entries, MAX_PARAMS_PER_BATCH):
-            self._call("set_tags", self.client.log_batch, self.run_id, tags=batch)
+            self._call("set_tags", self.client.log_batch, self.run_id, tags=batch,
+                       keep={"kind": "tags", "values": {t.key: t.value for t in batch}})
 
     def metric_steps(self, key: str) -> set[int] | None:
         history = self._call("metric_steps", self.client.get_metric_history, self.run_id, key)
@@ -294,14 +304,11 @@ class MlflowTracker(Tracker):
         self._ended = True
         if self._system_metrics is not None:
             self._system_metrics.finish()  # its last samples land before the run is closed
+        if self.outage is not None:
+            self.wait_for_store()
         self._call("end", self.client.set_terminated, self.run_id, status)
-
-
-def _unreachable_message(uri: str, reason: str, metrics_jsonl: Path | None) -> str:
-    return (
-        f"MLflow tracking at {uri} unreachable ({reason}); training continues, "
-        f"metrics are kept in {metrics_jsonl}"
-    )
+        if self.outage is not None:
+            self.leave_unsent(status)
 
 
 def start_tracking(
@@ -333,11 +340,11 @@ def start_tracking(
     uri = uri or default_tracking_uri()
     metrics_jsonl = Path(out_dir) / "metrics.jsonl"
     if is_http(uri):
-        for key, value in _HTTP_ENV_DEFAULTS.items():
+        for key, value in HTTP_ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
         reason = probe_http(uri)
         if reason is not None:
-            logger.warning(_unreachable_message(uri, reason, metrics_jsonl))
+            logger.warning(unreachable_message(uri, reason, metrics_jsonl))
             return NullTracker(metrics_jsonl, run_id=resume_run_id)
     db = sqlite_path(uri)
     problem = sqlite_write_problem(db) if db is not None else None
@@ -375,7 +382,7 @@ def start_tracking(
         raise
     except Exception as err:  # noqa: BLE001 - a store we cannot use must not stop training
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        logger.warning(_unreachable_message(uri, reason, metrics_jsonl))
+        logger.warning(unreachable_message(uri, reason, metrics_jsonl))
         return NullTracker(metrics_jsonl, run_id=resume_run_id)
     tracker = MlflowTracker(client, uri, experiment_id, run_id, metrics_jsonl)
     if system_metrics:

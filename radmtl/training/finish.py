@@ -42,10 +42,15 @@ def finish_run(cfg: Config, out_dir: Path, tracker: Tracker, state, register: st
     ``state`` is the run's ``TrainState``; its ``registered`` is set when ``register`` is given.
     """
     best = out_dir / BEST if (out_dir / BEST).exists() else out_dir / LATEST
+    tracker.wait_for_store()  # a store that stopped answering mid-run gets a last chance before the model
     tracker.log_artifact(best, artifact_path="checkpoints")
     from radmtl.inference.pyfunc_model import log_servable_model
 
     model_uri = log_servable_model(tracker, best)
+    if model_uri is None and tracker.offline:  # for `radmtl train --sync-mlflow`, once the store answers
+        tracker.note_unsent("model", {"checkpoint": best.name, "register": register,
+                                      "best_metric": cfg.train.best_metric, "best_mode": cfg.train.best_mode,
+                                      "best_epoch": state.best_epoch})
     if register is not None:
         state.registered = register_model(tracker, register, model_uri, cfg.train.best_metric, cfg.train.best_mode,
                                           state.best_epoch)

@@ -36,6 +36,7 @@ from radmtl.training.console import attach_file_log, progress_bar, summary_line
 from radmtl.training.data_setup import case_table, data_params, prepare_training_data
 from radmtl.training.distributed import (DistContext, all_finite, context_from_env, gather_lists,
                                          init_distributed, quiet_other_ranks, shutdown, wrap_model)
+from radmtl.training.best_checkpoint import reconcile_best
 from radmtl.training.finish import finish_run, recalibrate_best
 from radmtl.training.run_lock import prepare_run_dir, run_lock
 from radmtl.training.schedule import epoch_loader, seed_epoch, warmup_cosine
@@ -122,8 +123,11 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
     latest = out_dir / LATEST
     if resume and latest.exists():
         payload = load_checkpoint(latest)
-        state = TrainState(payload["epoch"], payload["global_step"], payload["best_metric"],
-                           payload["best_epoch"], payload["mlflow_run_id"])
+        # rank 0 owns the files: a kill between publishing latest and best is completed there
+        best_metric, best_epoch = (reconcile_best(out_dir, payload) if ctx.is_main
+                                   else (payload["best_metric"], payload["best_epoch"]))
+        state = TrainState(payload["epoch"], payload["global_step"], best_metric, best_epoch,
+                           payload["mlflow_run_id"])
         log.info("resuming %s from epoch %d (step %d)", out_dir, state.epoch, state.global_step)
         if payload.get("world_size", 1) != ctx.world_size:
             log.warning("--resume: the run trained with %d process(es) and goes on with %d; the epochs from "
@@ -187,6 +191,9 @@ def _train(cfg, data_dirs, out_dir, resume, tracking_uri, experiment, device_nam
                                  make_run_name(out_dir, cfg.loss.weighting, data_dirs), out_dir, state.run_id)
     state.run_id = tracker.run_id
     if payload is not None:
+        # files and values an earlier process kept for a store that did not answer (mlflow_unsent.json); its
+        # model and final status are this run's to log again
+        tracker.take_unsent()
         _flush_pending(tracker, payload, out_dir)
     if payload is None and ctx.is_main:
         tracker.log_params(flatten(cfg) | data_params(data, data_dirs) | {"dist.world_size": ctx.world_size})
@@ -359,6 +366,11 @@ def _config_for_resume(cfg: Config, saved: Config, path: Path, no_config_given: 
 
 
 def train_from_cli(args: argparse.Namespace) -> int:
+    if getattr(args, "sync_mlflow", False):
+        from radmtl.training.sync import sync_run
+
+        print(sync_run(args.out, args.tracking_uri))
+        return 0
     cfg = load_config(args.config, args.overrides)
     data_dir = args.data or [Path(__file__).resolve().parents[2] / "data_samples"]
     progress = not args.no_progress and sys.stderr.isatty()

@@ -3,6 +3,7 @@ config and weights disagree or that lacks a key, what a killed run left, an outp
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -121,6 +122,34 @@ def test_all_cases_failing_leaves_no_output_folder(tmp_path, capsys, checkpoint,
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize(("shape", "short"), [
+    ((96, 96, 2), ["2 mm along z (2 voxels of 1 mm), below 12 mm"]),
+    ((3, 3, 3), ["3 mm along x (3 voxels of 1 mm), below 12 mm", "3 mm along y (3 voxels of 1 mm), below 12 mm",
+                 "3 mm along z (3 voxels of 1 mm), below 12 mm"]),
+], ids=["96x96x2", "3x3x3"])
+def test_an_mr_smaller_than_the_network_can_see_is_refused_in_one_line(tmp_path, capsys, checkpoint, shape, short):
+    """The tiny model's deepest level pools 2 voxels of 6 mm: an MR must span 12 mm along every axis."""
+    rng = np.random.default_rng(0)
+    path = _write(tmp_path / "in" / "thin.nii.gz", rng.uniform(50, 500, shape), np.diag([1.0, 1.0, 1.0, 1.0]))
+    out = tmp_path / "out"
+    assert _infer(checkpoint, path, out) == 1
+    captured = capsys.readouterr()
+    lines = _error_lines(captured.err)
+    assert lines == [f"radmtl infer: error: case thin: {path}: the MR is too small for the network: "
+                     f"{'; '.join(short)}; the model needs at least 12 × 12 × 12 mm (RAS x × y × z: one cell of "
+                     "its deepest level, model.strides × data.spacing), or its sCT would be made up; fix: give an MR "
+                     "that covers at least that much of the patient"]
+    assert "0 of 1 case(s)" in captured.out and not out.exists()
+
+
+def test_the_minimum_extent_follows_the_model():
+    from radmtl.config import load_config
+    from radmtl.data.volume_rules import network_min_extent_mm
+
+    quick = load_config(Path(__file__).resolve().parents[2] / "configs" / "quick.yaml")  # 3 strides of 2, 7×7×6 mm
+    assert network_min_extent_mm(quick.model.strides, quick.data.spacing) == (56.0, 56.0, 48.0)
+
+
 # --- a checkpoint that cannot rebuild its network --------------------------------------------------
 
 
@@ -149,6 +178,62 @@ def test_checkpoint_without_a_required_key_is_one_line(tmp_path, capsys, mr, mis
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"radmtl infer: error: {model}: checkpoint lacks ")
     assert all(f"'{key}'" in lines[0] for key in missing)
+
+
+# --- how many MC-dropout samples (issue 26) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["100000", "0"])
+def test_mc_samples_beyond_the_documented_bound_is_one_line_with_the_number(tmp_path, capsys, checkpoint, mr,
+                                                                            value):
+    assert _infer(checkpoint, _write(tmp_path / "x.nii.gz", mr), tmp_path / "out", "--mc-samples", value) == 1
+    assert _error_lines(capsys.readouterr().err) == [
+        f"radmtl infer: error: --mc-samples: must be from 1 to 1000, got {value} (time grows with every sample "
+        "while the estimate hardly changes beyond a few hundred; the paper uses 20)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_mc_samples_of_a_config_are_bounded_too():
+    from radmtl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"infer.mc_samples: must be from 1 to 1000, got 1001"):
+        load_config(None, ["infer.mc_samples=1001"])
+
+
+# --- a run folder as --model (issue 26) ------------------------------------------------------------
+
+
+def test_a_run_folder_as_model_uses_its_best_checkpoint(tmp_path, checkpoint, mr):
+    import shutil
+
+    run = tmp_path / "runs" / "exp1"
+    run.mkdir(parents=True)
+    shutil.copy(checkpoint, run / "checkpoint_best.pt")
+    (run / "metrics.jsonl").write_text("")
+    out = tmp_path / "out"
+    assert _infer(run, _write(tmp_path / "x.nii.gz", mr), out) == 0
+    provenance = json.loads((out / "x" / "provenance.json").read_text())["model"]
+    assert provenance["checkpoint"] == str((run / "checkpoint_best.pt").resolve())
+
+
+def test_a_run_folder_without_a_best_checkpoint_says_what_to_pass(tmp_path, capsys, checkpoint, mr):
+    import shutil
+
+    run = tmp_path / "exp1"
+    run.mkdir()
+    shutil.copy(checkpoint, run / "checkpoint_latest.pt")
+    assert _infer(run, _write(tmp_path / "x.nii.gz", mr), tmp_path / "out") == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert lines == [f"radmtl infer: error: {run}: a radmtl train run folder without checkpoint_best.pt (no "
+                     f"validation epoch has finished yet); pass --model {run / 'checkpoint_latest.pt'} for the "
+                     "last epoch's weights, or wait for the run to validate"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _infer(empty, _write(tmp_path / "x.nii.gz", mr), tmp_path / "out") == 1
+    line, = _error_lines(capsys.readouterr().err)
+    assert line.startswith(f"radmtl infer: error: {empty}: neither a radmtl train run folder (no "
+                           "checkpoint_best.pt) nor an MLflow model folder (no MLmodel); pass")
+    assert not (tmp_path / "out").exists()
 
 
 # --- what a killed run left ------------------------------------------------------------------------
@@ -191,6 +276,34 @@ def test_a_result_moved_aside_by_a_killed_publish_is_restored(tmp_path):
     remove_stale_work_folders([tmp_path])
     assert (tmp_path / "c1" / "sct.nii.gz").read_bytes() == b"previous result"
     assert not aside.exists()
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["first-result", "replacing-an-earlier-one"])
+def test_two_runs_publishing_one_case_at_once_says_so_and_keeps_the_other_result(tmp_path, capsys, monkeypatch,
+                                                                               checkpoint, mr, earlier):
+    from radmtl.inference import work_dirs
+
+    real_replace = os.replace
+    out = tmp_path / "out"
+    if earlier:  # moved aside by this run before the other's rename lands
+        (out / "x").mkdir(parents=True)
+        (out / "x" / "sct.nii.gz").write_bytes(b"an earlier result")
+
+    def replace(src, dst):  # the other process's rename lands between our check and our rename
+        if ".x.partial-" in str(src) and Path(dst) == out / "x":
+            (out / "x").mkdir()
+            (out / "x" / "sct.nii.gz").write_bytes(b"the other run's result")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(work_dirs.os, "replace", replace)
+    assert _infer(checkpoint, _write(tmp_path / "x.nii.gz", mr), out) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert lines == [f"radmtl infer: error: case x: {out / 'x'}: another process published this case's output at "
+                     f"the same moment (Directory not empty); its result is in {out / 'x'}, this run's was dropped: "
+                     "run one radmtl infer per --output (or give each its own), then rerun this case if you need "
+                     "this run's result"]
+    assert (out / "x" / "sct.nii.gz").read_bytes() == b"the other run's result"
+    assert sorted(p.name for p in out.iterdir()) == ["x"]  # no hidden partial or old folder left
 
 
 # --- progress bars ---------------------------------------------------------------------------------

@@ -209,3 +209,31 @@ def test_sliding_window_keeps_the_within_window_sample_spread():
     torch.testing.assert_close(maps["sigma_epistemic"], torch.ones_like(maps["sct"]))
     torch.testing.assert_close(maps["sigma_aleatoric"], torch.full_like(maps["sct"], 1.0))  # 2·0.5
     torch.testing.assert_close(maps["sigma_total"], torch.full_like(maps["sct"], math.sqrt(2.0)))
+
+
+def test_mc_samples_are_reduced_as_they_come_not_held_all_at_once():
+    """T = 1000 samples of one voxel valued 0, 1, …, 999, drawn a sample at a time: mean 499.5, population
+    variance (T² − 1)/12, and never more than the chunk being reduced (and the next) alive at once."""
+    import weakref
+
+    class Chunks(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.refs: list[weakref.ref] = []
+            self.alive: list[int] = []
+
+        def mc_chunks(self, mr: torch.Tensor, samples: int):
+            for t in range(samples):
+                chunk = {"sct": torch.full((1, 1, 1, 1, 1, 1), float(t)),
+                         "sct_log_var": torch.full((1, 1, 1, 1, 1, 1), math.log(4.0))}
+                self.refs.append(weakref.ref(chunk["sct"]))
+                self.alive.append(sum(ref() is not None for ref in self.refs))
+                yield chunk
+
+    model = Chunks()
+    t = 1000
+    stats = window_statistics(model, torch.zeros(1, 1, 1, 1, 1), t, "gaussian")
+    assert len(model.refs) == t and max(model.alive) <= 2
+    assert stats["sct"].item() == pytest.approx((t - 1) / 2)
+    assert stats["var_epistemic"].item() == pytest.approx((t**2 - 1) / 12, rel=1e-6)
+    assert stats["var_aleatoric"].item() == pytest.approx(4.0)

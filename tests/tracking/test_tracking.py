@@ -116,7 +116,7 @@ def test_resume_continues_the_same_run(store, tmp_path, caplog):
 
     second = start_tracking(uri, "exp-resume", "ignored", tmp_path, resume_run_id=run_id)
     assert second.run_id == run_id
-    with caplog.at_level(logging.WARNING, logger="radmtl.tracking.tracker"):
+    with caplog.at_level(logging.WARNING, logger="radmtl.tracking"):
         second.log_params({"train.lr": 0.001, "seed": 1})  # same value again is fine
     assert "param seed changed" in caplog.text
     assert not second.disabled
@@ -174,7 +174,7 @@ def test_unreachable_server_falls_back_quickly(tmp_path, caplog, monkeypatch):
         monkeypatch.setenv(key, "")  # records the old state, so start_tracking's values are undone
         monkeypatch.delenv(key)
     uri = f"http://127.0.0.1:{_free_port()}"
-    with caplog.at_level(logging.WARNING, logger="radmtl.tracking.tracker"):
+    with caplog.at_level(logging.WARNING, logger="radmtl.tracking"):
         tracker = start_tracking(uri, "exp", "r", tmp_path, resume_run_id="abc")
         tracker.log_params({"a": 1})
         tracker.log_metrics({"loss_total": 1.0}, step=0)
@@ -197,6 +197,7 @@ def test_unreachable_server_falls_back_quickly(tmp_path, caplog, monkeypatch):
 def test_failure_mid_run_warns_once_and_keeps_metrics(store, tmp_path, caplog, monkeypatch):
     uri, _ = store
     tracker = start_tracking(uri, "exp-dies", "r", tmp_path)
+    tracker.end_wait_s = 0.0  # the store does not come back: no waiting for it at the end
     tracker.log_metrics({"loss_total": 1.0}, step=0)
 
     def dead(*args, **kwargs):
@@ -204,14 +205,19 @@ def test_failure_mid_run_warns_once_and_keeps_metrics(store, tmp_path, caplog, m
 
     monkeypatch.setattr(tracker.client, "log_batch", dead)
     monkeypatch.setattr(tracker.client, "log_artifact", dead)
-    with caplog.at_level(logging.WARNING, logger="radmtl.tracking.tracker"):
+    with caplog.at_level(logging.WARNING, logger="radmtl.tracking"):
         for step in range(1, 4):
             tracker.log_metrics({"loss_total": 1.0 / step}, step=step)
         tracker.log_artifact(tmp_path / "metrics.jsonl", "logs")
         tracker.end()
+    # one warning when it fails, one at the end that says how the run gets what it missed
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "server went away" in warnings[0]
+    assert len(warnings) == 2 and "server went away" in warnings[0]
+    assert f"send it with `radmtl train --out {tmp_path} --sync-mlflow` once the store answers" in warnings[1]
     assert [r["step"] for r in _jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2, 3]
+    unsent = json.loads((tmp_path / "mlflow_unsent.json").read_text())
+    assert unsent["run_id"] == tracker.run_id and unsent["status"] == "FINISHED"
+    assert unsent["kept"] == [{"kind": "artifact", "path": str(tmp_path / "metrics.jsonl"), "artifact_path": "logs"}]
 
 
 def _log_dummy_model(tracker, checkpoint: Path) -> str:

@@ -268,6 +268,31 @@ def series_identity(series: SeriesInfo) -> DicomIdentity:
     )
 
 
+def pixel_data_problem(path: Path) -> str | None:
+    """What is wrong with one slice's pixel data (missing, cut short), in a few words; None when it looks whole."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as err:  # noqa: BLE001 - pydicom raises many types for a file cut in a header
+        return f"cannot be read to its end ({type(err).__name__}); the file is truncated or corrupt"
+    if "PixelData" not in ds:
+        return "has no pixel data (no PixelData element): the slice holds a header only"
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_compressed:
+        return None  # encapsulated frames: their size says nothing
+    try:
+        need = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
+                * int(ds.get("NumberOfFrames", 1) or 1))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    have = len(ds.PixelData)
+    if have < need:
+        return (f"holds {have} bytes of pixel data where {ds.Rows}×{ds.Columns} pixels of {ds.BitsAllocated} bits "
+                f"need {need}: the file is truncated")
+    return None
+
+
 def read_series(series: SeriesInfo) -> DicomMR:
     """Read a series chosen by :func:`select_series` as a float32 volume with its identifiers.
 
@@ -282,6 +307,11 @@ def read_series(series: SeriesInfo) -> DicomMR:
     try:
         image = reader.Execute()
     except RuntimeError as err:
+        for index, path in enumerate(series.files):  # GDCM says "Cannot read requested file", not which or why
+            problem = pixel_data_problem(path)
+            if problem is not None:
+                raise DicomError(f"{path}: {problem} (slice {index + 1} of {len(series.files)} of series "
+                                 f"{series.describe()}); re-export the series") from err
         raise DicomError(f"{series.folder}: cannot decode the pixel data of series {series.describe()} "
                          f"({str(err).strip().splitlines()[-1]}); re-export it uncompressed") from err
     if image.GetNumberOfComponentsPerPixel() != 1:
