@@ -97,12 +97,27 @@ class SmoothField:
 
     def __call__(self, coords_mm) -> np.ndarray:
         shape = np.broadcast_shapes(*(np.shape(c) for c in coords_mm))
+        if all(np.ndim(c) == 3 and np.shape(c)[axis] == np.size(c) for axis, c in enumerate(coords_mm)):
+            return self._on_axes([np.asarray(c, np.float64).reshape(-1) for c in coords_mm], shape)
         total = np.zeros(shape, np.float32)
         x, y, z = (np.asarray(c, np.float32) for c in coords_mm)
         for (wx, wy, wz), phi in zip(self.omega.tolist(), self.phase.tolist()):
             total += np.cos(wx * x + wy * y + wz * z + phi)
         total *= np.float32(np.sqrt(2.0 / len(self.phase)))
         return total
+
+    def _on_axes(self, axes: list[np.ndarray], shape) -> np.ndarray:
+        """The field on a grid given by its three axes' coordinates: cos(a + b + c) is the real part of
+        a product of three complex exponentials, so the sum over waves is two matrix products
+        (BLAS) instead of one cosine per wave and point (5–10× faster on a case's sub-grid)."""
+        omega, phase = self.omega.astype(np.float64), self.phase.astype(np.float64)
+        a = np.exp(1j * (omega[:, :1] * axes[0][None] + phase[:, None]))  # (M, X)
+        b = np.exp(1j * omega[:, 1:2] * axes[1][None])  # (M, Y)
+        c = np.exp(1j * omega[:, 2:3] * axes[2][None])  # (M, Z)
+        ab = (a[:, :, None] * b[:, None, :]).reshape(len(phase), -1)  # (M, X·Y)
+        total = ab.real.T @ c.real - ab.imag.T @ c.imag  # Re(Σ_m ab_m c_m), (X·Y, Z)
+        total *= np.sqrt(2.0 / len(phase))
+        return total.reshape(shape).astype(np.float32)
 
 
 @dataclass(frozen=True)

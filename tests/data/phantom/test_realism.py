@@ -182,3 +182,13 @@ def test_dataset_with_orientations_in_turn_nests_cases_by_orientation(tmp_path):
     index = discover(tmp_path)
     assert sorted(case.group for case in index.cases) == ["lps", "oblique", "ras"]
     assert nib.aff2axcodes(nib.load(tmp_path / "lps/case_002/mr.nii.gz").affine) == ("L", "P", "S")
+
+
+def test_smooth_field_on_grid_axes_equals_the_pointwise_sum():
+    field = SmoothField.draw(np.random.default_rng(4), 6.0)
+    axes = [np.linspace(-150, 150, 31).reshape(-1, 1, 1), np.linspace(-90, 120, 17).reshape(1, -1, 1),
+            np.linspace(-60, 60, 9).reshape(1, 1, -1)]
+    on_axes = field(axes)  # the separable path (two matrix products)
+    pointwise = field([np.broadcast_to(a, (31, 17, 9)) for a in axes])  # one cosine per wave and point
+    assert on_axes.shape == pointwise.shape == (31, 17, 9)
+    np.testing.assert_allclose(on_axes, pointwise, atol=1e-4)
