@@ -73,6 +73,10 @@ class DataConfig:
     num_workers: int = 0
     augment_flip: bool = True
     augment_intensity: bool = True
+    # Random rotation of each training patch by up to these angles (degrees) about x, y and z: an
+    # oblique MR reaches the network tilted by its acquisition angle (MONAI's Spacingd keeps direction
+    # cosines), a pose axial training data never shows. 0: off.
+    augment_rotate_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"data.spacing: must be positive, got {list(cfg.data.spacing)}")
     if any(p <= 0 for p in cfg.data.patch_size):
         raise ConfigError(f"data.patch_size: must be positive, got {list(cfg.data.patch_size)}")
+    if len(cfg.data.augment_rotate_deg) != 3 or not all(
+            math.isfinite(a) and 0.0 <= a <= 45.0 for a in cfg.data.augment_rotate_deg):
+        raise ConfigError(f"data.augment_rotate_deg: three angles from 0 to 45 degrees (about x, y, z), got "
+                          f"{list(cfg.data.augment_rotate_deg)}")
     lo, hi = cfg.data.ct_clip_hu
     if lo >= hi:
         raise ConfigError(f"data.ct_clip_hu: low must be below high, got {[lo, hi]}")

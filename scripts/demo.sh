@@ -4,6 +4,8 @@
 # on the validation cases at the end) → infer on held-out cases → evaluate.
 # A few minutes on 2 CPU cores.
 set -euo pipefail
+SECONDS=0
+elapsed() { printf '%d:%02d' $((SECONDS / 60)) $((SECONDS % 60)); }
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 OUT="${DEMO_OUT:-demo_out}"
 CONFIG="${DEMO_CONFIG:-configs/quick.yaml}"
@@ -25,32 +27,32 @@ mkdir -p "$OUT"
 # the width of its target. They come from the test seed range (radmtl.data.phantom.TEST_SEED), on
 # which no recipe choice was made; the recipe was chosen on DESIGN_SEED cases.
 read -r TRAIN_SEED TEST_SEED < <(python -c "from radmtl.data.phantom import TRAIN_SEED, TEST_SEED; print(TRAIN_SEED, TEST_SEED)")
-echo "== 1/5 radmtl phantom: 24 training/validation (seed $TRAIN_SEED) and 6 held-out test (seed $TEST_SEED) synthetic pelvis cases"
+echo "== 1/5 [$(elapsed)] radmtl phantom: 24 training/validation (seed $TRAIN_SEED) and 6 held-out test (seed $TEST_SEED) synthetic pelvis cases"
 radmtl -q phantom "$OUT/data" --cases 24 --seed "$TRAIN_SEED" --shape "${SHAPE[@]}" --spacing "${SPACING[@]}"
 radmtl -q phantom "$OUT/heldout" --cases 6 --seed "$TEST_SEED" --shape "${NATIVE_SHAPE[@]}" \
     --spacing "${NATIVE_SPACING[@]}" --orientations ras lps oblique
 radmtl -q phantom "$OUT/heldout_grid" --cases 6 --seed "$TEST_SEED" --shape "${SHAPE[@]}" --spacing "${SPACING[@]}"
 
-echo "== 2/5 radmtl check"
+echo "== 2/5 [$(elapsed)] radmtl check"
 radmtl -q check "$OUT/data"
 
-echo "== 3/5 radmtl train ($CONFIG)"
+echo "== 3/5 [$(elapsed)] radmtl train ($CONFIG)"
 radmtl train --config "$CONFIG" --data "$OUT/data" --out "$OUT/run" --no-progress | tee "$OUT/train.txt"
 RUN_ID="$(awk '/^MLflow run:/ {print $3}' "$OUT/train.txt")"
 
-echo "== 4/5 radmtl infer (MC dropout, σ-scaling from the checkpoint) on the held-out cases, native and network grid"
+echo "== 4/5 [$(elapsed)] radmtl infer (MC dropout, σ-scaling from the checkpoint) on the held-out cases, native and network grid"
 radmtl infer --model "$OUT/run/checkpoint_best.pt" --input "$OUT/heldout" --output "$OUT/pred" --no-progress
 radmtl -q infer --model "$OUT/run/checkpoint_best.pt" --input "$OUT/heldout_grid" --output "$OUT/pred_grid" \
     --no-progress > /dev/null
 
-echo "== 5/5 radmtl evaluate: on the native input grids (the headline), then σ vs true noise on the network grid"
+echo "== 5/5 [$(elapsed)] radmtl evaluate: on the native input grids (the headline), then σ vs true noise on the network grid"
 radmtl evaluate --pred "$OUT/pred" --ref "$OUT/heldout" ${RUN_ID:+--run-id "$RUN_ID"}
 radmtl evaluate --pred "$OUT/pred_grid"  --ref "$OUT/heldout_grid" | \
     awk '/^metric/ || /^(mae_hu|zscore_mean|zscore_sd|coverage_95|spearman_sigma_true_noise_soft_tissue|ratio_sigma_true_noise) /'
 
 cat <<MSG
 
-Done.
+Done in $(elapsed) (min:s).
   phantom data:       $OUT/data, $OUT/heldout (native 2×2×3 mm), $OUT/heldout_grid (network grid)
   run folder:         $OUT/run (checkpoints, train.log, QA pictures in qa/, training_curves.png)
   predictions:        $OUT/pred/<case>/ (sct, seg, sigma maps, provenance.json)

@@ -28,6 +28,7 @@ from monai.transforms import (
     Orientationd,
     RandBiasFieldd,
     RandCropByPosNegLabeld,
+    RandRotated,
     Randomizable,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -263,6 +264,13 @@ def training_transforms(cfg: DataConfig, keys: Sequence[str], label_names: Mappi
             bg_indices_key="crop_bg_indices",
         ),
     ]
+    if any(cfg.augment_rotate_deg):
+        # After the crop (a patch, not the volume, is rotated); the body mask turns with the images, so
+        # the zero corners brought in count for no loss.
+        rx, ry, rz = (float(np.deg2rad(a)) for a in cfg.augment_rotate_deg)
+        chain.append(RandRotated(keys=all_keys, range_x=rx, range_y=ry, range_z=rz, prob=0.5, keep_size=True,
+                                 mode=["nearest" if k in DISCRETE_KEYS else "bilinear" for k in all_keys],
+                                 padding_mode="zeros", allow_missing_keys=True))
     if cfg.augment_flip:
         chain.append(RandLeftRightFlipd(keys=all_keys, label_key="labels",
                                         swaps=left_right_label_swaps(label_names)))

@@ -105,3 +105,44 @@ def test_body_outline_keeps_the_slices_and_columns_at_the_edge_of_the_field_of_v
     # Closing may round off the outline's pixel steps where it meets the border, nothing more.
     assert (derived & ~body).sum() <= 0.01 * body.sum()
     assert derived[:, :, 0].sum() == derived[:, :, -1].sum() == derived[:, :, 5].sum()
+
+
+def test_rotation_augmentation_turns_images_mask_and_labels_together(tmp_path):
+    # A bar along x: after a rotation about z by up to 30° (prob 0.5) some patches show it tilted, and the
+    # label and mask follow the CT voxel for voxel, labels staying whole numbers.
+    import nibabel as nib
+
+    from radmtl.data.phantom import PHANTOM_LABELS
+
+    shape = (32, 32, 8)
+    bar = np.zeros(shape, np.float32)
+    bar[4:28, 14:18, :] = 1.0
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    files = {"mr": bar * 500.0 + 10.0, "ct": bar * 1000.0, "labels": bar * 3.0, "mask": np.ones(shape, np.float32)}
+    for name, array in files.items():
+        nib.save(nib.Nifti1Image(array, affine), str(tmp_path / f"{name}.nii.gz"))
+    cfg = load_config(None, ["data.spacing=[4.0,4.0,4.0]", "data.patch_size=[32,32,8]", "data.patches_per_volume=1",
+                             "data.augment_rotate_deg=[0.0,0.0,30.0]", "data.augment_flip=false",
+                             "data.augment_intensity=false"])
+    tf = training_transforms(cfg.data, ["mr", "ct", "labels", "mask"], PHANTOM_LABELS)
+    tilted = 0
+    for seed in range(12):
+        tf.set_random_state(seed)
+        out = tf({k: str(tmp_path / f"{k}.nii.gz") for k in files})[0]
+        labels, ct, mask = (np.asarray(out[k][0]) for k in ("labels", "ct", "mask"))
+        assert set(np.unique(labels)) <= {0.0, 3.0}
+        inside = mask > 0.5
+        # Where the label says bar, the CT is the bar's 1000 HU (1.0 scaled; bilinear at the edges, hence
+        # the margin), and only there.
+        assert np.mean(ct[(labels == 3) & inside] > 0.5) > 0.9
+        assert np.mean(ct[(labels == 0) & inside] < 0.5) > 0.9
+        rows = np.nonzero(labels[:, :, 4].any(axis=0))[0]
+        tilted += rows.size > 6  # the untilted bar covers 4 rows
+    assert 2 <= tilted <= 11
+
+
+def test_rotation_augmentation_angles_are_checked():
+    from radmtl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="augment_rotate_deg"):
+        load_config(None, ["data.augment_rotate_deg=[0.0,0.0,90.0]"])
