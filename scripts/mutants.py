@@ -48,6 +48,7 @@ DICOM_TESTS = ("tests/data/dicom/test_dicom_series.py", "tests/data/dicom/test_d
 DICOM_GRID_TESTS = ("tests/inference/test_dicom_grid.py", "tests/inference/test_infer_dicom.py")
 LOSSES, LIKELIHOODS, MODEL = "radmtl/nn/losses.py", "radmtl/nn/likelihoods.py", "radmtl/nn/model.py"
 TRANSFORMS = "radmtl/data/transforms.py"
+PHANTOM_TESTS = ("tests/data/phantom/test_realism.py",)
 CONFIG = "radmtl/config.py"
 RECALIBRATION, STEP, SCHEDULE = ("radmtl/training/recalibration.py", "radmtl/training/step.py",
                                  "radmtl/training/schedule.py")
@@ -220,6 +221,23 @@ MUTANTS: list[Mutant] = [
     )),
     Mutant("slab shift in world mm, not voxels", ("tests/inference/test_resample.py",), (
         (RESAMPLE, "torch.as_tensor(dst_affine @ shift)", "torch.as_tensor(shift @ dst_affine)"),
+    )),
+    # Issue 29: the phantom's realism, the outline and σ_grid on finer input grids, rotation augmentation.
+    Mutant("phantom: CT texture dropped (the MR's share left alone)", PHANTOM_TESTS, (
+        ("radmtl/data/phantom/cases.py", "ct_fine = hu_table[tissue_ct] + extra.texture_hu(ct_coords, tissue_ct)",
+         "ct_fine = hu_table[tissue_ct]"),
+    )),
+    Mutant("phantom: CT drawn on the MR's side (no misregistration)", PHANTOM_TESTS, (
+        ("radmtl/data/phantom/cases.py", "    ct_coords = extra.ct_coords(coords)\n", "    ct_coords = coords\n"),
+    )),
+    Mutant("outline: the sCT not cut at the input MR's body", ("tests/inference/test_body_outline.py",), (
+        (CASE_MAPS, "        array[~outline.input_body] = AIR_HU\n", ""),
+    )),
+    Mutant("σ_grid: a linear ramp's spread (H²/12), not a step's (H²/6)", ("tests/inference/test_body_outline.py",), (
+        (CASE_MAPS, "for axis in range(3)) / 6.0", "for axis in range(3)) / 12.0"),
+    )),
+    Mutant("rotation augmentation: labels interpolated", ("tests/data/test_transforms.py",), (
+        (TRANSFORMS, 'mode=["nearest" if k in DISCRETE_KEYS else "bilinear" for k in all_keys]', 'mode="bilinear"'),
     )),
 ]
 

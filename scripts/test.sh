@@ -12,28 +12,22 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
         echo "setup: chromium not installed and not root; the browser test will be skipped"
     fi
 fi
-# The DICOM tests validate every written CT and RT Structure Set instance with dciodvfy (Debian's
-# dicom3tools); install it when root. Without it those tests skip, except as root in CI, where they fail.
-if ! command -v dciodvfy >/dev/null 2>&1; then
+# Debian tools the tests use as independent readers: install each when root. Without one its tests skip,
+# except as root in CI, where they fail (tests/conftest.py).
+install_debian_tool() {  # COMMAND PACKAGE WHAT
+    command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing dicom3tools (dciodvfy) for the DICOM validity tests"
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null) \
-            || echo "setup: could not install dicom3tools; the DICOM validity tests will fail in CI"
+        echo "setup: installing $2 ($1) for $3"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null) \
+            || echo "setup: could not install $2; $3 will fail in CI"
     else
-        echo "setup: dciodvfy not installed and not root; the DICOM validity tests will be skipped"
+        echo "setup: $1 not installed and not root; $3 will be skipped"
     fi
-fi
-# The RT Structure Set is also read back by an independent reader, plastimatch (Debian's plastimatch);
-# install it when root, as dicom3tools above. Without it that test skips, except as root in CI, where it fails.
-if ! command -v plastimatch >/dev/null 2>&1; then
-    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing plastimatch for the RT Structure Set read-back test"
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq plastimatch >/dev/null) \
-            || echo "setup: could not install plastimatch; the read-back test will fail in CI"
-    else
-        echo "setup: plastimatch not installed and not root; the RT Structure Set read-back test will be skipped"
-    fi
-fi
+}
+# dciodvfy validates every written CT and RT Structure Set instance; plastimatch reads the RT Structure
+# Set back.
+install_debian_tool dciodvfy dicom3tools "the DICOM validity tests"
+install_debian_tool plastimatch plastimatch "the RT Structure Set read-back test"
 # Two pytest workers (pytest-xdist), one test file each at a time so that a file's module fixtures are
 # built once: most of the suite's time is single-threaded (subprocesses importing torch and MONAI,
 # MLflow's SQLite store, small convolutions), so two workers on two cores took 376 s where one process

@@ -27,6 +27,18 @@ def load_script() -> Callable[[str], ModuleType]:
     return load
 
 
+def _debian_tool(command: str, package: str) -> str:
+    """The path of a Debian tool the tests read with; skip where it is missing, except as root in CI,
+    where ``scripts/test.sh`` installs it: there a missing tool is a broken set-up and fails."""
+    executable = shutil.which(command)
+    if executable is None:
+        if os.geteuid() == 0 and os.environ.get("CI"):
+            pytest.fail(f"{command} not found, although running as root in CI where scripts/test.sh installs "
+                        f"Debian's {package}; run scripts/test.sh or apt-get install {package}")
+        pytest.skip(f"{command} (Debian package {package}) is not installed; scripts/test.sh installs it as root")
+    return executable
+
+
 @pytest.fixture(scope="session")
 def dciodvfy() -> Callable[[Iterable[Path]], str]:
     """Run David Clunie's DICOM validator (Debian ``dicom3tools``) on files; fail on any "Error" line.
@@ -35,12 +47,7 @@ def dciodvfy() -> Callable[[Iterable[Path]], str]:
     tests skip, except as root in CI, where ``scripts/test.sh`` installs it: there a missing validator
     is a broken set-up and fails.
     """
-    executable = shutil.which("dciodvfy")
-    if executable is None:
-        if os.geteuid() == 0 and os.environ.get("CI"):
-            pytest.fail("dciodvfy not found, although running as root in CI where scripts/test.sh installs "
-                        "Debian's dicom3tools; run scripts/test.sh or apt-get install dicom3tools")
-        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed; scripts/test.sh installs it as root")
+    executable = _debian_tool("dciodvfy", "dicom3tools")
 
     def check(paths: Iterable[Path]) -> str:
         outputs = []
@@ -65,12 +72,7 @@ def plastimatch() -> Callable[..., dict]:
 
     Skips where plastimatch is missing, except as root in CI, where ``scripts/test.sh`` installs it.
     """
-    executable = shutil.which("plastimatch")
-    if executable is None:
-        if os.geteuid() == 0 and os.environ.get("CI"):
-            pytest.fail("plastimatch not found, although running as root in CI where scripts/test.sh installs "
-                        "it; run scripts/test.sh or apt-get install plastimatch")
-        pytest.skip("plastimatch (Debian package plastimatch) is not installed; scripts/test.sh installs it as root")
+    executable = _debian_tool("plastimatch", "plastimatch")
 
     def read(rtstruct: Path, ct_folder: Path, out: Path, xor: bool = True) -> dict:
         import SimpleITK as sitk
