@@ -100,7 +100,9 @@ def test_oblique_mr_on_the_axial_grid_is_sct_resampled(oblique_run, dciodvfy):
     assert not np.any(body & ~inside) and body[inside].mean() > 0.95  # this field of view lies inside the patient
     assert np.all(ct_hu[~body] == -1024)
     expected = np.clip(_resampled(oblique_run / "sct.nii.gz", image, sitk.sitkLinear), -1024, 3071)
-    np.testing.assert_allclose(ct_hu[body], expected[body], atol=0.5 + 1e-3)
+    # Integer storage rounds by up to 0.5 HU; radmtl interpolates in float32, SimpleITK here in float64,
+    # which differ by up to a few thousandths of an HU at −800 HU (2.5e-3 seen).
+    np.testing.assert_allclose(ct_hu[body], expected[body], atol=0.5 + 1e-2)
     provenance = json.loads((oblique_run / "provenance.json").read_text())["dicom"]
     assert provenance["grid"]["kind"] == "axial" and provenance["grid"]["shape"] == list(image.GetSize())
     assert provenance["air_outside_body_voxels"] == int((~body).sum())
