@@ -1,7 +1,7 @@
 """Mutation check: deliberate bugs the test suite must catch (issue 14). Not part of CI.
 
 Each mutant is one or more exact text replacements in the library. For each, ``radmtl/``,
-``tests/`` and ``pyproject.toml`` are copied into a temporary folder, the copy is patched, and
+``tests/``, ``scripts/`` and ``pyproject.toml`` are copied into a temporary folder, the copy is patched, and
 ``python -m pytest -x -q <tests>`` runs there with ``PYTHONPATH`` pointing at the copy, so the
 patched copy is imported rather than the installed package (checked before any mutant runs, and
 again by the ``sanity`` mutant, a blatant bug that must be caught).
@@ -58,20 +58,21 @@ MUTANTS: list[Mutant] = [
         (PREDICT, 'out["sct"] = stats["sct"]', 'out["sct"] = stats["sct"] + 1.0'),
     )),
     Mutant("epistemic variance as E[x²] (−E[x]² dropped)", ("tests/inference/test_predict.py",), (
-        (PREDICT, 'stats["var_epistemic"] = sct.var(0, unbiased=False)',
-         'stats["var_epistemic"] = sct.square().mean(0)'),
+        (PREDICT, "m2 = ((sct - mean) ** 2).sum(0)", "m2 = (sct ** 2).sum(0)"),
     )),
     Mutant("aleatoric σ from the mean σ, not the mean σ²", ("tests/inference/test_predict.py",), (
-        (PREDICT, 'sigma2_from_log_var(samples["sct_log_var"].float(), likelihood).mean(0)',
-         'sigma2_from_log_var(samples["sct_log_var"].float(), likelihood).sqrt().mean(0).square()'),
+        (PREDICT, 'sigma2_from_log_var(samples["sct_log_var"].float(), likelihood).sum(0)',
+         'sigma2_from_log_var(samples["sct_log_var"].float(), likelihood).sqrt().sum(0)'),
+        (PREDICT, 'stats["var_aleatoric"] = sums.pop("var_aleatoric") / count',
+         'stats["var_aleatoric"] = (sums.pop("var_aleatoric") / count).square()'),
     )),
     Mutant("mutual information = expected entropy", ("tests/inference/test_predict.py",), (
         (PREDICT, 'out["seg_mutual_info"] = (entropy - stats["seg_expected_entropy"]).clamp_min(0.0)',
          'out["seg_mutual_info"] = stats["seg_expected_entropy"]'),
     )),
     Mutant("window disagreement counted as epistemic (variance after blending)", ("tests/inference/test_predict.py",), (
-        (PREDICT, 'stats["var_epistemic"] = sct.var(0, unbiased=False)',
-         'stats["var_epistemic"] = sct.square().mean(0)'),
+        (PREDICT, 'stats["var_epistemic"] = sct_m2 / count if mc_samples > 1',
+         'stats["var_epistemic"] = sct_m2 / count + sct_mean ** 2 if mc_samples > 1'),
         (PREDICT, 'var_epistemic = stats["var_epistemic"].clamp_min(0.0)',
          'var_epistemic = (stats["var_epistemic"] - stats["sct"] ** 2).clamp_min(0.0)'),
     )),
@@ -231,7 +232,7 @@ MUTANTS: list[Mutant] = [
         ("radmtl/data/phantom/cases.py", "    ct_coords = extra.ct_coords(coords)\n", "    ct_coords = coords\n"),
     )),
     Mutant("outline: the sCT not cut at the input MR's body", ("tests/inference/test_body_outline.py",), (
-        (CASE_MAPS, "        array[~outline.input_body] = AIR_HU\n", ""),
+        (CASE_MAPS, "array[~outline.input_body] = AIR_HU", "pass"),
     )),
     Mutant("σ_grid: a linear ramp's spread (H²/12), not a step's (H²/6)", ("tests/inference/test_body_outline.py",), (
         (CASE_MAPS, "for axis in range(3)) / 6.0", "for axis in range(3)) / 12.0"),
@@ -242,7 +243,7 @@ MUTANTS: list[Mutant] = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ("radmtl", "tests", "pyproject.toml")
+COPIED = ("radmtl", "tests", "scripts", "pyproject.toml")  # tests load scripts/ too (load_script)
 
 
 def stale_edits(mutant: Mutant) -> list[str]:
