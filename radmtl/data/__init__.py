@@ -16,7 +16,7 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "check_dataset": "check", "Problem": "check", "task_coverage": "check", "mr_problems": "volume_rules",
     "training_transforms": "transforms", "eval_transforms": "transforms", "derive_body_mask": "transforms",
     "check_laterality": "laterality", "left_right_pairs": "laterality",
-    "generate_case": "phantom.cases", "generate_dataset": "phantom.cases", "PHANTOM_LABELS": "phantom.cases",
+    "generate_case": "phantom.cases", "generate_dataset": "phantom.dataset", "PHANTOM_LABELS": "phantom.cases",
     "DicomError": "dicom.common", "DicomIdentity": "dicom.common", "RADMTL_UID_ROOT": "dicom.common",
     "select_series": "dicom.series", "read_series": "dicom.series",
     "write_ct_series": "dicom.ct", "write_rtstruct": "dicom.rtstruct", "rasterise_rtstruct": "dicom.rtstruct",

@@ -131,6 +131,13 @@ class BodyOutline:
     input_body: np.ndarray  # (X, Y, Z) bool
 
 
+def finer_than_network(net_affine: np.ndarray, input_affine: np.ndarray) -> bool:
+    """Whether a network voxel holds at least :data:`OUTLINE_MIN_VOXEL_RATIO` input voxels."""
+    net_voxel = abs(float(np.linalg.det(np.asarray(net_affine, np.float64)[:3, :3])))
+    input_voxel = abs(float(np.linalg.det(np.asarray(input_affine, np.float64)[:3, :3])))
+    return net_voxel >= OUTLINE_MIN_VOXEL_RATIO * input_voxel
+
+
 def body_outline(sct_network: Any, net_affine: np.ndarray, volume: Volume, ct_scale_hu: float,
                  input_body: np.ndarray | None = None) -> BodyOutline | None:
     """The outline rule for ``volume``'s grid, or None where that grid is not finer than the network's.
@@ -144,9 +151,7 @@ def body_outline(sct_network: Any, net_affine: np.ndarray, volume: Volume, ct_sc
     from radmtl.data.transforms import derive_body_mask
     from radmtl.inference.resample import resample_to_grid
 
-    net_voxel = abs(float(np.linalg.det(np.asarray(net_affine, np.float64)[:3, :3])))
-    input_voxel = abs(float(np.linalg.det(np.asarray(volume.affine, np.float64)[:3, :3])))
-    if net_voxel < OUTLINE_MIN_VOXEL_RATIO * input_voxel:
+    if not finer_than_network(net_affine, volume.affine):
         return None
     if input_body is None:
         input_body = derive_body_mask(volume.array) != 0
@@ -234,11 +239,13 @@ def add_grid_sigma(maps: dict[str, Any]) -> None:
 
 def input_grid_outputs(maps: dict[str, Any], net_affine: np.ndarray, volume: Volume, ct_scale_hu: float,
                        mc_samples: int, keep_probs: bool = False,
-                       use_outline: bool = True) -> Iterator[tuple[str, np.ndarray, type, str]]:
+                       use_outline: bool = True,
+                       input_body: np.ndarray | None = None) -> Iterator[tuple[str, np.ndarray, type, str]]:
     """Each map that infer writes, on the input grid: ``(stem, array, dtype, units)``.
 
     On an input grid finer than the network's, the sCT follows the input MR's body outline
-    (:func:`body_outline`; ``use_outline=False`` interpolates it plainly), and σ_total also holds
+    (:func:`body_outline`, from ``input_body`` when given; ``use_outline=False`` interpolates it plainly),
+    and σ_total also holds
     what the network grid cannot resolve (:func:`grid_sigma`, written as ``sct_sigma_grid``).
 
     Maps are produced one at a time and ``maps`` entries are dropped as they are used, so a caller
@@ -248,8 +255,8 @@ def input_grid_outputs(maps: dict[str, Any], net_affine: np.ndarray, volume: Vol
     """
     from radmtl.inference.resample import argmax_labels_on_grid
 
-    outline = (body_outline(maps["sct"], net_affine, volume, ct_scale_hu) if "sct" in maps and use_outline
-               else None)
+    outline = (body_outline(maps["sct"], net_affine, volume, ct_scale_hu, input_body)
+               if "sct" in maps and use_outline else None)
     if outline is not None and "sigma_total" in maps:
         add_grid_sigma(maps)
     for key, (stem, dtype, to_hu, needs_mc) in MAP_OUTPUTS.items():

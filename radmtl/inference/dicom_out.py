@@ -84,6 +84,7 @@ def write_dicom_outputs(
     hu_range: tuple[float, float] = (-1024.0, 3071.0),
     case_id: str = "",
     patient_position: str | None = None,
+    input_body: np.ndarray | None = None,
     grid: str = "input",
     sigma_maps: Mapping[str, np.ndarray] | None = None,
     maps_suffix: str = ".nii.gz",
@@ -121,7 +122,9 @@ def write_dicom_outputs(
 
     identity, position = _with_patient_position(identity, patient_position, case_id)
     on = dicom_grid(grid, volume.affine, volume.shape, scanner_order=source is None)
-    body = on.put(derive_body_mask(volume.array).astype(bool), "nearest")
+    if input_body is None:
+        input_body = derive_body_mask(volume.array) != 0
+    body = on.put(np.asarray(input_body, bool), "nearest")
     air = int(np.count_nonzero(~body))
     sct_hu = on.put(np.asarray(sct_hu, dtype=np.float32), "linear")
     labels = None if labels is None else on.put(labels, "nearest")

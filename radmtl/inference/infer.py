@@ -170,8 +170,16 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
         on_input = {}
         midline, laterality = None, None
         resample_s, t0 = 0.0, time.perf_counter()
+        # The input MR's body mask, derived once where the DICOM outputs need it (the sCT's outline on a
+        # finer grid uses the same one; without DICOM it is derived only if that outline applies).
+        input_body = None
+        if dicom_out:
+            from radmtl.data.transforms import derive_body_mask
+
+            input_body = derive_body_mask(volume.array) != 0
         for stem, array, dtype, units in input_grid_outputs(maps, net_affine, volume, cfg.data.ct_scale_hu,
-                                                            mc_samples, keep_probs=options.save_probabilities):
+                                                            mc_samples, keep_probs=options.save_probabilities,
+                                                            input_body=input_body):
             resample_s += time.perf_counter() - t0
             writer.submit(write_like, array, volume, writer.tmp_dir / f"{stem}{suffix}", dtype)
             written[stem] = {"file": f"{stem}{suffix}", "format": file_format, "dtype": np.dtype(dtype).name,
@@ -207,7 +215,7 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
                 identity=prepared.identity, source=prepared.source_series, model_sha256=source.sha256,
                 hu_range=tuple(cfg.data.ct_clip_hu), case_id=prepared.case_id,
                 patient_position=options.patient_position, grid=options.dicom_grid, sigma_maps=sigma_maps,
-                maps_suffix=suffix)
+                maps_suffix=suffix, input_body=input_body)
             written["dicom"] = {"file": f"{DICOM_FOLDER}/", "format": "dicom",
                                 "dtype": "int16 CT series + RT structure set", "units": "HU"}
             if sigma_maps:  # only off the input grid (--dicom-grid axial)

@@ -28,7 +28,8 @@ from scipy import optimize
 from radmtl.evaluation.calibration import SIGMA_FLOOR_HU, coverage, zscore_stats
 from radmtl.nn.checkpoint import model_from_checkpoint, save_checkpoint
 from radmtl.data.discovery import Case
-from radmtl.inference.case_maps import body_outline, grid_sigma, map_to_input_grid, predict_on_network_grid
+from radmtl.inference.case_maps import (body_outline, finer_than_network, grid_sigma, map_to_input_grid,
+                                        predict_on_network_grid)
 from radmtl.data.io import read_volume
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,10 @@ def case_residuals(loaded: Any, case: Case, mc_samples: int, device: Any) -> Cas
         sw_batch_size=cfg.infer.sw_batch_size, device=device, amp_dtype=None)
     ct = read_volume(case.paths["ct"])
     # The body outline infer uses on an input grid finer than the network's (the MR's grid is the CT's).
-    outline = body_outline(maps["sct"], net_affine, read_volume(case.paths["mr"]), cfg.data.ct_scale_hu)
+    # (the MR is read for its body mask only where the outline applies: validation cases on the network's
+    # own grid need neither)
+    outline = (body_outline(maps["sct"], net_affine, read_volume(case.paths["mr"]), cfg.data.ct_scale_hu)
+               if finer_than_network(net_affine, ct.affine) else None)
     if outline is not None:  # what the network grid cannot resolve: not scaled, like the epistemic σ
         maps["sigma_grid"] = grid_sigma(maps["sct"])
     on_grid = {key: map_to_input_grid(key, maps[key], net_affine, ct, cfg.data.ct_scale_hu, outline)

@@ -12,7 +12,7 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "PHANTOM_LABELS": "cases", "CASE_FILES": "cases", "DEFAULT_SHAPE": "cases", "DEFAULT_FOV_MM": "cases",
     "PhantomCase": "cases", "PhantomError": "cases", "TRAIN_SEED": "cases", "DESIGN_SEED": "cases",
     "TEST_SEED": "cases", "case_seed": "cases", "case_tissue_hu": "cases", "default_spacing": "cases",
-    "generate_case": "cases", "generate_dataset": "cases", "phantom_affine": "grids",
+    "generate_case": "cases", "generate_dataset": "dataset", "phantom_affine": "grids",
     "phantom_mr_series": "dicom", "write_mr_series": "dicom", "write_dataset_mr_series": "dicom",
     "axial_affine": "grids", "oblique_affine": "grids", "orientation_affine": "grids",
     "ORIENTATIONS": "grids",

@@ -14,26 +14,16 @@ same case, coarser or finer.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from radmtl.data.phantom import anatomy as anat
 from radmtl.errors import RadmtlError
-from radmtl.data.io import atomic_path, write_volume
-from radmtl.data.phantom.grids import ORIENTATIONS, orientation_affine, phantom_affine, world_coords  # noqa: F401
+from radmtl.data.phantom.grids import ORIENTATIONS, orientation_affine, world_coords
 from radmtl.data.phantom.noise import ct_noise_sd
 from radmtl.data.phantom.realism import CaseRealism, Realism, draw_case_realism
-
-log = logging.getLogger(__name__)
 
 PHANTOM_LABELS: dict[str, int] = {
     "background": 0,
@@ -295,116 +285,3 @@ def generate_case(
         tissue=tissue, seed=seed, mr_tissue=mr_tissue,
         displacement_mm=np.broadcast_to(extra.displacement_mm(coords), shape).astype(np.float32),
     )
-
-
-# From this many cases on, generate_dataset makes them in parallel by default.
-PARALLEL_MIN_CASES = 4
-
-
-def _workers(workers: int | None, cases: int) -> int:
-    if workers is None:
-        if cases < PARALLEL_MIN_CASES:
-            return 1
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise PhantomError(f"workers must be a positive integer, got {workers!r}")
-    return max(1, min(int(workers), cases))
-
-
-def _write_case(job) -> dict[str, str]:
-    """Generate one case and write its files; its dataset.json entry (a worker process runs this)."""
-    folder, case_id, seed, shape, spacing, realism, orientation = job
-    case = generate_case(seed, shape, spacing, realism, orientation)
-    arrays = {"mr": (case.mr, np.float32), "ct": (case.ct_hu, np.float32),
-              "mask": (case.mask, np.uint8), "labels": (case.labels, np.uint8),
-              "ct_noise_sd": (case.ct_noise_sd_hu, np.float32)}
-    entry = {"case": case_id}
-    for name in CASE_FILES:
-        array, dtype = arrays[name]
-        write_volume(array, case.affine, folder / f"{name}.nii.gz", dtype)
-        entry[name] = f"{case_id}/{name}.nii.gz"
-    return entry
-
-
-def generate_dataset(
-    out_dir: str | Path,
-    cases: int,
-    seed: int = 0,
-    shape: tuple[int, int, int] = DEFAULT_SHAPE,
-    spacing: tuple[float, float, float] | None = None,
-    workers: int | None = 1,
-    realism: Realism = Realism(),
-    orientations: tuple[str, ...] = ("ras",),
-) -> list[str]:
-    """Write ``cases`` phantom cases and ``dataset.json`` in the radmtl dataset layout.
-
-    Case ``i`` (``case_{i+1:03d}``) uses :func:`case_seed` ``(seed, i)``, so it is the same whatever
-    ``cases`` is, and whichever process makes it.
-
-    Args:
-        out_dir: dataset folder (created if missing).
-        cases: number of cases (≥ 1).
-        seed: dataset seed (non-negative integer).
-        shape: grid size (X, Y, Z) in voxels.
-        spacing: voxel size (mm); None covers :data:`DEFAULT_FOV_MM` with ``shape``.
-        workers: processes that make cases side by side; None: one per available CPU from
-            :data:`PARALLEL_MIN_CASES` cases on (a case takes about a second on the demo's grid, a
-            worker about as long to start), otherwise 1 (``radmtl phantom``'s default). Workers are
-            spawned processes, which import the caller's main module again: a script that asks for
-            more than one must call this under ``if __name__ == "__main__":``, hence the default 1.
-        realism: bowel gas, texture and MR→CT deformation (:class:`Realism`); recorded in
-            ``dataset.json``.
-        orientations: storage grids (:data:`ORIENTATIONS`), taken in turn: case ``i`` is stored on
-            ``orientations[i % n]``. With more than one, each case's folder is
-            ``<orientation>/case_NNN``, so ``radmtl evaluate`` summarises each orientation apart.
-
-    Returns:
-        The case ids, e.g. ``["case_001", ...]``.
-    """
-    if isinstance(cases, bool) or not isinstance(cases, (int, np.integer)) or cases < 1:
-        raise PhantomError(f"cases must be a positive integer, got {cases!r}")
-    seed = _check_seed(seed)
-    shape, spacing = _check_grid(shape, spacing)
-    cases = int(cases)
-    workers = _workers(workers, cases)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    seeds = [case_seed(seed, index) for index in range(cases)]
-    orientations = tuple(orientations)
-    if not orientations or any(o not in ORIENTATIONS for o in orientations):
-        raise PhantomError(f"orientations must be among {', '.join(ORIENTATIONS)}, got {orientations!r}")
-    case_orientations = [orientations[index % len(orientations)] for index in range(cases)]
-    case_ids = [(f"{case_orientations[index]}/" if len(orientations) > 1 else "") + f"case_{index + 1:03d}"
-                for index in range(cases)]
-    jobs = [(out_dir / case_ids[index], case_ids[index], seeds[index], shape, spacing, realism,
-             case_orientations[index]) for index in range(cases)]
-    entries = []
-    with contextlib.ExitStack() as stack:
-        make = map
-        if workers > 1:
-            # spawn, not fork: a forked child of a process whose torch already started its OpenMP
-            # threads (the tests, the ablation) can hang; the children import only numpy, scipy, nibabel.
-            context = multiprocessing.get_context("spawn")
-            make = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context)).map
-        for entry in make(_write_case, jobs):
-            entries.append(entry)
-            log.info("phantom %s (%d/%d) written to %s", entry["case"], len(entries), cases, out_dir)
-
-    dataset = {
-        "name": "radmtl-phantom",
-        "description": "Synthetic male pelvis: T2-like MR, CT in HU with Gaussian noise of known SD "
-                       "(ct_noise_sd, HU), body mask and organ labels; generated by radmtl.data.phantom.",
-        "labels": dict(PHANTOM_LABELS),
-        "spacing_mm": [float(s) for s in spacing],
-        "shape": list(shape),
-        "seed": seed,
-        "case_seeds": seeds,
-        "realism": realism.as_dict(),
-        "case_orientations": case_orientations,
-        "training": entries,
-        "validation": [],
-    }
-    with atomic_path(out_dir / "dataset.json") as tmp:
-        tmp.write_text(json.dumps(dataset, indent=2) + "\n")
-    return [entry["case"] for entry in entries]

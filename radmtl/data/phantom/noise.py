@@ -1,6 +1,6 @@
 """The phantom's CT noise model: a per-voxel noise SD from the attenuation along the rays through it.
 
-Split from :mod:`radmtl.data.phantom.cases` (which draws the case and writes it) because it is a model of its
+Split from :mod:`radmtl.data.phantom.cases` (which draws the case) because it is a model of its
 own: quantum and electronic noise of filtered back-projection, with exposure control and a bone kernel.
 """
 

@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from radmtl.data.phantom import anatomy as anat
 from radmtl.data.phantom import cases as phantom
+from radmtl.data.phantom import dataset as phantom_dataset
 from radmtl.data.phantom import (
     CASE_FILES,
     PHANTOM_LABELS,
@@ -332,9 +333,9 @@ def test_cases_made_in_worker_processes_are_the_same_files(dataset, tmp_path):
 
 def test_default_workers_start_at_four_cases_and_never_exceed_the_cases():
     cpus = len(os.sched_getaffinity(0))
-    assert phantom._workers(None, 3) == 1
-    assert phantom._workers(None, 4) == min(cpus, 4)
-    assert phantom._workers(8, 2) == 2 and phantom._workers(1, 30) == 1
+    assert phantom_dataset._workers(None, 3) == 1
+    assert phantom_dataset._workers(None, 4) == min(cpus, 4)
+    assert phantom_dataset._workers(8, 2) == 2 and phantom_dataset._workers(1, 30) == 1
 
 
 @pytest.mark.parametrize(
