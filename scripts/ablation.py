@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from radmtl.data.phantom import DESIGN_SEED, TEST_SEED, TRAIN_SEED
+from radmtl.data.phantom.realism import Realism
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"  # resolved at import: the recipes always come from the repository
@@ -603,6 +604,7 @@ def run_ablation(args: argparse.Namespace, argv: list[str] | None) -> int:
         figs += trajectory_figs
         import torch
         c0 = cfgs[names[0]]
+        realism = Realism()  # make_data generates with the defaults
         info = {
             "mode": args.mode, "mc": mode["mc"], "uri": uri, "experiment": experiment, "parent": parent.run_id,
             "seeds": args.seeds, "train_seed": TRAIN_SEED, "design_seed": DESIGN_SEED, "test_seed": TEST_SEED,
@@ -611,7 +613,10 @@ def run_ablation(args: argparse.Namespace, argv: list[str] | None) -> int:
                        f"{os.cpu_count()} CPUs (torch threads {torch.get_num_threads()})",
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "data": f"phantoms {mode['shape']} voxels at {mode['spacing']} mm, {mode['n_train']} train / {mode['n_val']} validation "
-                    f"(seed {TRAIN_SEED}) / {mode['n_test']} test cases (seed {TEST_SEED})",
+                    f"(seed {TRAIN_SEED}) / {mode['n_test']} test cases (seed {TEST_SEED}); phantom realism at its defaults "
+                    f"({realism.bowel_gas_candidates} bowel gas candidates, texture SD fat/muscle/trabecular "
+                    f"{'/'.join(f'{v:g}' for v in realism.texture_sd_hu)} HU, {realism.deformation_rms_mm:g} mm RMS "
+                    f"MR→CT deformation; radmtl/data/phantom/realism.py)",
             "shared": f"channels {list(c0.model.channels)}, dropout {c0.model.dropout}, "
                       f"patch {list(c0.data.patch_size)} at {list(c0.data.spacing)} mm, "
                       f"{c0.data.patches_per_volume} patches/volume, batch {c0.train.batch_size}, "
