@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-sigma-scaling", action="store_true",
                    help="write the raw predicted aleatoric σ, without the σ-scaling factor fitted on the "
                         "validation cases after training")
+    p.add_argument("--no-review", action="store_true",
+                   help="do not write review/ (review.json with the case's verdict, review.png, review.html)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for runs:/ and models:/ URIs")
     _add_common_run_args(p)
     p.set_defaults(func=cmd_infer)

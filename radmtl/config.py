@@ -174,6 +174,10 @@ class InferConfig:
     mc_samples: int = 20
     overlap: float = 0.5
     sw_batch_size: int = 2
+    # The per-case review's voxel flag (radmtl/evaluation/review.py), fitted after training: the σ_total
+    # level above which validation voxels had |sCT − CT| > review_error_hu with this precision.
+    review_error_hu: float = 100.0
+    review_precision: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"infer.mc_samples: {problem}")
     if not 0.0 <= cfg.infer.overlap < 1.0:
         raise ConfigError(f"infer.overlap: must be in [0, 1), got {cfg.infer.overlap}")
+    if not (math.isfinite(cfg.infer.review_error_hu) and cfg.infer.review_error_hu > 0):
+        raise ConfigError(f"infer.review_error_hu: must be a finite number > 0 (HU), got {cfg.infer.review_error_hu}")
+    if not 0.0 < cfg.infer.review_precision < 1.0:
+        raise ConfigError(f"infer.review_precision: must be in (0, 1), got {cfg.infer.review_precision}")
 
 
 # --- building dataclasses from plain dicts, with type checks that name the key ----------------

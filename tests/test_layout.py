@@ -6,13 +6,14 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "radmtl"
-# Who may import whom: cli → training → inference/evaluation → nn/data/tracking → config/errors/device.
+# Who may import whom: cli → training → inference → evaluation → nn/data/tracking → config/errors/device.
 # training uses inference (validation, recalibration run the network as infer does) and evaluation
-# (metrics, QA pictures); inference and evaluation do not use each other.
+# (metrics, QA pictures); inference uses evaluation for the per-case review it writes (its rule and
+# pictures); evaluation never uses inference: it reads what infer wrote, from files.
 ALLOWED = {
     "base": set(),
     "data": {"base"}, "nn": {"base", "data"}, "tracking": {"base"},  # nn writes checkpoints with data.io
-    "inference": {"base", "data", "nn", "tracking"},
+    "inference": {"base", "data", "nn", "tracking", "evaluation"},
     "evaluation": {"base", "data", "nn", "tracking"},
     "training": {"base", "data", "nn", "tracking", "inference", "evaluation"},
     "cli": {"base", "data", "nn", "tracking", "inference", "evaluation", "training"},

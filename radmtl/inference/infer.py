@@ -44,6 +44,7 @@ from radmtl.errors import RadmtlError
 from radmtl.data.laterality import check_laterality, laterality_problems, midline_x
 from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
 from radmtl.inference.provenance import case_provenance
+from radmtl.inference.review_out import REVIEW_FOLDER, CaseReview, thresholds_of
 from radmtl.data.io import OUTPUT_FORMATS, VolumeError, output_suffix, strip_volume_suffix, write_like
 
 from radmtl.data.dicom.series import SeriesInfo
@@ -80,6 +81,8 @@ class InferOptions:
     patient_position: str | None = None
     # The grid of the DICOM outputs: "input" (the MR's) or "axial" (radmtl.inference.dicom_grid).
     dicom_grid: str = "input"
+    # Write review/ (review.json, review.png, review.html) per case: radmtl.inference.review_out.
+    review: bool = True
 
 
 @dataclass
@@ -88,7 +91,8 @@ class CaseResult:
     seconds: float
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
-    # What a person must look at before using the case ("laterality": a left/right pair swapped).
+    # What a person must look at before using the case: the review's codes ("laterality": a left/right
+    # pair swapped, "body_flagged": more of the body flagged than the validation cases had, ...).
     flags: list[str] = field(default_factory=list)
 
 
@@ -177,6 +181,8 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
             from radmtl.data.transforms import derive_body_mask
 
             input_body = derive_body_mask(volume.array) != 0
+        review = (CaseReview(prepared.case_id, volume, loaded.label_names, thresholds_of(loaded.payload), sigma_scale,
+                             input_body) if options.review else None)
         for stem, array, dtype, units in input_grid_outputs(maps, net_affine, volume, cfg.data.ct_scale_hu,
                                                             mc_samples, keep_probs=options.save_probabilities,
                                                             input_body=input_body):
@@ -197,12 +203,16 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
             if dicom_out and (stem in ("sct", "seg") or
                               (options.dicom_grid != "input" and stem.startswith("sct_sigma"))):
                 on_input[stem] = array
+            if review is not None:
+                review.keep(stem, array)
             del array
             bar.update(1)
             t0 = time.perf_counter()
         resample_s += time.perf_counter() - t0
         timings["resample_s"] = resample_s
         del maps
+        review_future = (writer.submit(review.write, writer.tmp_dir / REVIEW_FOLDER, laterality)
+                         if review is not None else None)
         if dicom_out:
             from radmtl.inference.dicom_out import DICOM_FOLDER, GRID_MAPS_FOLDER, write_dicom_outputs
 
@@ -238,9 +248,14 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
             timings["write_s"] = writer.write_s
             timings["write_wait_s"] = writer.blocked_s + time.perf_counter() - t_resampled
             timings["total_s"] = time.perf_counter() - t_start
+            verdict = review_future.result() if review_future is not None else None
+            if verdict is not None:
+                written["review"] = {"file": f"{REVIEW_FOLDER}/", "format": "json, png, html", "files": verdict["files"]}
             provenance = case_provenance(loaded, source, prepared, options, written, timings, context)
             if dicom_future is not None:
                 provenance["dicom"] = dicom_future.result()
+            if verdict is not None:
+                provenance["review"] = {key: verdict[key] for key in ("verdict", "reasons", "codes")}
             try:
                 (writer.tmp_dir / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
                 writer.publish()
@@ -261,6 +276,8 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
             bar.close()
         outputs = [info["file"] for info in written.values()] + [PROVENANCE]
         flags = ["laterality"] if laterality is not None and laterality["status"] == "swapped" else []
+        if verdict is not None:
+            flags = sorted(set(flags) | set(verdict["codes"]))
         return CaseResult(case_id=prepared.case_id, seconds=time.perf_counter() - t_start, outputs=outputs,
                           flags=flags)
 
@@ -386,7 +403,7 @@ def infer_from_cli(args: argparse.Namespace) -> int:
         progress=not args.no_progress and not getattr(args, "quiet", False) and sys.stderr.isatty(),
         sigma_scaling=not args.no_sigma_scaling,
         series=args.series, dicom_out=True if args.dicom_out else None, output_format=args.output_format,
-        patient_position=args.patient_position, dicom_grid=args.dicom_grid,
+        patient_position=args.patient_position, dicom_grid=args.dicom_grid, review=not args.no_review,
     )
     results = run_inference(args.model, args.input, args.output, options, tracking_uri=args.tracking_uri)
     failed = [r for r in results if r.error]

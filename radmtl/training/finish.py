@@ -33,6 +33,9 @@ def recalibrate_best(out_dir: Path, val_cases: list, device: torch.device, track
     metrics = {"sigma_scale": record["factor"]}
     for when in ("before", "after"):
         metrics |= {f"val_{k}_{when}_recalibration": v for k, v in record[when].items()}
+    review = record["review_thresholds"]  # the per-case review's flag levels, fitted on the same voxels
+    metrics |= {"review_sigma_total_hu": review["sigma_total_hu"], "review_precision": review["precision"],
+                "review_recall": review["recall"], "review_case_flagged_fraction": review["case_flagged_fraction"]}
     tracker.log_metrics(metrics, step=epoch)
 
 

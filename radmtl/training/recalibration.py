@@ -26,6 +26,7 @@ import numpy as np
 from scipy import optimize
 
 from radmtl.evaluation.calibration import SIGMA_FLOOR_HU, coverage, zscore_stats
+from radmtl.evaluation.review import ReviewThresholds, ValidationCase, fit_review_thresholds
 from radmtl.nn.checkpoint import model_from_checkpoint, save_checkpoint
 from radmtl.data.discovery import Case
 from radmtl.inference.case_maps import (body_outline, finer_than_network, grid_sigma, map_to_input_grid,
@@ -48,6 +49,7 @@ class CaseResiduals:
     residual_hu: np.ndarray
     sigma_aleatoric_hu: np.ndarray
     sigma_epistemic_hu: np.ndarray
+    labels: np.ndarray | None = None  # reference labels of the same voxels, where the case has them
 
 
 def fit_sigma_scale(residual_hu: np.ndarray, sigma_aleatoric_hu: np.ndarray,
@@ -109,6 +111,7 @@ def case_residuals(loaded: Any, case: Case, mc_samples: int, device: Any) -> Cas
         residual_hu=(ct.array - on_grid["sct"])[body],
         sigma_aleatoric_hu=on_grid["sigma_aleatoric"][body],
         sigma_epistemic_hu=on_grid["sigma_epistemic"][body] if "sigma_epistemic" in on_grid else zeros,
+        labels=read_volume(case.paths["labels"]).array[body] if "labels" in case.paths else None,
     )
 
 
@@ -129,13 +132,23 @@ def calibration_summary(residual_hu: np.ndarray, sigma_aleatoric_hu: np.ndarray,
     return {"zscore_mean": z_mean, "zscore_sd": z_sd, "coverage_95": coverage(r, np.zeros_like(r), total, inside)}
 
 
+def review_thresholds(res: list[CaseResiduals], scale: float, cfg: Any, label_names: dict[str, int]) -> ReviewThresholds:
+    """The review's flag levels (:mod:`radmtl.evaluation.review`) on the same voxels, with σ_aleatoric × ``scale``."""
+    return fit_review_thresholds(
+        [ValidationCase(c.case_id, np.abs(c.residual_hu),
+                        np.sqrt(np.square(scale * c.sigma_aleatoric_hu) + np.square(c.sigma_epistemic_hu)), c.labels)
+         for c in res], label_names, cfg.infer.review_error_hu, cfg.infer.review_precision)
+
+
 def recalibrate(checkpoint: str | Path, val_cases: list[Case], device: Any = "cpu",
                 mc_samples: int | None = None) -> dict[str, Any] | None:
-    """Fit the σ-scaling factor on ``val_cases`` and store it in ``checkpoint`` (atomically).
+    """Fit the σ-scaling factor on ``val_cases`` and store it in ``checkpoint`` (atomically), with the
+    review thresholds fitted on the same voxels (``review_thresholds``).
 
     Returns:
-        The ``sigma_scaling`` record written into the checkpoint, or None when there is nothing to
-        fit (no per-voxel σ head, or no validation case with a CT).
+        The ``sigma_scaling`` record written into the checkpoint (its ``review_thresholds`` entry holds
+        the review's), or None when there is nothing to fit (no per-voxel σ head, or no validation
+        case with a CT).
     """
     loaded = model_from_checkpoint(checkpoint, device)
     cfg = loaded.cfg
@@ -159,14 +172,19 @@ def recalibrate(checkpoint: str | Path, val_cases: list[Case], device: Any = "cp
         "before": before,
         "after": after,
     }
+    thresholds = review_thresholds(res, scale, cfg, loaded.label_names)
     # The payload read to build the model (its tensors stay on the CPU): no second read of the file.
     payload = dict(loaded.payload)
     payload["sigma_scaling"] = record
+    payload["review_thresholds"] = thresholds.as_dict()
     save_checkpoint(checkpoint, payload)
+    log.info("review flag: σ_total ≥ %.1f HU (precision %.2f, recall %.2f for |error| > %g HU on the validation "
+             "voxels); a case asks for review above %.2f %% of its body flagged", thresholds.sigma_total_hu,
+             thresholds.precision, thresholds.recall, thresholds.error_hu, 100 * thresholds.case_flagged_fraction)
     log.info("σ-scaling factor %.3f on %d validation case(s): z SD %.3f → %.3f, coverage_95 %.3f → %.3f",
              scale, len(res), before["zscore_sd"], after["zscore_sd"], before["coverage_95"],
              after["coverage_95"])
-    return record
+    return record | {"review_thresholds": thresholds.as_dict()}
 
 
-__all__ = ["CaseResiduals", "calibration_summary", "case_residuals", "fit_sigma_scale", "pool", "recalibrate"]
+__all__ = ["CaseResiduals", "calibration_summary", "case_residuals", "fit_sigma_scale", "pool", "recalibrate", "review_thresholds"]

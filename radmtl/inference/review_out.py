@@ -1,0 +1,109 @@
+"""``review/`` in each case folder of ``radmtl infer``: review.json, review.png and review.html.
+
+The review (:mod:`radmtl.evaluation.review`) is decided on the input grid, from the maps infer writes
+there, with the thresholds fitted after training and stored in the checkpoint. The maps arrive one at a
+time as infer streams them to the writers; :class:`CaseReview` keeps the few the review needs (the sCT,
+σ_total, the labels, the segmentation entropy and mutual information) until the labels, which come
+last, arrive, and the review is then written on a writer thread while the next case runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radmtl.data.io import Volume, atomic_path
+from radmtl.evaluation.review import ReviewThresholds, review_case
+
+log = logging.getLogger(__name__)
+
+REVIEW_FOLDER = "review"
+REVIEW_JSON = "review.json"
+# infer's file stems (radmtl.inference.case_maps.MAP_OUTPUTS, plus "seg") the review reads
+_NEEDED = ("sct", "sct_sigma_total", "seg_entropy", "seg_mutual_info", "seg")
+
+
+def thresholds_of(payload: dict[str, Any]) -> ReviewThresholds | None:
+    """The checkpoint's fitted review thresholds, or None (saved before they existed, or not fitted)."""
+    record = payload.get("review_thresholds")
+    return ReviewThresholds.from_dict(record) if record else None
+
+
+def as_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``array`` with its axes permuted and flipped to the closest RAS+ order (for pictures only: an
+    oblique grid keeps its tilt), and the voxel spacing along the new axes (mm)."""
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    ornt = io_orientation(affine)
+    zooms = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
+    spacing = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(ornt):
+        spacing[int(target)] = float(zooms[axis])
+    return np.ascontiguousarray(apply_orientation(array, ornt)), (spacing[0], spacing[1], spacing[2])
+
+
+class CaseReview:
+    """Keeps the maps of one case that its review needs, then writes ``review/``."""
+
+    def __init__(self, case_id: str, volume: Volume, label_names: dict[str, int], thresholds: ReviewThresholds | None,
+                 sigma_scale: float, body: np.ndarray | None = None):
+        self.case_id = case_id
+        self.volume = volume
+        self.label_names = label_names
+        self.thresholds = thresholds
+        self.sigma_scale = sigma_scale
+        self.body = body
+        self.maps: dict[str, np.ndarray] = {}
+
+    def keep(self, stem: str, array: np.ndarray) -> None:
+        if stem in _NEEDED:
+            self.maps[stem] = array
+
+    def write(self, folder: Path, laterality: dict[str, Any] | None) -> dict[str, Any]:
+        """Decide the review and write ``folder`` (review.json; the pictures unless drawing fails).
+
+        Returns the review.json content.
+        """
+        from radmtl.data.transforms import derive_body_mask
+
+        body = self.body if self.body is not None else derive_body_mask(self.volume.array) != 0
+        voxel_ml = abs(float(np.linalg.det(np.asarray(self.volume.affine, np.float64)[:3, :3]))) / 1000.0
+        review, flagged = review_case(
+            case_id=self.case_id, sigma_total_hu=self.maps.get("sct_sigma_total"), labels=self.maps.get("seg"),
+            body=body, voxel_ml=voxel_ml, label_names=self.label_names, thresholds=self.thresholds,
+            entropy=self.maps.get("seg_entropy"), mutual_info=self.maps.get("seg_mutual_info"),
+            laterality=laterality, sigma_scale=self.sigma_scale)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / REVIEW_JSON) as tmp:
+            tmp.write_text(json.dumps(review, indent=2) + "\n", encoding="utf-8")
+        files = [REVIEW_JSON]
+        try:
+            files += self._draw(folder, review, flagged, body)
+        except Exception as err:  # a picture that cannot be drawn must not cost the case its outputs
+            log.warning("case %s: the review pictures could not be drawn (%s: %s); review.json is written",
+                        self.case_id, type(err).__name__, err)
+        review["files"] = files
+        self.maps.clear()
+        return review
+
+    def _draw(self, folder: Path, review: dict[str, Any], flagged: np.ndarray, body: np.ndarray) -> list[str]:
+        from radmtl.evaluation.review_figure import write_review_figure
+
+        affine = self.volume.affine
+        mr, spacing = as_ras(self.volume.array, affine)
+
+        def ras(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else as_ras(array, affine)[0]
+
+        png, html = write_review_figure(
+            folder, mr=mr, sct_hu=ras(self.maps.get("sct")), sigma_total_hu=ras(self.maps.get("sct_sigma_total")),
+            labels=ras(self.maps.get("seg")), flagged=ras(flagged), body=ras(body), spacing=spacing,
+            label_names=self.label_names, summary=review, title=self.case_id)
+        return [Path(png).name, Path(html).name]
+
+
+__all__ = ["CaseReview", "REVIEW_FOLDER", "REVIEW_JSON", "as_ras", "thresholds_of"]
