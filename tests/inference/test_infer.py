@@ -130,7 +130,7 @@ def test_outputs_land_on_the_input_grid(tmp_path, constant_sigma_checkpoint, mr_
     assert _infer(constant_sigma_checkpoint, mr_path, tmp_path / "out", "--mc-samples", "1") == 0
     case = tmp_path / "out" / "pt 7"
     expected = {"sct.nii.gz": np.float32, "sct_sigma_aleatoric.nii.gz": np.float32, "seg.nii.gz": np.uint8}
-    assert {p.name for p in case.iterdir()} == set(expected) | {"provenance.json"}
+    assert {p.name for p in case.iterdir()} == set(expected) | {"provenance.json", "review"}
     for name, dtype in expected.items():
         img = nib.load(str(case / name))
         assert img.shape == SHAPE, name
@@ -274,7 +274,7 @@ def test_single_task_models_write_only_their_maps(tmp_path, mr_ras, tasks, expec
     model = save_checkpoint(tmp_path / "m.pt", tiny_payload([f"loss.tasks={tasks}"]))
     mr_path = _write_mr(tmp_path / "x.nii.gz", mr_ras, _affine("ras"))
     assert _infer(model, mr_path, tmp_path / "out", "--mc-samples", "2") == 0
-    assert {p.name for p in (tmp_path / "out" / "x").iterdir()} == expected | {"provenance.json"}
+    assert {p.name for p in (tmp_path / "out" / "x").iterdir()} == expected | {"provenance.json", "review"}
 
 
 def test_dataset_folder_and_mlflow_uri(tmp_path, checkpoint, mr_ras, monkeypatch):

@@ -73,7 +73,7 @@ def test_output_format_mha_on_nifti_input_keeps_the_grid(tmp_path, checkpoint, m
     assert _infer(checkpoint, mr_path, tmp_path / "out", "--output-format", "mha", "--save-probabilities") == 0
     case = tmp_path / "out" / "pt1"
     assert {p.name for p in case.iterdir()} == {"sct.mha", "sct_sigma_aleatoric.mha", "seg.mha",
-                                                "seg_probabilities.mha", "provenance.json"}
+                                                "seg_probabilities.mha", "provenance.json", "review"}
     mr = read_volume(mr_path)
     for name, pixel in (("sct", "32-bit float"), ("seg", "8-bit unsigned integer")):
         out = read_volume(case / f"{name}.mha")
@@ -94,7 +94,7 @@ def test_auto_format_follows_an_uncompressed_nifti_input(tmp_path, checkpoint, m
     mr_path = _write_mr(tmp_path / "pt2.nii", mr_array)
     assert _infer(checkpoint, mr_path, tmp_path / "out") == 0
     files = {p.name for p in (tmp_path / "out" / "pt2").iterdir()}
-    assert files == {"sct.nii", "sct_sigma_aleatoric.nii", "seg.nii", "provenance.json"}
+    assert files == {"sct.nii", "sct_sigma_aleatoric.nii", "seg.nii", "provenance.json", "review"}
     prov = json.loads((tmp_path / "out" / "pt2" / "provenance.json").read_text())
     assert {v["format"] for v in prov["outputs"].values()} == {"nii"}
 
