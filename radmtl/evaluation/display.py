@@ -69,8 +69,19 @@ def check_spacing(spacing: Sequence[float]) -> None:
 def foreground_centre(shape: tuple[int, ...], *candidates: np.ndarray | None) -> tuple[int, int, int]:
     """Voxel index of the centroid of the first candidate with any voxel > 0, else the middle of ``shape``."""
     for volume in candidates:
-        if volume is not None and np.any(volume > 0):
-            return tuple(int(round(float(c))) for c in np.argwhere(volume > 0).mean(axis=0))
+        if volume is None:
+            continue
+        inside = volume > 0
+        count = int(np.count_nonzero(inside))
+        if count:
+            # From the per-axis projections, not np.argwhere: a planning CT's body holds tens of
+            # millions of voxels, and their (N, 3) coordinates would take gigabytes.
+            centre = []
+            for axis in range(3):
+                others = tuple(a for a in range(3) if a != axis)
+                profile = np.count_nonzero(inside, axis=others)
+                centre.append(int(round(float(np.dot(np.arange(profile.size), profile)) / count)))
+            return tuple(centre)
     return tuple(s // 2 for s in shape)
 
 
@@ -88,6 +99,15 @@ def display_slice(volume: np.ndarray | None, view: str, index: int) -> np.ndarra
     if flip_cols:
         image = image[:, ::-1]
     return np.ascontiguousarray(image)
+
+
+def display_point(view: str, voxel: Sequence[int], shape: tuple[int, ...], spacing: Sequence[float]) -> tuple[float, float]:
+    """Where voxel ``voxel`` (x, y, z) lies on a :func:`display_slice` image drawn with :func:`slice_extent`:
+    (horizontal, vertical) in mm, the voxel's centre."""
+    _, col_axis, row_axis, flip_cols, flip_rows, _ = VIEW_GEOMETRY[view]
+    col = shape[col_axis] - 1 - voxel[col_axis] if flip_cols else voxel[col_axis]
+    row = shape[row_axis] - 1 - voxel[row_axis] if flip_rows else voxel[row_axis]
+    return (col + 0.5) * float(spacing[col_axis]), (row + 0.5) * float(spacing[row_axis])
 
 
 def slice_extent(view: str, shape: tuple[int, ...], spacing: Sequence[float]) -> list[float]:
