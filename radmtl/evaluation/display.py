@@ -14,6 +14,7 @@ nothing to close, safe on headless machines.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -160,14 +161,22 @@ def robust_range(values: np.ndarray, low: float = 1.0, high: float = 99.0) -> tu
     return lo, hi
 
 
-def save_png(fig: Any, path: Path, dpi: int = 100) -> Path:
-    """Render ``fig`` on an Agg canvas and write it to ``path`` atomically; returns ``path``."""
+def render_png(fig: Any, dpi: int = 100) -> bytes:
+    """``fig`` rendered on an Agg canvas, as PNG bytes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def save_png(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Render ``fig`` and write it to ``path`` atomically; returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    png = render_png(fig, dpi)
     # Atomic, so MLflow or a browser never picks up a half-written PNG.
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+        tmp.write_bytes(png)
     return path
