@@ -26,24 +26,8 @@ pytestmark = [
 ]
 
 
-def _case() -> dict:
-    shape = (40, 32, 24)
-    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
-    body = ((x - 20) / 18) ** 2 + ((y - 16) / 14) ** 2 + ((z - 12) / 14) ** 2 < 1
-    labels = (((x - 20) ** 2 + (y - 18) ** 2 + (z - 12) ** 2) < 16).astype(np.uint8)
-    sigma = np.where(body, 40.0, 0.0).astype(np.float32)
-    sigma[26:31, 8:13, 14:19] = 300.0
-    return {
-        "mr": np.where(body, 400.0, 0.0) + 300.0 * labels + np.random.default_rng(0).normal(0.0, 10.0, shape),
-        "sct_hu": np.where(body, 30.0, -1000.0).astype(np.float32), "sigma_total_hu": sigma, "labels": labels,
-        "flagged": (sigma > 200.0) & body, "body": body, "spacing": (1.5, 1.5, 2.5), "label_names": {"bladder": 1},
-        "summary": {"case": "case_001", "verdict": "review", "reasons": ["0.7 ml of the body has σ_total above 200 HU"],
-                    "organs": {"bladder": {"volume_ml": 1.8, "mean_sigma_total_hu": 40.0}}},
-    }
-
-
-def test_review_page_renders_offline(tmp_path):
-    _, html_path = write_review_figure(tmp_path / "review", **_case(), sigma_threshold_hu=200.0)
+def test_review_page_renders_offline(tmp_path, review_case):
+    _, html_path = write_review_figure(tmp_path / "review", **review_case, sigma_threshold_hu=200.0)
     screenshot = tmp_path / "screenshot.png"
     command = [
         str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -11,43 +11,14 @@ from radmtl.evaluation.flagged_region import FlaggedRegion, worst_flagged_region
 from radmtl.evaluation.review_figure import render_review_figure, write_review_figure
 from radmtl.evaluation.review_page import format_value, review_html
 
-SHAPE = (40, 32, 24)
-SPACING = (1.5, 1.5, 2.5)
-LABEL_NAMES = {"bladder": 1, "rectum": 2}
-BLOB = (slice(26, 31), slice(8, 13), slice(14, 19))  # 5³ voxels in the body, centred on (28, 10, 16), off its centre
+SHAPE = (40, 32, 24)  # as review_case's volumes
+BLOB = (slice(26, 31), slice(8, 13), slice(14, 19))  # review_case's flagged blob: 5³ voxels centred on (28, 10, 16)
 
 
 def _image(png: bytes) -> np.ndarray:
     import matplotlib.image
 
     return matplotlib.image.imread(io.BytesIO(png), format="png")
-
-
-@pytest.fixture
-def case() -> dict:
-    """An ellipsoid body with two organs, σ_total high in a blob away from the centre, flagged there."""
-    x, y, z = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
-    body = ((x - 20) / 18) ** 2 + ((y - 16) / 14) ** 2 + ((z - 12) / 14) ** 2 < 1
-    labels = np.zeros(SHAPE, dtype=np.uint8)
-    labels[((x - 20) ** 2 + (y - 18) ** 2 + (z - 12) ** 2) < 16] = 1
-    labels[((x - 20) ** 2 + (y - 10) ** 2 + (z - 12) ** 2) < 6] = 2
-    mr = np.where(body, 400.0, 0.0) + 300.0 * (labels == 1) + np.random.default_rng(0).normal(0.0, 10.0, SHAPE)
-    sct = np.where(body, 30.0, -1000.0).astype(np.float32)
-    sigma = np.where(body, 40.0, 0.0).astype(np.float32)
-    sigma[BLOB] = 300.0
-    flagged = (sigma > 200.0) & body
-    summary = {
-        "case": "case_001", "verdict": "review",
-        "reasons": ["3.1 ml of the body has σ_total above 200 HU", "rectum: p95 σ_total above threshold"],
-        "organs": {"bladder": {"volume_ml": 1.8, "mean_sigma_total_hu": 40.0, "p95_sigma_total_hu": 40.0,
-                               "flags": []},
-                   "rectum": {"volume_ml": 0.23, "mean_sigma_total_hu": 41.5, "entropy": 0.0123,
-                              "flags": ["sigma_p95"]}},
-        "flagged_fraction_body": float(flagged[body].mean()),
-        "thresholds": {"sigma_total_hu": 200.0},
-    }
-    return {"mr": mr, "sct_hu": sct, "sigma_total_hu": sigma, "labels": labels, "flagged": flagged, "body": body,
-            "spacing": SPACING, "label_names": LABEL_NAMES, "summary": summary}
 
 
 def test_worst_flagged_region_is_the_largest_blob():
@@ -85,8 +56,8 @@ def test_worst_flagged_region_connectivity_and_ties():
         worst_flagged_region(flagged[0])
 
 
-def test_review_figure_png_and_html(tmp_path, case):
-    png_path, html_path = write_review_figure(tmp_path, **case, title="case_001", sigma_threshold_hu=200.0)
+def test_review_figure_png_and_html(tmp_path, review_case):
+    png_path, html_path = write_review_figure(tmp_path, **review_case, title="case_001", sigma_threshold_hu=200.0)
     assert (png_path.name, html_path.name) == ("review.png", "review.html")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["review.html", "review.png"]  # no temporary file left
     image = _image(png_path.read_bytes())
@@ -98,7 +69,7 @@ def test_review_figure_png_and_html(tmp_path, case):
 
     page = html_path.read_text(encoding="utf-8")
     assert '<span class="verdict" style="background: #e66101">REVIEW</span>' in page
-    for text in ("case_001", "bladder", "rectum", "3.1 ml of the body has σ_total above 200 HU",
+    for text in ("case_001", "bladder", "rectum", "0.7 ml of the body has σ_total above 200 HU",
                  "<th>thresholds.sigma_total_hu</th><td class=\"number\">200</td>", "flagged (σ_total &gt; 200 HU): 125 voxels"):
         assert text in page, text
     # The organ table has the union of the organs' keys as columns, "—" where an organ lacks one.
@@ -109,8 +80,8 @@ def test_review_figure_png_and_html(tmp_path, case):
     assert "<script" not in page.lower() and "<link" not in page.lower()
 
 
-def test_figure_slices_through_the_blob_and_marks_it(case):
-    figure = render_review_figure(**case, title="case_001")
+def test_figure_slices_through_the_blob_and_marks_it(review_case):
+    figure = render_review_figure(**review_case, title="case_001")
     assert figure.region == FlaggedRegion(centre=(28, 10, 16), n_voxels=125, n_regions=1)
     assert figure.notes[0].startswith("flagged: 125 voxels = 0.7 ml")
 
@@ -120,14 +91,14 @@ def test_figure_slices_through_the_blob_and_marks_it(case):
 
     # Translucent red over the MR shows where the flagged panels cut the blob; without flags only the
     # bladder's red outline is left.
-    quiet = render_review_figure(**dict(case, flagged=np.zeros(SHAPE, dtype=bool)), title="case_001")
+    quiet = render_review_figure(**dict(review_case, flagged=np.zeros(SHAPE, dtype=bool)), title="case_001")
     assert red_pixels(figure.png) > 5 * red_pixels(quiet.png) > 0
 
 
-def test_nothing_flagged_leaves_out_the_worst_rows_and_says_so(tmp_path, case):
-    flagged_png = render_review_figure(**case, title="case_001").png
-    quiet = dict(case, flagged=np.zeros(SHAPE, dtype=bool),
-                 summary=dict(case["summary"], verdict="ok", reasons=[], flagged_fraction_body=0.0))
+def test_nothing_flagged_leaves_out_the_worst_rows_and_says_so(tmp_path, review_case):
+    flagged_png = render_review_figure(**review_case, title="case_001").png
+    quiet = dict(review_case, flagged=np.zeros(SHAPE, dtype=bool),
+                 summary=dict(review_case["summary"], verdict="ok", reasons=[], flagged_fraction_body=0.0))
     png_path, html_path = write_review_figure(tmp_path, **quiet, sigma_threshold_hu=200.0)
     # Three rows instead of six: about half the height, the same width.
     assert _image(png_path.read_bytes()).shape[1] == _image(flagged_png).shape[1]
@@ -139,8 +110,8 @@ def test_nothing_flagged_leaves_out_the_worst_rows_and_says_so(tmp_path, case):
     assert "<title>case_001 — radmtl review: ok</title>" in page  # the title defaults to summary["case"]
 
 
-def test_text_from_files_is_escaped(case):
-    summary = dict(case["summary"], reasons=["<script>alert(1)</script>"],
+def test_text_from_files_is_escaped(review_case):
+    summary = dict(review_case["summary"], reasons=["<script>alert(1)</script>"],
                    organs={"<img src=x onerror=alert(1)>": {"note": "a & b"}})
     page = review_html(summary, b"\x89PNG", 'case "<b>"')
     assert "<script>" not in page and "<img src=x" not in page and "<b>" not in page
@@ -157,8 +128,8 @@ def test_values_are_formatted_for_reading(value, text):
     assert format_value(value) == text
 
 
-def test_missing_required_volume_is_named(case):
+def test_missing_required_volume_is_named(review_case):
     with pytest.raises(ValueError, match="sigma_total_hu: required"):
-        render_review_figure(**dict(case, sigma_total_hu=None), title="c")
+        render_review_figure(**dict(review_case, sigma_total_hu=None), title="c")
     with pytest.raises(ValueError, match="flagged has shape"):
-        render_review_figure(**dict(case, flagged=case["flagged"][:-1]), title="c")
+        render_review_figure(**dict(review_case, flagged=review_case["flagged"][:-1]), title="c")
