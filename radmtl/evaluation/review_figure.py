@@ -129,6 +129,11 @@ def _reason_lines(summary: Mapping[str, Any]) -> list[str]:
     return lines or ["no reason to review" if summary.get("verdict") == "ok" else "no reasons given"]
 
 
+def _note_lines(note: str) -> list[str]:
+    """One line per clause of a note, wrapped short enough to stay clear of the organ legend."""
+    return [line for clause in note.split("; ") for line in textwrap.wrap(clause, 110)]
+
+
 def _draw_header(subfig: Any, height_in: float, title: str, verdict: str, blocks: Sequence[tuple[list[str], dict]],
                  organ_handles: list[Any]) -> None:
     """Verdict (large, coloured), then text blocks one under the other, the organ legend at the right."""
@@ -226,11 +231,10 @@ def render_review_figure(
     for _, _, view in rows:
         _, width_mm, height_mm, _ = slice_extent(view, shape, spacing)
         heights.append(max(1.5, min(6.0, PANEL_INCHES * height_mm / max(width_mm, 1e-6))))
-    # Wrapped short enough to stay clear of the organ legend at the header's right.
     blocks = [(_reason_lines(summary), {"fontsize": 11}),
-              (textwrap.wrap(notes[0], 120), {"fontsize": 11, "fontweight": "bold", "color": "0.15"}),
-              (textwrap.wrap(notes[1], 135), {"fontsize": 10, "color": "0.3"})]
-    header_in = max(_TITLE_IN + sum(_LINE_IN * len(lines) + 0.05 for lines, _ in blocks) + 0.3, 0.45 + 0.2 * len(present))
+              (_note_lines(notes[0]), {"fontsize": 11, "fontweight": "bold", "color": "0.15"}),
+              (_note_lines(notes[1]), {"fontsize": 10, "color": "0.3"})]
+    header_in = max(_TITLE_IN + sum(_LINE_IN * len(lines) + 0.05 for lines, _ in blocks) + 0.1, 0.45 + 0.2 * len(present))
     grid_in = sum(heights) + _ROW_GAP_IN * len(rows)
     fig = Figure(figsize=(4 * PANEL_INCHES + 2.6, header_in + grid_in), layout="constrained")
     header, grid = fig.subfigures(2, 1, height_ratios=[header_in, grid_in])
