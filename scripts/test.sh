@@ -2,7 +2,7 @@
 # The README's test command: set up .venv on a fresh machine, then run the whole test suite.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-# The MLflow UI browser test needs Debian's Chromium + ChromeDriver; install them when root.
+# The browser tests need Debian's Chromium (the MLflow UI test also ChromeDriver); install them when root.
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
         echo "setup: installing chromium and chromium-driver for the browser test"

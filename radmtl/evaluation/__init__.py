@@ -1,5 +1,5 @@
-"""Evaluation: image and segmentation metrics, uncertainty calibration, `radmtl evaluate`, plots and
-QA pictures.
+"""Evaluation: image and segmentation metrics, uncertainty calibration, `radmtl evaluate`, plots, QA
+pictures and the per-case review figure.
 
 Public pieces are imported on first access (:mod:`radmtl._lazy`), so importing one module of
 this package does not import the others.
@@ -13,4 +13,5 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "evaluate": "evaluate", "evaluate_from_cli": "evaluate", "Evaluation": "evaluate",
     "calibration_plot": "plots", "error_vs_sigma_plot": "plots",
     "qa_images": "qa", "training_curves": "qa",
+    "write_review_figure": "review_figure", "worst_flagged_region": "flagged_region",
 })

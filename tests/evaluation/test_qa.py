@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from radmtl.evaluation.qa import _panels, _series, _slice, qa_images, training_curves
+from radmtl.evaluation.qa import _panels, _series, qa_images, training_curves
 from radmtl.tracking.metrics_file import read_records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -35,18 +35,6 @@ def phantom():
     ref[((x - 8) ** 2 + (y - 12) ** 2 < 8) & (z > 3) & (z < 9)] = 1
     seg = np.roll(ref, 1, axis=0)
     return {"mr": mr, "ct_hu": ct, "sct_hu": sct, "sigma_hu": sigma, "seg": seg, "ref_labels": ref, "mask": body}
-
-
-def test_slices_follow_radiological_convention():
-    volume = np.zeros((4, 5, 6))
-    volume[3, 0, 0] = 1  # most right (x grows towards R), posterior, inferior
-    axial = _slice(volume, "axial", 0)
-    assert axial.shape == (5, 4)  # rows = y, cols = x
-    assert axial[-1, 0] == 1  # right on the viewer's left, posterior at the bottom
-    coronal = _slice(volume, "coronal", 0)
-    assert coronal.shape == (6, 4) and coronal[-1, 0] == 1  # inferior at the bottom
-    sagittal = _slice(volume, "sagittal", 3)
-    assert sagittal.shape == (6, 5) and sagittal[-1, -1] == 1  # anterior left, so posterior right
 
 
 def test_qa_images_one_png_per_view(tmp_path, phantom):
