@@ -258,6 +258,17 @@ def undefined_cases(rows: Mapping[str, Mapping[str, float]]) -> dict[str, list[s
     return {key: [case for case, row in rows.items() if key in row and math.isnan(row[key])] for key in keys}
 
 
+def undefined_lines(undefined: Mapping[str, list[str]]) -> list[str]:
+    """One line per set of cases that :func:`undefined_cases` found, naming the metrics it leaves out."""
+    # One line per set of cases rather than per metric: a case without a 200 HU error voids six metrics.
+    grouped: dict[tuple[str, ...], list[str]] = {}
+    for name, cases in undefined.items():
+        if cases:
+            grouped.setdefault(tuple(cases), []).append(name)
+    return [f"undefined in {len(cases)} case(s) without an event voxel or without a non-event voxel "
+            f"({', '.join(cases)}): {', '.join(names)}" for cases, names in grouped.items()]
+
+
 def mean_risk_coverage(curves: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, int]]:
     """Mean over cases of the per-case risk–coverage curves, per map name: ``{name: (mean MAE, n cases)}``.
 

@@ -194,6 +194,6 @@ def risk_coverage_plot(
     ax.set_ylabel("MAE of the kept voxels (HU)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="best", fontsize="small")  # the curves may fill any corner
     fig.tight_layout()
     return _save_png_atomically(fig, path)

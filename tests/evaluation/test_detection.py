@@ -242,3 +242,117 @@ def test_risk_coverage_plot_writes_a_png(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         risk_coverage_plot(coverage, {"sigma_total": (np.ones(3), 1)}, tmp_path / "bad.png")
 
+
+
+def test_evaluate_reads_every_map_infer_writes():
+    from radmtl.evaluation.evaluate import PRED_FILES
+    from radmtl.inference.case_maps import MAP_OUTPUTS
+
+    written = {stem for stem, *_ in MAP_OUTPUTS.values()}
+    assert set(D.SIGMA_MAPS) | set(D.SEG_UNCERTAINTY_MAPS) <= written
+    assert set(PRED_FILES) - {"seg"} <= written
+
+
+# --- radmtl evaluate --------------------------------------------------------------------------------
+
+
+ERROR_PERIOD = 8  # every 8th voxel 300 HU wrong, the next one 150 HU wrong
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    from radmtl.data.phantom import generate_dataset
+
+    root = tmp_path_factory.mktemp("ref")
+    generate_dataset(root, cases=2, seed=5, shape=(32, 28, 20))
+    return root
+
+
+def _predict_errors_where_sigma_is_large(reference: Path, pred: Path) -> dict[str, np.ndarray]:
+    """sCT = CT + 300/150 HU at fixed voxels (case_002: 150 HU only, so nothing is over 200 HU); σ_epistemic =
+    the error, σ_aleatoric = 40 HU, σ_total their root sum of squares; seg wrong at other fixed voxels, where
+    the entropy is high and the mutual information is not. Returns each case's body |error|."""
+    from radmtl.data.io import read_volume, write_like
+
+    body_errors = {}
+    for case in ("case_001", "case_002"):
+        ct = read_volume(reference / case / "ct.nii.gz")
+        labels = read_volume(reference / case / "labels.nii.gz").array.astype(np.int64)
+        index = np.arange(ct.array.size).reshape(ct.shape) % ERROR_PERIOD
+        error = np.where(index == 1, 150.0, 0.0).astype(np.float32)
+        if case == "case_001":
+            error[index == 0] = 300.0
+        write_like(ct.array + error, ct, pred / case / "sct.nii.gz", np.float32)
+        write_like(np.full(ct.shape, 40.0), ct, pred / case / "sct_sigma_aleatoric.nii.gz", np.float32)
+        write_like(error, ct, pred / case / "sct_sigma_epistemic.nii.gz", np.float32)
+        write_like(np.sqrt(40.0**2 + error**2), ct, pred / case / "sct_sigma_total.nii.gz", np.float32)
+        wrong = index == 5
+        write_like(np.where(wrong, (labels + 1) % 6, labels), ct, pred / case / "seg.nii.gz", np.uint8)
+        write_like(np.where(wrong, 0.9, 0.05), ct, pred / case / "seg_entropy.nii.gz", np.float32)
+        write_like(np.full(ct.shape, 0.01), ct, pred / case / "seg_mutual_info.nii.gz", np.float32)
+        body = read_volume(reference / case / "mask.nii.gz").array != 0
+        body_errors[case] = error[body]
+    return body_errors
+
+
+def test_evaluate_reports_sigma_as_a_detector_of_the_errors_it_marks(tmp_path, reference, capsys):
+    import mlflow
+
+    from radmtl.cli import main
+
+    pred = tmp_path / "pred"
+    body_errors = _predict_errors_where_sigma_is_large(reference, pred)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment(
+        "detection", artifact_location=(tmp_path / "artifacts").as_uri())).info.run_id
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--run-id", run_id,
+                 "--tracking-uri", uri]) == 0
+    doc = json.loads((pred / "metrics.json").read_text())
+    first, second = doc["cases"]["case_001"], doc["cases"]["case_002"]
+    for name in ("sigma_total", "sigma_epistemic"):
+        for key in (f"auroc_{name}_err100", f"ap_{name}_err100", f"auroc_{name}_err200", f"ap_{name}_err200"):
+            assert first[key] == 1.0, key
+        assert second[f"auroc_{name}_err100"] == 1.0 and second[f"ap_{name}_err100"] == 1.0
+    for case, row in doc["cases"].items():
+        errors = body_errors[case]
+        assert row["fraction_err100"] == pytest.approx(np.mean(errors > 100))
+        assert row["auroc_sigma_aleatoric_err100"] == 0.5  # a constant σ cannot tell
+        assert row["ap_sigma_aleatoric_err100"] == pytest.approx(row["fraction_err100"])
+        kept = np.sort(errors)  # σ_total discards the largest errors first
+        curve = [kept[:round(f * kept.size)].mean() for f in D.RISK_COVERAGE_FRACTIONS]
+        for fraction in (90, 80, 50):
+            expected = curve[D.RISK_COVERAGE_FRACTIONS.index(fraction / 100)]
+            assert row[f"mae_hu_keep{fraction}"] == pytest.approx(expected, rel=1e-5, abs=1e-4)
+        assert row["mae_hu_aurc"] == pytest.approx(-np.trapezoid(curve, D.RISK_COVERAGE_FRACTIONS) / 0.5, rel=1e-5)
+        assert row["auroc_seg_entropy_misclassified"] == 1.0 and row["ap_seg_entropy_misclassified"] == 1.0
+        assert row["auroc_seg_mutual_info_misclassified"] == 0.5
+    assert first["mae_hu_keep50"] == 0.0 < first["mae_hu_keep90"] < first["mae_hu"]
+    # case_002 has no error over 200 HU: nothing to detect, null, counted and not averaged in
+    err200 = [f"{m}_{name}_err200" for name in D.SIGMA_MAPS.values() for m in ("auroc", "ap")]
+    assert all(second[key] is None for key in err200) and second["fraction_err200"] == 0.0
+    assert doc["undefined"] == {key: ["case_002"] if key in err200 else [] for key in doc["undefined"]}
+    assert set(doc["undefined"]) == set(err200) | {k for k in first if k.startswith(("auroc_", "ap_"))}
+    assert doc["summary"]["auroc_sigma_total_err200"] == {"mean": 1.0, "sd": None}
+    assert (pred / "risk_coverage.png").stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "auroc_sigma_total_err100" in out.splitlines()[0] and "auroc_seg_entropy_misclassified" in out
+    assert ("undefined in 1 case(s) without an event voxel or without a non-event voxel (case_002): "
+            + ", ".join(err200)) in out.splitlines()
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["eval_auroc_sigma_total_err100"] == 1.0 and metrics["eval_ap_sigma_total_err100"] == 1.0
+    assert metrics["eval_mae_hu_keep90"] == pytest.approx(doc["summary"]["mae_hu_keep90"]["mean"])
+    assert metrics["eval_n_undefined_auroc_sigma_total_err200"] == 1.0
+    assert metrics["eval_n_undefined_auroc_sigma_total_err100"] == 0.0
+    assert "evaluation/risk_coverage.png" in {a.path for a in client.list_artifacts(run_id, "evaluation")}
+
+
+def test_undefined_lines_name_each_set_of_cases_once():
+    undefined = {"auroc_sigma_total_err200": ["b"], "ap_sigma_total_err200": ["b"],
+                 "auroc_seg_entropy_misclassified": ["a", "b"], "auroc_sigma_total_err100": []}
+    assert D.undefined_lines(undefined) == [
+        "undefined in 1 case(s) without an event voxel or without a non-event voxel (b): auroc_sigma_total_err200, "
+        "ap_sigma_total_err200",
+        "undefined in 2 case(s) without an event voxel or without a non-event voxel (a, b): "
+        "auroc_seg_entropy_misclassified"]
+    assert D.undefined_lines({"auroc_sigma_total_err100": []}) == []

@@ -86,7 +86,8 @@ def test_prediction_equal_to_reference_is_perfect(tmp_path, reference):
     assert all(mean[k] == 1.0 for k in mean if k.startswith("dice_"))
     assert "coverage_95" not in mean  # no σ maps, no uncertainty metrics
     assert out_csv.is_file()
-    assert not (pred / "calibration.png").exists()
+    assert not (pred / "calibration.png").exists() and not (pred / "risk_coverage.png").exists()
+    assert doc["undefined"] == {}  # no σ map, nothing scored as a detector
 
 
 def test_grid_mismatch_is_reported_per_case(tmp_path, reference, capsys):
@@ -168,7 +169,8 @@ def test_run_id_logs_metrics_and_reports_to_mlflow(tmp_path, reference):
     assert run.data.metrics["eval_mae_hu"] == pytest.approx(NOISE_SD_HU * math.sqrt(2 / math.pi), rel=0.03)
     assert "eval_coverage_95" in run.data.metrics
     names = {a.path for a in client.list_artifacts(run_id, "evaluation")}
-    assert names == {"evaluation/metrics.csv", "evaluation/metrics.json", "evaluation/calibration.png"}
+    assert names == {"evaluation/metrics.csv", "evaluation/metrics.json", "evaluation/calibration.png",
+                     "evaluation/risk_coverage.png"}
 
 
 # --- SynthRAD2025-like trees: nested ids, .mha predictions, per-group summaries ------------------------
