@@ -224,6 +224,16 @@ def test_undefined_cases_are_listed_per_metric():
     assert D.undefined_cases(rows) == {"auroc_sigma_total_err200": ["b"], "ap_sigma_total_err200": ["b"]}
 
 
+def test_undefined_lines_name_each_set_of_cases_once():
+    undefined = {"auroc_sigma_total_err200": ["b"], "ap_sigma_total_err200": ["b"],
+                 "auroc_seg_entropy_misclassified": ["a", "b"], "auroc_sigma_total_err100": []}
+    assert D.undefined_lines(undefined) == [
+        "undefined in 1 case(s) without an event voxel or without a non-event voxel (b): auroc_sigma_total_err200, "
+        "ap_sigma_total_err200",
+        "undefined in 2 case(s) without an event voxel or without a non-event voxel (a, b): "
+        "auroc_seg_entropy_misclassified"]
+    assert D.undefined_lines({"auroc_sigma_total_err100": []}) == []
+
 def test_mean_risk_coverage_weighs_cases_alike():
     curves = {"a": {"sigma_total": np.array([4.0, 2.0]), "oracle": np.array([4.0, 1.0])},
               "b": {"sigma_total": np.array([8.0, 6.0])}}
@@ -295,19 +305,12 @@ def _predict_errors_where_sigma_is_large(reference: Path, pred: Path) -> dict[st
     return body_errors
 
 
-def test_evaluate_reports_sigma_as_a_detector_of_the_errors_it_marks(tmp_path, reference, capsys):
-    import mlflow
-
+def test_evaluate_reports_sigma_as_a_detector_of_the_errors_it_marks(tmp_path, reference, capsys, mlflow_run):
     from radmtl.cli import main
 
     pred = tmp_path / "pred"
     body_errors = _predict_errors_where_sigma_is_large(reference, pred)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    run_id = client.create_run(client.create_experiment(
-        "detection", artifact_location=(tmp_path / "artifacts").as_uri())).info.run_id
-    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--run-id", run_id,
-                 "--tracking-uri", uri]) == 0
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), *mlflow_run.args]) == 0
     doc = json.loads((pred / "metrics.json").read_text())
     first, second = doc["cases"]["case_001"], doc["cases"]["case_002"]
     for name in ("sigma_total", "sigma_epistemic"):
@@ -339,20 +342,11 @@ def test_evaluate_reports_sigma_as_a_detector_of_the_errors_it_marks(tmp_path, r
     assert "auroc_sigma_total_err100" in out.splitlines()[0] and "auroc_seg_entropy_misclassified" in out
     assert ("undefined in 1 case(s) without an event voxel or without a non-event voxel (case_002): "
             + ", ".join(err200)) in out.splitlines()
-    metrics = client.get_run(run_id).data.metrics
+    metrics = mlflow_run.client.get_run(mlflow_run.run_id).data.metrics
     assert metrics["eval_auroc_sigma_total_err100"] == 1.0 and metrics["eval_ap_sigma_total_err100"] == 1.0
     assert metrics["eval_mae_hu_keep90"] == pytest.approx(doc["summary"]["mae_hu_keep90"]["mean"])
     assert metrics["eval_n_undefined_auroc_sigma_total_err200"] == 1.0
     assert metrics["eval_n_undefined_auroc_sigma_total_err100"] == 0.0
-    assert "evaluation/risk_coverage.png" in {a.path for a in client.list_artifacts(run_id, "evaluation")}
+    artifacts = mlflow_run.client.list_artifacts(mlflow_run.run_id, "evaluation")
+    assert "evaluation/risk_coverage.png" in {a.path for a in artifacts}
 
-
-def test_undefined_lines_name_each_set_of_cases_once():
-    undefined = {"auroc_sigma_total_err200": ["b"], "ap_sigma_total_err200": ["b"],
-                 "auroc_seg_entropy_misclassified": ["a", "b"], "auroc_sigma_total_err100": []}
-    assert D.undefined_lines(undefined) == [
-        "undefined in 1 case(s) without an event voxel or without a non-event voxel (b): auroc_sigma_total_err200, "
-        "ap_sigma_total_err200",
-        "undefined in 2 case(s) without an event voxel or without a non-event voxel (a, b): "
-        "auroc_seg_entropy_misclassified"]
-    assert D.undefined_lines({"auroc_sigma_total_err100": []}) == []
