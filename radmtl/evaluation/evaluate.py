@@ -2,8 +2,10 @@
 
 Per case: image metrics (SynthRAD2023 + Bragman region MAE) when ``sct`` exists, Dice/HD95 when
 ``seg`` and reference labels exist, calibration metrics when a σ map exists (``sct_sigma_total``,
-else ``sct_sigma_aleatoric``) and σ-vs-true-noise when the reference has ``ct_noise_sd``. Then
-mean ± SD over cases (:func:`radmtl.evaluation.metrics.summarise`), a CSV, a JSON, a calibration plot and,
+else ``sct_sigma_aleatoric``) and σ-vs-true-noise when the reference has ``ct_noise_sd``, and each σ
+map, ``seg_entropy`` and ``seg_mutual_info`` as a detector of large errors
+(:mod:`radmtl.evaluation.detection`). Then mean ± SD over cases
+(:func:`radmtl.evaluation.metrics.summarise`), a CSV, a JSON, calibration and risk–coverage plots and,
 with ``--run-id``, the same logged to an MLflow run.
 
 Predictions are found by the reference's case ids (``PRED/AB/1ABA005`` for a SynthRAD2025 case) in any
@@ -28,18 +30,21 @@ from typing import Any
 import numpy as np
 
 from radmtl.evaluation import calibration as C
+from radmtl.evaluation import detection as D
 from radmtl.evaluation import metrics as M
 from radmtl.errors import RadmtlError
 from radmtl.data.io import Volume, VolumeError, atomic_path, grid_mismatch, read_volume
 
 log = logging.getLogger(__name__)
 
-PRED_FILES = ("sct", "seg", "sct_sigma_total", "sct_sigma_aleatoric")
+PRED_FILES = ("sct", "seg", *D.SIGMA_MAPS, *D.SEG_UNCERTAINTY_MAPS)  # the stems radmtl infer writes
 PRED_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 TOP_LEVEL_GROUP = "(top level)"  # the name of the group of cases directly in the reference folder
 CALIBRATION_PNG = "calibration.png"
+RISK_COVERAGE_PNG = "risk_coverage.png"
 # Columns of the compact per-case table printed to the terminal (when present).
-KEY_METRICS = ("mae_hu", "psnr", "ssim", "mae_bone_hu", "dice_mean", "coverage_95", "zscore_sd")
+KEY_METRICS = ("mae_hu", "psnr", "ssim", "mae_bone_hu", "dice_mean", "coverage_95", "zscore_sd",
+               "auroc_sigma_total_err100", "ap_sigma_total_err100", "auroc_seg_entropy_misclassified")
 
 
 @dataclass
@@ -59,6 +64,10 @@ class Evaluation:
     groups: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     case_groups: dict[str, str] = field(default_factory=dict)
     calibration: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # case → {σ map name or "oracle": MAE at D.RISK_COVERAGE_FRACTIONS}
+    risk_coverage: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # AUROC/AP key → cases where it is undefined (no body voxel with the event, or no voxel without)
+    undefined: dict[str, list[str]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
 
@@ -86,8 +95,8 @@ def _read_on_grid(path: Path, reference: Volume, case_id: str, what: str) -> np.
 
 
 def evaluate_case(case_id: str, pred_dir: Path, ref_paths: dict[str, Path],
-                  label_names: dict[str, int] | None) -> tuple[dict[str, float], Any]:
-    """Metrics of one case; also the calibration curve (or None).
+                  label_names: dict[str, int] | None) -> tuple[dict[str, float], Any, dict[str, np.ndarray]]:
+    """Metrics of one case; also the calibration curve (or None) and the risk–coverage curves.
 
     Raises:
         RadmtlError: missing reference/prediction files or grids that do not match.
@@ -103,7 +112,7 @@ def evaluate_case(case_id: str, pred_dir: Path, ref_paths: dict[str, Path],
         raise VolumeError(f"case {case_id}: reference has no ct, labels or mr file")
     reference = read_volume(ref_paths[grid_key])
     row: dict[str, float] = {}
-    curve = None
+    curve, risk_curves = None, {}
     mask = None
     if "mask" in ref_paths:
         mask = _read_on_grid(ref_paths["mask"], reference, case_id, "reference mask") != 0
@@ -120,22 +129,31 @@ def evaluate_case(case_id: str, pred_dir: Path, ref_paths: dict[str, Path],
         ct = reference.array
         sct = _read_on_grid(preds["sct"], reference, case_id, "prediction")
         row.update(M.image_metrics(ct, sct, mask, labels, label_names))
-        sigma_path = preds["sct_sigma_total"] or preds["sct_sigma_aleatoric"]
-        if sigma_path is not None:
-            sigma = _read_on_grid(sigma_path, reference, case_id, "prediction")
-            aleatoric = (_read_on_grid(preds["sct_sigma_aleatoric"], reference, case_id, "prediction")
-                         if preds["sct_sigma_aleatoric"] is not None else None)
+        sigmas = {stem: _read_on_grid(preds[stem], reference, case_id, "prediction")
+                  for stem in D.SIGMA_MAPS if preds[stem] is not None}
+        sigma = sigmas.get("sct_sigma_total", sigmas.get("sct_sigma_aleatoric"))
+        if sigma is not None:
+            aleatoric = sigmas.get("sct_sigma_aleatoric")
             true_sd = (_read_on_grid(ref_paths["ct_noise_sd"], reference, case_id, "reference ct_noise_sd")
                        if "ct_noise_sd" in ref_paths else None)
             row.update(C.uncertainty_metrics(ct, sct, sigma, mask, aleatoric, true_sd))
             curve = C.calibration_curve(ct, sct, sigma, mask)
+        if sigmas:
+            detection, risk_curves = D.sct_error_detection(ct, sct, mask, sigmas)
+            row.update(detection)
     if preds["seg"] is not None and labels is not None:
         seg = np.rint(_read_on_grid(preds["seg"], reference, case_id, "prediction")).astype(np.int64)
         seg_metrics = M.segmentation_metrics(seg, labels, label_names, reference.grid.spacing)
         row.update(seg_metrics)
         dices = [v for k, v in seg_metrics.items() if k.startswith("dice_") and not math.isnan(v)]
         row["dice_mean"] = float(np.mean(dices)) if dices else math.nan
-    return row, curve
+        uncertainties = {stem: _read_on_grid(preds[stem], reference, case_id, "prediction")
+                         for stem in D.SEG_UNCERTAINTY_MAPS if preds[stem] is not None}
+        if uncertainties and mask is None:
+            log.warning("case %s: no reference mask (or mr) to tell the body; seg uncertainty not scored", case_id)
+        elif uncertainties:
+            row.update(D.seg_error_detection(seg, labels, mask, uncertainties))
+    return row, curve, risk_curves
 
 
 def evaluate(pred: str | Path, ref: str | Path) -> Evaluation:
@@ -176,14 +194,17 @@ def evaluate(pred: str | Path, ref: str | Path) -> Evaluation:
         if case_id in result.missing:
             continue
         try:
-            row, curve = evaluate_case(case_id, pred / case_id, ref_cases[case_id].paths, index.labels)
+            row, curve, risk_curves = evaluate_case(case_id, pred / case_id, ref_cases[case_id].paths, index.labels)
         except RadmtlError as err:
             result.failures[case_id] = str(err)
             continue
         result.rows[case_id] = row
         if curve is not None:
             result.calibration[case_id] = curve
+        if risk_curves:
+            result.risk_coverage[case_id] = risk_curves
     result.summary = M.summarise(list(result.rows.values()))
+    result.undefined = D.undefined_cases(result.rows)
     result.case_groups = {c: ref_cases[c].group or TOP_LEVEL_GROUP for c in result.rows}
     if len({case.group for case in index.cases}) > 1:
         for group in dict.fromkeys(result.case_groups.values()):
@@ -213,8 +234,8 @@ def _json_summary(summary: dict[str, tuple[float, float]]) -> dict[str, dict[str
 
 
 def write_reports(result: Evaluation, csv_path: Path, json_path: Path, pred: Path, ref: Path) -> list[Path]:
-    """CSV (one row per case, then ``mean`` and ``sd``), JSON, and the calibration PNG."""
-    from radmtl.evaluation.plots import calibration_plot
+    """CSV (one row per case, then ``mean`` and ``sd``), JSON, the calibration and risk–coverage PNGs."""
+    from radmtl.evaluation.plots import calibration_plot, risk_coverage_plot
 
     names: dict[str, None] = {}
     for row in result.rows.values():
@@ -237,6 +258,7 @@ def write_reports(result: Evaluation, csv_path: Path, json_path: Path, pred: Pat
             "missing": result.missing,
             "cases": {case_id: {k: _json_number(v) for k, v in row.items()} for case_id, row in result.rows.items()},
             "summary": _json_summary(result.summary),
+            "undefined": result.undefined,
             "failed": result.failures,
         }
         if result.groups:
@@ -251,6 +273,9 @@ def write_reports(result: Evaluation, csv_path: Path, json_path: Path, pred: Pat
         written.append(json_path)
         if result.calibration:
             written.append(calibration_plot(result.calibration, pred / CALIBRATION_PNG))
+        if result.risk_coverage:
+            written.append(risk_coverage_plot(np.array(D.RISK_COVERAGE_FRACTIONS),
+                                              D.mean_risk_coverage(result.risk_coverage), pred / RISK_COVERAGE_PNG))
     except OSError as err:
         raise RadmtlError(f"cannot write evaluation reports ({err.strerror}: {err.filename}); "
                           "check --out/--json and permissions") from err
@@ -282,6 +307,7 @@ def format_tables(result: Evaluation) -> str:
     lines.append(f"{'metric'.ljust(width)}  mean ± sd (n = {len(result.rows)} case(s){missing})")
     for name, (mean, sd) in result.summary.items():
         lines.append(f"{name.ljust(width)}  {_fmt(mean)} ± {_fmt(sd)}")
+    lines += D.undefined_lines(result.undefined)  # the cases the means above left out
     if result.groups:
         sizes = group_sizes(result)
         header = ["metric", *(f"{g} (n = {sizes[g]})" for g in result.groups)]
@@ -300,7 +326,8 @@ def mlflow_group_name(group: str) -> str:
 
 
 def log_to_mlflow(result: Evaluation, files: list[Path], run_id: str, tracking_uri: str | None) -> int:
-    """Log mean metrics as ``eval_<name>`` (per group ``eval_<group>_<name>``) and the report files as
+    """Log mean metrics as ``eval_<name>`` (per group ``eval_<group>_<name>``), for each AUROC/AP the
+    number of cases where it is undefined as ``eval_n_undefined_<name>``, and the report files as
     artifacts of an existing run; return the number of metrics logged."""
     import mlflow
     from mlflow.entities import Metric
@@ -315,6 +342,8 @@ def log_to_mlflow(result: Evaluation, files: list[Path], run_id: str, tracking_u
     entries += [Metric(f"eval_{mlflow_group_name(group)}_{name}", float(mean), timestamp, 0)
                 for group, summary in result.groups.items()
                 for name, (mean, _) in summary.items() if math.isfinite(mean)]
+    entries += [Metric(f"eval_n_undefined_{name}", float(len(cases)), timestamp, 0)
+                for name, cases in result.undefined.items()]
     try:
         client.get_run(run_id)
         for start in range(0, len(entries), 500):

@@ -1,4 +1,4 @@
-"""Matplotlib figures for evaluation: calibration curves and error-vs-σ plots, saved as PNG.
+"""Matplotlib figures for evaluation: calibration, error-vs-σ and risk–coverage curves, saved as PNG.
 
 Matplotlib is imported inside the functions so that importing radmtl (and ``radmtl --help``) stays
 fast, and figures are built on ``matplotlib.figure.Figure`` with the Agg canvas instead of pyplot,
@@ -145,5 +145,55 @@ def error_vs_sigma_plot(
     ax.set_ylabel("|CT − sCT| (HU)")
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    return _save_png_atomically(fig, path)
+
+
+def risk_coverage_plot(
+    coverage: np.ndarray,
+    curves: Mapping[str, tuple[np.ndarray, int]],
+    path: str | os.PathLike,
+    oracle: str = "oracle",
+    title: str = "sCT risk–coverage (mean of per-case curves)",
+) -> Path:
+    """MAE of the voxels kept against the fraction kept, the most uncertain discarded first.
+
+    A dotted line at the MAE of all voxels is what an uninformative σ gives; the ``oracle`` curve
+    (discarding by the true error) is the best any σ could do, drawn dashed. A useful σ falls between.
+
+    Args:
+        coverage: fractions of body voxels kept (N,).
+        curves: ``{map name: (MAE per coverage (N,), number of cases averaged)}`` as returned by
+            :func:`radmtl.evaluation.detection.mean_risk_coverage`.
+        path: output ``.png`` file.
+        oracle: the name in ``curves`` of the discard-by-true-error curve.
+        title: figure title.
+
+    Returns:
+        The written path.
+    """
+    from matplotlib.figure import Figure
+
+    coverage = np.asarray(coverage, float)
+    if not curves:
+        raise ValueError("curves must hold at least one (MAE, n cases) pair, got none")
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.add_subplot()
+    for name, (mae, n_cases) in curves.items():
+        mae = np.asarray(mae, float)
+        if mae.shape != coverage.shape:
+            raise ValueError(f"curve {name!r}: MAE must have the shape of coverage {coverage.shape}, got {mae.shape}")
+        style = {"linestyle": "--", "color": "0.3"} if name == oracle else {"marker": "o", "markersize": 3}
+        ax.plot(coverage, mae, label=f"{name} (n = {n_cases})", **style)
+    everything = [np.asarray(mae, float)[np.argmax(coverage)] for name, (mae, _) in curves.items() if name != oracle]
+    if everything:
+        ax.axhline(everything[0], color="0.5", linestyle=":", linewidth=1, label="uninformative σ")
+    ax.set_xlim(coverage.max() + 0.02, coverage.min() - 0.02)  # from all voxels kept to fewest
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("fraction of body voxels kept (lowest σ first)")
+    ax.set_ylabel("MAE of the kept voxels (HU)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")  # the curves may fill any corner
     fig.tight_layout()
     return _save_png_atomically(fig, path)

@@ -102,7 +102,8 @@ class CaseReview:
         png, html = write_review_figure(
             folder, mr=mr, sct_hu=ras(self.maps.get("sct")), sigma_total_hu=ras(self.maps.get("sct_sigma_total")),
             labels=ras(self.maps.get("seg")), flagged=ras(flagged), body=ras(body), spacing=spacing,
-            label_names=self.label_names, summary=review, title=self.case_id)
+            label_names=self.label_names, summary=review, title=self.case_id,
+            sigma_threshold_hu=self.thresholds.sigma_total_hu if self.thresholds is not None else None)
         return [Path(png).name, Path(html).name]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -37,3 +39,14 @@ def review_case() -> dict:
     }
     return {"mr": mr, "sct_hu": sct, "sigma_total_hu": sigma, "labels": labels, "flagged": flagged, "body": body,
             "spacing": (1.5, 1.5, 2.5), "label_names": {"bladder": 1, "rectum": 2}, "summary": summary}
+@pytest.fixture
+def mlflow_run(tmp_path) -> SimpleNamespace:
+    """An empty MLflow run in a SQLite store under ``tmp_path``, for ``radmtl evaluate --run-id``:
+    ``uri``, ``client`` and ``run_id``, and ``args``, the ``--run-id``/``--tracking-uri`` options naming it."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("evaluation", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    return SimpleNamespace(uri=uri, client=client, run_id=run_id, args=["--run-id", run_id, "--tracking-uri", uri])

@@ -86,7 +86,8 @@ def test_prediction_equal_to_reference_is_perfect(tmp_path, reference):
     assert all(mean[k] == 1.0 for k in mean if k.startswith("dice_"))
     assert "coverage_95" not in mean  # no σ maps, no uncertainty metrics
     assert out_csv.is_file()
-    assert not (pred / "calibration.png").exists()
+    assert not (pred / "calibration.png").exists() and not (pred / "risk_coverage.png").exists()
+    assert doc["undefined"] == {}  # no σ map, nothing scored as a detector
 
 
 def test_grid_mismatch_is_reported_per_case(tmp_path, reference, capsys):
@@ -153,22 +154,17 @@ def test_no_matching_cases_is_one_line(tmp_path, reference, capsys):
     assert "no case folder matches" in err and "Traceback" not in err
 
 
-def test_run_id_logs_metrics_and_reports_to_mlflow(tmp_path, reference):
-    import mlflow
-
+def test_run_id_logs_metrics_and_reports_to_mlflow(tmp_path, reference, mlflow_run):
     pred = tmp_path / "pred"
     _predict(reference, pred, NOISE_SD_HU)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("eval-test", artifact_location=(tmp_path / "artifacts").as_uri())
-    run_id = client.create_run(experiment).info.run_id
-    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--run-id", run_id,
-                 "--tracking-uri", uri]) == 0
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), *mlflow_run.args]) == 0
+    client, run_id = mlflow_run.client, mlflow_run.run_id
     run = client.get_run(run_id)
     assert run.data.metrics["eval_mae_hu"] == pytest.approx(NOISE_SD_HU * math.sqrt(2 / math.pi), rel=0.03)
     assert "eval_coverage_95" in run.data.metrics
     names = {a.path for a in client.list_artifacts(run_id, "evaluation")}
-    assert names == {"evaluation/metrics.csv", "evaluation/metrics.json", "evaluation/calibration.png"}
+    assert names == {"evaluation/metrics.csv", "evaluation/metrics.json", "evaluation/calibration.png",
+                     "evaluation/risk_coverage.png"}
 
 
 # --- SynthRAD2025-like trees: nested ids, .mha predictions, per-group summaries ------------------------
@@ -199,22 +195,15 @@ def _predict_grouped(reference: Path, pred: Path) -> None:
                        pred / group / case / "seg.nii", np.uint8)
 
 
-def test_two_groups_give_per_group_summaries(tmp_path, grouped_reference, capsys):
-    import mlflow
-
+def test_two_groups_give_per_group_summaries(tmp_path, grouped_reference, capsys, mlflow_run):
     pred = tmp_path / "pred"
     _predict_grouped(grouped_reference, pred)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    run_id = client.create_run(client.create_experiment(
-        "groups", artifact_location=(tmp_path / "artifacts").as_uri())).info.run_id
-    assert main(["evaluate", "--pred", str(pred), "--ref", str(grouped_reference), "--run-id", run_id,
-                 "--tracking-uri", uri]) == 0
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(grouped_reference), *mlflow_run.args]) == 0
     doc = json.loads((pred / "metrics.json").read_text())
     assert doc["n_cases"] == 4 and doc["failed"] == {}
     assert list(doc["cases"]) == ["AB/case_001", "AB/case_002", "HN/case_001", "HN/case_002"]
     assert set(doc["groups"]) == {"AB", "HN"}
-    metrics = client.get_run(run_id).data.metrics
+    metrics = mlflow_run.client.get_run(mlflow_run.run_id).data.metrics
     for group in GROUP_NOISE_HU:
         rows = [doc["cases"][f"{group}/case_00{i}"] for i in (1, 2)]
         summary = doc["groups"][group]["summary"]

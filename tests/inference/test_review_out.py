@@ -60,9 +60,11 @@ def test_review_follows_the_fitted_thresholds_on_the_written_maps(tmp_path, fitt
     assert ("body_flagged" in review["codes"]) == over
     assert review["verdict"] == ("review" if review["codes"] else "ok")
 
+    assert sorted(p.name for p in (folder / "review").iterdir()) == ["review.html", "review.json", "review.png"]
     provenance = json.loads((folder / "provenance.json").read_text())
     assert provenance["review"] == {k: review[k] for k in ("verdict", "reasons", "codes")}
-    assert provenance["outputs"]["review"]["file"] == "review/"
+    assert provenance["outputs"]["review"] == {"file": "review/", "format": "json, png, html",
+                                               "files": ["review.json", "review.png", "review.html"]}
 
 
 def test_no_review_writes_none(tmp_path, fitted):
