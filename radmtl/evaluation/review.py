@@ -168,7 +168,7 @@ def review_case(*, case_id: str, sigma_total_hu: np.ndarray | None, labels: np.n
         flagged = body & (sigma_total_hu >= thresholds.sigma_total_hu)
     else:
         flagged = np.zeros(body.shape, bool)
-        reasons.append(("no_sigma", "no σ_total (run with MC dropout, T > 1)") if sigma_total_hu is None else
+        reasons.append(("no_sigma", "no σ map to flag with (the model predicts no sCT σ)") if sigma_total_hu is None else
                        ("no_thresholds", "the model has no fitted review thresholds (train with train.recalibrate "
                         "and validation cases with a CT)"))
     n_body = int(body.sum())

@@ -104,7 +104,7 @@ def _sigma_scale(sigma_in_body: np.ndarray, threshold_hu: float | None) -> tuple
 def _notes(volumes: _Volumes, region: FlaggedRegion | None, spacing: Sequence[float], threshold_hu: float | None,
            sigma_max: float, sigma_rule: str, hu_window: tuple[float, float]) -> tuple[str, str]:
     """What is flagged, and how the panels are scaled."""
-    rule = f" (σ_total > {threshold_hu:.0f} HU)" if threshold_hu is not None else ""
+    rule = f" (σ_total ≥ {threshold_hu:.0f} HU)" if threshold_hu is not None else ""
     if region is None:
         flag_note = f"no voxel flagged{rule}: no worst-flagged rows"
     else:

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 REVIEW_FOLDER = "review"
 REVIEW_JSON = "review.json"
-# infer's file stems (radmtl.inference.case_maps.MAP_OUTPUTS, plus "seg") the review reads
-_NEEDED = ("sct", "sct_sigma_total", "seg_entropy", "seg_mutual_info", "seg")
+# infer's file stems (radmtl.inference.case_maps.MAP_OUTPUTS, plus "seg") the review reads. σ_aleatoric
+# stands in for σ_total at T = 1, where infer writes no σ_total (it would equal σ_aleatoric).
+_NEEDED = ("sct", "sct_sigma_aleatoric", "sct_sigma_total", "seg_entropy", "seg_mutual_info", "seg")
 
 
 def thresholds_of(payload: dict[str, Any]) -> ReviewThresholds | None:
@@ -62,6 +63,12 @@ class CaseReview:
     def keep(self, stem: str, array: np.ndarray) -> None:
         if stem in _NEEDED:
             self.maps[stem] = array
+        if stem == "sct_sigma_total":
+            self.maps.pop("sct_sigma_aleatoric", None)
+
+    @property
+    def sigma_stem(self) -> str | None:
+        return next((stem for stem in ("sct_sigma_total", "sct_sigma_aleatoric") if stem in self.maps), None)
 
     def write(self, folder: Path, laterality: dict[str, Any] | None) -> dict[str, Any]:
         """Decide the review and write ``folder`` (review.json; the pictures unless drawing fails).
@@ -73,10 +80,11 @@ class CaseReview:
         body = self.body if self.body is not None else derive_body_mask(self.volume.array) != 0
         voxel_ml = abs(float(np.linalg.det(np.asarray(self.volume.affine, np.float64)[:3, :3]))) / 1000.0
         review, flagged = review_case(
-            case_id=self.case_id, sigma_total_hu=self.maps.get("sct_sigma_total"), labels=self.maps.get("seg"),
+            case_id=self.case_id, sigma_total_hu=self.maps.get(self.sigma_stem), labels=self.maps.get("seg"),
             body=body, voxel_ml=voxel_ml, label_names=self.label_names, thresholds=self.thresholds,
             entropy=self.maps.get("seg_entropy"), mutual_info=self.maps.get("seg_mutual_info"),
             laterality=laterality, sigma_scale=self.sigma_scale)
+        review["sigma_map"] = self.sigma_stem  # sct_sigma_aleatoric: T = 1, no epistemic part
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / REVIEW_JSON) as tmp:
             tmp.write_text(json.dumps(review, indent=2) + "\n", encoding="utf-8")
@@ -93,6 +101,9 @@ class CaseReview:
     def _draw(self, folder: Path, review: dict[str, Any], flagged: np.ndarray, body: np.ndarray) -> list[str]:
         from radmtl.evaluation.review_figure import write_review_figure
 
+        if "sct" not in self.maps or self.sigma_stem is None:
+            log.info("case %s: no sCT or σ map (a segmentation-only model): review.json only", self.case_id)
+            return []
         affine = self.volume.affine
         mr, spacing = as_ras(self.volume.array, affine)
 
@@ -100,7 +111,7 @@ class CaseReview:
             return None if array is None else as_ras(array, affine)[0]
 
         png, html = write_review_figure(
-            folder, mr=mr, sct_hu=ras(self.maps.get("sct")), sigma_total_hu=ras(self.maps.get("sct_sigma_total")),
+            folder, mr=mr, sct_hu=ras(self.maps["sct"]), sigma_total_hu=ras(self.maps[self.sigma_stem]),
             labels=ras(self.maps.get("seg")), flagged=ras(flagged), body=ras(body), spacing=spacing,
             label_names=self.label_names, summary=review, title=self.case_id,
             sigma_threshold_hu=self.thresholds.sigma_total_hu if self.thresholds is not None else None)

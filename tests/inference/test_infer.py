@@ -205,7 +205,7 @@ def test_mc_outputs_are_present_and_consistent(tmp_path, checkpoint, mr_ras):
     assert prov["config"]["model"]["channels"] == [4, 8]
     assert prov["radmtl_version"]
     assert set(prov["outputs"]) == {"sct", "sct_sigma_aleatoric", "sct_sigma_epistemic", "sct_sigma_total",
-                                    "seg_entropy", "seg_mutual_info", "seg", "seg_probabilities"}
+                                    "seg_entropy", "seg_mutual_info", "seg", "seg_probabilities", "review"}
     assert prov["timings_s"]["total_s"] > 0
 
 

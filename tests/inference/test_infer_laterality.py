@@ -147,7 +147,7 @@ def test_guard_flags_a_model_whose_left_and_right_labels_were_swapped(phantom, t
         warnings = [line for line in printed.err.splitlines() if "laterality check" in line]
         if not swapped:
             assert provenance["laterality"]["status"] == "ok"
-            assert warnings == [] and "REVIEW" not in printed.out
+            assert warnings == [] and "REVIEW laterality" not in printed.out
             continue
         assert provenance["laterality"]["status"] == "swapped"
         assert provenance["laterality"]["pairs"][0]["verdict"] == "swapped"

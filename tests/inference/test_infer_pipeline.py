@@ -86,8 +86,8 @@ def test_concurrent_writes_give_the_bytes_of_sequential_writes(tmp_path, monkeyp
     concurrent, sequential = _files(tmp_path / "concurrent"), _files(tmp_path / "sequential")
     stems = {Path(name).name.split(".")[0] for name in concurrent}
     assert stems == {"sct", "sct_sigma_aleatoric", "sct_sigma_epistemic", "sct_sigma_total", "seg", "seg_entropy",
-                     "seg_mutual_info", "seg_probabilities"}
-    assert len(concurrent) == 3 * 8 and concurrent.keys() == sequential.keys()
+                     "seg_mutual_info", "seg_probabilities", "review"}
+    assert len(concurrent) == 3 * (8 + 3) and concurrent.keys() == sequential.keys()  # + review/ json, png, html
     assert all(concurrent[name] == sequential[name] for name in concurrent), "a file differs"
     for i in range(3):
         prov = [json.loads((tmp_path / run / f"case{i}" / "provenance.json").read_text())
@@ -121,7 +121,7 @@ def test_a_write_failing_on_a_writer_thread_is_the_case_error_and_publishes_noth
     assert sorted(p.name for p in out.iterdir()) == ["a", "c"]  # no b, no hidden partial folder
     for name in ("a", "c"):
         assert sorted(p.name for p in (out / name).iterdir()) == [
-            "provenance.json", "sct.nii.gz", "sct_sigma_aleatoric.nii.gz", "seg.nii.gz"]
+            "provenance.json", "review", "sct.nii.gz", "sct_sigma_aleatoric.nii.gz", "seg.nii.gz"]
 
 
 def test_case_writer_publishes_only_after_every_write(tmp_path):
