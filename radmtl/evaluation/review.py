@@ -8,8 +8,12 @@ flag means "on cases like the validation cases, a voxel this uncertain was wrong
 half the time" — a statement about errors, not about σ's own scale.
 
 A *case* asks for review when it is unlike the validation cases: the fraction of its body flagged
-exceeds :data:`CASE_MARGIN` times the largest fraction of any validation case (likewise per organ), an
-organ of the model's label set is missing, or the laterality guard found a left/right pair swapped.
+exceeds :data:`CASE_MARGIN` times the largest fraction of any validation case (likewise per organ) —
+what a degraded input (a noisy MR, another sequence) does everywhere; or the fraction of its body whose
+σ_total is *rare*, above all but the top :data:`RARE_QUANTILE` of the validation voxels, exceeds the same
+margin over the validation cases — what a local anomaly (an implant, a structure never seen) does in
+one place, where the flagged fraction barely moves; or an organ of the model's label set is missing; or
+the laterality guard found a left/right pair swapped.
 The margin is a factor rather than a statistical tail because a run has a handful of validation cases
 (five in the demo); two validation cases' worth of variation is what "unlike" is allowed to cost.
 
@@ -29,12 +33,16 @@ import numpy as np
 # A case (or organ) whose flagged fraction exceeds this many times the largest validation case's is
 # unlike the validation data (see the module docstring).
 CASE_MARGIN = 2.0
+# σ_total above this quantile of the validation voxels is rare: validation cases hold 1 − RARE_QUANTILE
+# of their body there, scattered along bone edges; an anomaly puts it in one place.
+RARE_QUANTILE = 0.999
 # The fitted σ level must flag at least this many validation voxels: a precision read off the few most
 # uncertain voxels is noise.
 MIN_FLAGGED_VOXELS = 50
 METHOD = ("flag: sigma_total >= the lowest level at which validation body voxels at or above it have "
           "|sct - ct| > error_hu with at least the target precision; case/organ: flagged fraction > "
-          f"{CASE_MARGIN:g} x the largest validation case's")
+          f"{CASE_MARGIN:g} x the largest validation case's; case: fraction of the body with sigma_total >= the "
+          f"validation voxels' {RARE_QUANTILE} quantile > {CASE_MARGIN:g} x the largest validation case's")
 VERDICT_OK, VERDICT_REVIEW = "ok", "review"
 
 
@@ -92,9 +100,12 @@ class ReviewThresholds:
     recall: float
     target_reached: bool
     case_flagged_fraction: float  # a case above this asks for review
+    rare_sigma_total_hu: float = math.inf  # the validation voxels' RARE_QUANTILE of σ_total
+    case_rare_fraction: float = 1.0  # a case with more of its body at or above the rare level asks for review
     organ_flagged_fraction: dict[str, float] = field(default_factory=dict)
     validation_cases: list[str] = field(default_factory=list)
     validation_flagged_fraction: list[float] = field(default_factory=list)
+    validation_rare_fraction: list[float] = field(default_factory=list)
     method: str = METHOD
 
     def as_dict(self) -> dict[str, Any]:
@@ -121,9 +132,11 @@ def fit_review_thresholds(cases: Sequence[ValidationCase], label_names: Mapping[
     """The voxel flag level over all validation voxels, then each case's (and organ's) flagged fraction."""
     if not cases:
         raise ValueError("no validation cases to fit the review thresholds on")
-    fit = fit_sigma_threshold(np.concatenate([c.abs_error_hu for c in cases]),
-                              np.concatenate([c.sigma_total_hu for c in cases]), error_hu, precision)
+    sigma = np.concatenate([c.sigma_total_hu for c in cases])
+    fit = fit_sigma_threshold(np.concatenate([c.abs_error_hu for c in cases]), sigma, error_hu, precision)
+    rare = float(np.quantile(sigma, RARE_QUANTILE))
     fractions = [float(np.mean(c.sigma_total_hu >= fit.sigma_total_hu)) for c in cases]
+    rare_fractions = [float(np.mean(c.sigma_total_hu >= rare)) for c in cases]
     organ_fractions: dict[str, float] = {}
     for name, label in label_names.items():
         seen = [float(np.mean(c.sigma_total_hu[c.labels == label] >= fit.sigma_total_hu))
@@ -133,8 +146,10 @@ def fit_review_thresholds(cases: Sequence[ValidationCase], label_names: Mapping[
     return ReviewThresholds(
         sigma_total_hu=fit.sigma_total_hu, error_hu=float(error_hu), precision_target=float(precision),
         precision=fit.precision, recall=fit.recall, target_reached=fit.target_reached,
-        case_flagged_fraction=CASE_MARGIN * max(fractions), organ_flagged_fraction=organ_fractions,
-        validation_cases=[c.case_id for c in cases], validation_flagged_fraction=fractions)
+        case_flagged_fraction=CASE_MARGIN * max(fractions), rare_sigma_total_hu=rare,
+        case_rare_fraction=CASE_MARGIN * max(rare_fractions), organ_flagged_fraction=organ_fractions,
+        validation_cases=[c.case_id for c in cases], validation_flagged_fraction=fractions,
+        validation_rare_fraction=rare_fractions)
 
 
 def _mean(values: np.ndarray) -> float | None:
@@ -177,6 +192,14 @@ def review_case(*, case_id: str, sigma_total_hu: np.ndarray | None, labels: np.n
         reasons.append(("body_flagged", f"{_percent(fraction)} of the body flagged (σ_total ≥ {thresholds.sigma_total_hu:.0f} HU), "
                        f"above the {_percent(thresholds.case_flagged_fraction)} allowed ({CASE_MARGIN:g} × the "
                        f"largest validation case)"))
+    rare = 0.0
+    if sigma_total_hu is not None and thresholds is not None and n_body:
+        rare = float(np.count_nonzero(sigma_total_hu[body] >= thresholds.rare_sigma_total_hu) / n_body)
+        if rare > thresholds.case_rare_fraction:
+            reasons.append(("rare_sigma", f"{_percent(rare)} of the body has σ_total ≥ "
+                            f"{thresholds.rare_sigma_total_hu:.0f} HU, a level only {100 * (1 - RARE_QUANTILE):g} % of "
+                            f"the validation voxels reached; above the {_percent(thresholds.case_rare_fraction)} "
+                            f"allowed ({CASE_MARGIN:g} × the largest validation case): unlike the training data"))
     organs: dict[str, dict[str, Any]] = {}
     if labels is not None:
         for name, label in label_names.items():
@@ -213,6 +236,7 @@ def review_case(*, case_id: str, sigma_total_hu: np.ndarray | None, labels: np.n
         "reasons": [sentence for _, sentence in reasons],
         "codes": sorted({code for code, _ in reasons}),
         "flagged_fraction_body": fraction,
+        "rare_sigma_fraction_body": rare,
         "flagged_voxels": int(flagged.sum()),
         "body_voxels": n_body,
         "organs": organs,
@@ -225,5 +249,5 @@ def review_case(*, case_id: str, sigma_total_hu: np.ndarray | None, labels: np.n
     return review, flagged
 
 
-__all__ = ["CASE_MARGIN", "ReviewThresholds", "SigmaThreshold", "ValidationCase", "fit_review_thresholds",
+__all__ = ["CASE_MARGIN", "RARE_QUANTILE", "ReviewThresholds", "SigmaThreshold", "ValidationCase", "fit_review_thresholds",
            "fit_sigma_threshold", "review_case"]

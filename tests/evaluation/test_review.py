@@ -67,6 +67,9 @@ def test_case_and_organ_limits_are_the_margin_times_the_largest_validation_case(
     assert t.case_flagged_fraction == pytest.approx(CASE_MARGIN * 0.4)
     # bladder: 20 and 40 of its 80 voxels flagged; rectum never present in the validation labels
     assert t.organ_flagged_fraction == {"bladder": pytest.approx(CASE_MARGIN * 0.5)}
+    # the rare level: the pooled 0.999 quantile (60 of 200 voxels at 300 HU), reached by 20 % and 40 %
+    assert t.rare_sigma_total_hu == 300.0 and t.validation_rare_fraction == [0.2, 0.4]
+    assert t.case_rare_fraction == pytest.approx(CASE_MARGIN * 0.4)
     assert ReviewThresholds.from_dict(t.as_dict()) == t
 
 
@@ -127,3 +130,18 @@ def test_without_thresholds_or_sigma_nothing_vouches_for_the_case():
     review, _ = review_case(case_id="c5", sigma_total_hu=None, labels=labels, body=body, voxel_ml=1.0,
                             label_names=LABELS, thresholds=_thresholds())
     assert review["codes"] == ["no_sigma"]
+
+
+def test_rare_sigma_in_one_place_asks_for_review_where_the_flagged_fraction_does_not():
+    # 5 % of the body at σ 300 HU: within the flagged-fraction limit (10 %), but the validation voxels
+    # reached 280 HU in at most 1 % of a case's body (limit 2 %): a local anomaly.
+    body, labels, sigma = _case(slice(19, 20))
+    thresholds = _thresholds(rare_sigma_total_hu=280.0, case_rare_fraction=0.02)
+    review, _ = review_case(case_id="c6", sigma_total_hu=sigma, labels=labels, body=body, voxel_ml=1.0,
+                            label_names=LABELS, thresholds=thresholds)
+    assert review["codes"] == ["rare_sigma"] and review["rare_sigma_fraction_body"] == pytest.approx(0.05)
+    assert "5.00 % of the body has σ_total ≥ 280 HU" in review["reasons"][0]
+    relaxed, _ = review_case(case_id="c6", sigma_total_hu=sigma, labels=labels, body=body, voxel_ml=1.0,
+                             label_names=LABELS, thresholds=_thresholds(rare_sigma_total_hu=280.0,
+                                                                         case_rare_fraction=0.06))
+    assert relaxed["verdict"] == "ok"
