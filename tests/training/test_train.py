@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import socket
 
 import numpy as np
@@ -54,6 +56,13 @@ def test_checkpoint_is_self_describing(phantom_data, tmp_path):
     scaling = load_checkpoint(tmp_path / "run" / BEST)["sigma_scaling"]
     assert scaling["factor"] > 0 and scaling["cases"] and scaling["voxels"] > 0
     assert np.hypot(scaling["after"]["zscore_mean"], scaling["after"]["zscore_sd"]) == pytest.approx(1.0, abs=1e-3)
+    # and the review's thresholds, fitted on the same validation voxels; each validation case's review kept
+    thresholds = load_checkpoint(tmp_path / "run" / BEST)["review_thresholds"]
+    assert thresholds["validation_cases"] == scaling["cases"] and thresholds["sigma_total_hu"] > 0
+    for case_id in scaling["cases"]:
+        review = tmp_path / "run" / "validation_review" / case_id
+        assert sorted(p.name for p in review.iterdir()) == ["review.html", "review.json", "review.png"]
+        assert json.loads((review / "review.json").read_text())["thresholds"] == thresholds
     loaded = model_from_checkpoint(tmp_path / "run" / BEST)
     assert loaded.cfg.model.channels == (4, 8)
     mr = torch.randn(1, 1, 16, 16, 16)
