@@ -43,7 +43,7 @@ RUN_ID="$(awk '/^MLflow run:/ {print $3}' "$OUT/train.txt")"
 echo "== 4/5 [$(elapsed)] radmtl infer (MC dropout, σ-scaling from the checkpoint) on the held-out cases, native and network grid"
 radmtl infer --model "$OUT/run/checkpoint_best.pt" --input "$OUT/heldout" --output "$OUT/pred" --no-progress
 radmtl -q infer --model "$OUT/run/checkpoint_best.pt" --input "$OUT/heldout_grid" --output "$OUT/pred_grid" \
-    --no-progress > /dev/null
+    --no-progress --no-review > /dev/null
 
 echo "== 5/5 [$(elapsed)] radmtl evaluate: on the native input grids (the headline), then σ vs true noise on the network grid"
 radmtl evaluate --pred "$OUT/pred" --ref "$OUT/heldout" ${RUN_ID:+--run-id "$RUN_ID"}
@@ -56,6 +56,8 @@ Done in $(elapsed) (min:s).
   phantom data:       $OUT/data, $OUT/heldout (native 2×2×3 mm), $OUT/heldout_grid (network grid)
   run folder:         $OUT/run (checkpoints, train.log, QA pictures in qa/, training_curves.png)
   predictions:        $OUT/pred/<case>/ (sct, seg, sigma maps, provenance.json)
+  per-case review:    $OUT/pred/<case>/review/ (review.png, review.html: verdict, flagged voxels; review.json)
+  validation reviews: $OUT/run/validation_review/<case>/ (the same on the validation cases, also in MLflow)
   metrics:            $OUT/pred/metrics.csv, $OUT/pred/metrics.json (native), $OUT/pred_grid/metrics.* (network grid)
   MLflow run:         ${RUN_ID:-"(tracking unavailable)"}
   open the MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db --port 5000
