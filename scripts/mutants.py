@@ -240,6 +240,18 @@ MUTANTS: list[Mutant] = [
     Mutant("rotation augmentation: labels interpolated", ("tests/data/test_transforms.py",), (
         (TRANSFORMS, 'mode=["nearest" if k in DISCRETE_KEYS else "bilinear" for k in all_keys]', 'mode="bilinear"'),
     )),
+    Mutant("review: the flag level cut inside a tie (voxels of equal σ split)", ("tests/evaluation/test_review.py",), (
+        ("radmtl/evaluation/review.py", "cut = np.append(sigma_desc[1:] != sigma_desc[:-1], True) & (count >= min_voxels)",
+         "cut = (count >= min_voxels)"),
+    )),
+    Mutant("review: the highest level reaching the precision, not the lowest", ("tests/evaluation/test_review.py",), (
+        ("radmtl/evaluation/review.py", "k = int(np.flatnonzero(reached)[-1])", "k = int(np.flatnonzero(reached)[0])"),
+    )),
+    Mutant("review: rare σ counted over the whole volume, not the body", ("tests/inference/test_review_out.py",
+                                                                         "tests/evaluation/test_review.py"), (
+        ("radmtl/evaluation/review.py", "rare = float(np.count_nonzero(sigma_total_hu[body] >= thresholds.rare_sigma_total_hu) / n_body)",
+         "rare = float(np.count_nonzero(sigma_total_hu >= thresholds.rare_sigma_total_hu) / n_body)"),
+    )),
 ]
 
 REPO = Path(__file__).resolve().parents[1]

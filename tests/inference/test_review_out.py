@@ -52,6 +52,9 @@ def test_review_follows_the_fitted_thresholds_on_the_written_maps(tmp_path, fitt
     body = derive_body_mask(np.asarray(nib.load(case.paths["mr"]).dataobj, np.float32)) != 0
     flagged = body & (sigma >= stored["sigma_total_hu"])
     assert review["flagged_voxels"] == int(flagged.sum()) and review["body_voxels"] == int(body.sum())
+    assert not body.all()  # so that counting over the body, not the volume, is tested
+    rare = np.count_nonzero(sigma[body] >= stored["rare_sigma_total_hu"]) / body.sum()
+    assert review["rare_sigma_fraction_body"] == pytest.approx(rare)
     voxel_ml = float(np.prod(nib.load(case.paths["mr"]).header.get_zooms()[:3])) / 1000.0
     for name, label in (("bladder", 1), ("femoral_head_left", 4)):
         organ = review["organs"][name]
