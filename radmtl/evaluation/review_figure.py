@@ -198,6 +198,7 @@ def render_review_figure(
     label_names: Mapping[Any, Any] | Sequence[str] | None = None,
     sigma_threshold_hu: float | None = None,
     hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
+    sigma_label: str = "σ_total",
 ) -> ReviewFigure:
     """The review figure of one case, rendered (arguments as :func:`write_review_figure`)."""
     from matplotlib.colors import ListedColormap
@@ -245,7 +246,7 @@ def render_review_figure(
 
     axes = grid.subplots(len(rows), 4, squeeze=False, gridspec_kw={"height_ratios": heights})
     column_titles = ("MR, organ outlines", f"sCT [{hu_window[0]:.0f}, {hu_window[1]:.0f}] HU",
-                     f"σ_total, 0–{sigma_max:.0f} HU", "flagged voxels over MR" + ("" if region is not None else ": none"))
+                     f"{sigma_label}, 0–{sigma_max:.0f} HU", "flagged voxels over MR" + ("" if region is not None else ": none"))
     for row, (place, voxel, view) in enumerate(rows):
         _draw_row(grid, axes[row], volumes, view, voxel, spacing, style)
         axis = VIEW_GEOMETRY[view][0]
@@ -272,6 +273,7 @@ def write_review_figure(
     title: str | None = None,
     sigma_threshold_hu: float | None = None,
     hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
+    sigma_label: str = "σ_total",
 ) -> tuple[Path, Path]:
     """Write ``review.png`` and the self-contained ``review.html`` of one case into ``out_dir``.
 
@@ -296,6 +298,7 @@ def write_review_figure(
         title: the case name on the figure; default ``summary["case"]``.
         sigma_threshold_hu: the fitted σ_total flagging threshold, for the colour bar and the notes.
         hu_window: the sCT display window in HU.
+        sigma_label: what the σ column shows (the review flags on σ_total without σ_grid on a finer grid).
 
     Returns:
         ``(png_path, html_path)``, both written atomically.
@@ -305,7 +308,7 @@ def write_review_figure(
     figure = render_review_figure(
         mr=mr, sct_hu=sct_hu, sigma_total_hu=sigma_total_hu, labels=labels, flagged=flagged, body=body,
         spacing=spacing, summary=summary, title=title, label_names=label_names,
-        sigma_threshold_hu=sigma_threshold_hu, hu_window=hu_window)
+        sigma_threshold_hu=sigma_threshold_hu, hu_window=hu_window, sigma_label=sigma_label)
     out_dir.mkdir(parents=True, exist_ok=True)
     png_path, html_path = out_dir / "review.png", out_dir / "review.html"
     with atomic_path(png_path) as tmp:

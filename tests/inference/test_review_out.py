@@ -96,3 +96,19 @@ def test_as_ras_flips_and_permutes_to_ras_with_its_spacing():
     assert ras.shape == (3, 2, 4) and spacing == (3.0, 2.0, 4.0)
     # RAS voxel (i, j, k): i grows to +x, i.e. down the array's axis 1
     np.testing.assert_array_equal(ras, array.transpose(1, 0, 2)[::-1, ::-1, :])
+
+
+def test_on_a_finer_grid_the_review_flags_on_sigma_total_without_sigma_grid():
+    from radmtl.data.io import Volume
+    from radmtl.inference.review_out import CaseReview
+
+    volume = Volume(array=np.zeros((2, 2, 2), np.float32), affine=np.eye(4))
+    review = CaseReview("c", volume, {"background": 0}, None, 1.0)
+    review.keep("sct_sigma_aleatoric", np.full((2, 2, 2), 2.0, np.float32))
+    sigma, name = review.flag_sigma()
+    assert name == "sct_sigma_aleatoric" and np.all(sigma == 2.0)  # T = 1: σ_aleatoric stands in
+    review.keep("sct_sigma_grid", np.full((2, 2, 2), 3.0, np.float32))
+    review.keep("sct_sigma_total", np.full((2, 2, 2), 5.0, np.float32))
+    sigma, name = review.flag_sigma()
+    assert name == "sct_sigma_total without sct_sigma_grid" and np.allclose(sigma, 4.0)
+    assert "sct_sigma_aleatoric" not in review.maps  # dropped once σ_total arrives
