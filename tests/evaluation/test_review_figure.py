@@ -70,7 +70,7 @@ def test_review_figure_png_and_html(tmp_path, review_case):
     page = html_path.read_text(encoding="utf-8")
     assert '<span class="verdict" style="background: #e66101">REVIEW</span>' in page
     for text in ("case_001", "bladder", "rectum", "0.7 ml of the body has σ_total above 200 HU",
-                 "<th>thresholds.sigma_total_hu</th><td class=\"number\">200</td>", "flagged (σ_total &gt; 200 HU): 125 voxels"):
+                 "<th>thresholds.sigma_total_hu</th><td class=\"number\">200</td>", "flagged (σ_total ≥ 200 HU): 125 voxels"):
         assert text in page, text
     # The organ table has the union of the organs' keys as columns, "—" where an organ lacks one.
     assert "<th>entropy</th>" in page and "<td>sigma_p95</td>" in page and "<td>—</td>" in page
@@ -104,7 +104,7 @@ def test_nothing_flagged_leaves_out_the_worst_rows_and_says_so(tmp_path, review_
     assert _image(png_path.read_bytes()).shape[1] == _image(flagged_png).shape[1]
     assert _image(png_path.read_bytes()).shape[0] < 0.7 * _image(flagged_png).shape[0]
     page = html_path.read_text(encoding="utf-8")
-    assert "no voxel flagged (σ_total &gt; 200 HU): no worst-flagged rows" in page
+    assert "no voxel flagged (σ_total ≥ 200 HU): no worst-flagged rows" in page
     assert '<span class="verdict" style="background: #1a9641">OK</span>' in page
     assert "<p>no reason to review</p>" in page
     assert "<title>case_001 — radmtl review: ok</title>" in page  # the title defaults to summary["case"]
