@@ -81,7 +81,7 @@ def test_synthrad2025_infer_writes_mha_per_centre_and_evaluate_splits_them(train
     run_dir, _ = trained_2025
     root = synthrad_trees["2025"]
     pred = tmp_path / "pred"
-    assert main(["-q", "infer", "--model", str(run_dir / BEST), "--input", str(root), "--output", str(pred),
+    assert main(["-q", "infer", "--no-review", "--model", str(run_dir / BEST), "--input", str(root), "--output", str(pred),
                  "--mc-samples", "2", "--no-progress"]) == 0
     for case in ("AB/1ABA001", "AB/1ABA002", "TH/1THA003", "TH/1THA004"):
         written = sorted(p.name for p in (pred / case).iterdir())
@@ -102,7 +102,7 @@ def test_mha_and_nifti_inputs_of_one_case_give_the_same_outputs(trained_2025, sy
     outputs = {}
     for name, path in (("nifti", synthrad_trees["2023"] / "pelvis/1PA001/mr.nii.gz"),
                        ("mha", synthrad_trees["2025"] / "AB/1ABA001/mr.mha")):
-        assert main(["-q", "infer", "--model", str(run_dir / BEST), "--input", str(path), "--output",
+        assert main(["-q", "infer", "--no-review", "--model", str(run_dir / BEST), "--input", str(path), "--output",
                      str(tmp_path / name), "--mc-samples", "2", "--output-format", "nii.gz", "--no-progress"]) == 0
         (case,) = [p for p in (tmp_path / name).iterdir() if p.is_dir()]
         outputs[name] = {stem: read_volume(case / f"{stem}.nii.gz")
@@ -119,7 +119,7 @@ def test_synthrad2023_from_the_task_root(synthrad_trees, tmp_path):
     _train([root], tmp_path / "run")
     assert load_checkpoint(tmp_path / "run" / BEST)["label_names"] == {}
     pred = tmp_path / "pred"
-    assert main(["-q", "infer", "--model", str(tmp_path / "run" / BEST), "--input", str(root), "--output",
+    assert main(["-q", "infer", "--no-review", "--model", str(tmp_path / "run" / BEST), "--input", str(root), "--output",
                  str(pred), "--mc-samples", "1", "--no-progress"]) == 0
     assert sorted(p.name for p in (pred / "pelvis").iterdir()) == ["1PA001", "1PA002", "1PA003", "1PA004"]
     assert (pred / "pelvis/1PA001/sct.nii.gz").is_file()

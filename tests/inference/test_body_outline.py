@@ -124,7 +124,7 @@ def test_infer_on_a_finer_grid_writes_the_grid_sigma_and_air_outside_the_mr_body
         write_volume(case.mr, case.affine, tmp_path / "in" / name / "mr.nii.gz", np.float32)
     finer = generate_case(3, (128, 96, 64), (3.0, 3.0, 3.0))
     write_volume(finer.mr, finer.affine, tmp_path / "in" / "finer" / "mr.nii.gz", np.float32)
-    assert main(["-q", "infer", "--model", str(model), "--input", str(tmp_path / "in"), "--output",
+    assert main(["-q", "infer", "--no-review", "--model", str(model), "--input", str(tmp_path / "in"), "--output",
                  str(tmp_path / "out"), "--no-progress", "--device", "cpu"]) == 0
     out = tmp_path / "out" / "finer"
     read = {stem: nib.load(out / f"{stem}.nii.gz").get_fdata() for stem in

@@ -31,7 +31,7 @@ def oblique_run(tmp_path_factory, tiny_payload) -> Path:
     root = tmp_path_factory.mktemp("dicom_grid")
     model = save_checkpoint(root / "model.pt", tiny_payload(seed=4))
     phantom_mr_series(root / "MR", 6, SHAPE, SPACING, orientation="oblique")
-    assert main(["infer", "--model", str(model), "--input", str(root / "MR"), "--output", str(root / "out"),
+    assert main(["infer", "--no-review", "--model", str(model), "--input", str(root / "MR"), "--output", str(root / "out"),
                  "--no-progress", "--device", "cpu", "--dicom-grid", "axial"]) == 0
     return root / "out" / "MR"
 
@@ -159,7 +159,7 @@ def test_dicom_grid_without_dicom_output_is_refused(tmp_path, tiny_payload, caps
     model = save_checkpoint(tmp_path / "model.pt", tiny_payload(seed=4))
     case = generate_case(6, (16, 16, 12), (6.0, 6.0, 6.0))
     nib.save(nib.Nifti1Image(case.mr, case.affine), tmp_path / "pelvis.nii.gz")
-    assert main(["infer", "--model", str(model), "--input", str(tmp_path / "pelvis.nii.gz"), "--output",
+    assert main(["infer", "--no-review", "--model", str(model), "--input", str(tmp_path / "pelvis.nii.gz"), "--output",
                  str(tmp_path / "out"), "--no-progress", "--device", "cpu", "--dicom-grid", "axial"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"radmtl infer: error: --dicom-grid axial: {tmp_path / 'pelvis.nii.gz'} is not DICOM, so nothing "

@@ -35,8 +35,8 @@ def checkpoint(tmp_path_factory, tiny_payload) -> Path:
     return save_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", tiny_payload(seed=4))
 
 
-def _infer(model: Path, inp: Path, out: Path, *extra: str) -> int:
-    return main(["infer", "--model", str(model), "--input", str(inp), "--output", str(out),
+def _infer(model: Path, inp: Path, out: Path, *extra: str) -> int:  # review/ is tested in test_review_out.py
+    return main(["infer", "--no-review", "--model", str(model), "--input", str(inp), "--output", str(out),
                  "--no-progress", "--device", "cpu", *extra])
 
 

@@ -72,8 +72,8 @@ def _bad_mr(path: Path, kind: str, mr: np.ndarray) -> Path:
     return path
 
 
-def _infer(model: Path, inp: Path, out: Path, *extra: str) -> int:
-    return main(["-q", "infer", "--model", str(model), "--input", str(inp), "--output", str(out),
+def _infer(model: Path, inp: Path, out: Path, *extra: str) -> int:  # review/ is tested in test_review_out.py
+    return main(["-q", "infer", "--no-review", "--model", str(model), "--input", str(inp), "--output", str(out),
                  "--no-progress", "--device", "cpu", *extra])
 
 
