@@ -174,10 +174,10 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
         on_input = {}
         midline, laterality = None, None
         resample_s, t0 = 0.0, time.perf_counter()
-        # The input MR's body mask, derived once where the DICOM outputs need it (the sCT's outline on a
-        # finer grid uses the same one; without DICOM it is derived only if that outline applies).
+        # The input MR's body mask, derived once where the DICOM outputs or the review need it (the sCT's
+        # outline on a finer grid uses the same one; otherwise it is derived only if that outline applies).
         input_body = None
-        if dicom_out:
+        if dicom_out or options.review:
             from radmtl.data.transforms import derive_body_mask
 
             input_body = derive_body_mask(volume.array) != 0
