@@ -47,6 +47,18 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # 1.7× the time (40× for labels) for < 1 % of the size; ``--output-format nii`` skips compression.
 NIFTI_GZIP_LEVEL = 1
 
+# The gzip stream of .nii.gz outputs comes from ISA-L (the ``isal`` package, python-isal: Intel's
+# deflate with SIMD, a drop-in gzip.GzipFile) where it is installed, not from zlib. On a 400×400×120
+# float32 sCT-like map (76.8 MB; /tmp-free measurement, 2 cores): zlib level 1 1.79 s → 64.7 MB,
+# isal level 1 0.16 s → 66.5 MB (level 3: 0.30 s, 66.4 MB; zlib-ng level 1: 0.73 s, 81.3 MB). The files
+# are standard gzip members that nibabel, SimpleITK, ITK-SNAP and gunzip read. Without isal (a
+# platform it has no wheel for) zlib writes them, slower, with the same content.
+try:
+    from isal import igzip as _gzip_module
+except ImportError:  # pragma: no cover - isal is a dependency; a broken install falls back to zlib
+    import gzip as _gzip_module
+GZIP_COMPRESSOR = "isal" if _gzip_module.__name__.startswith("isal") else "zlib"
+
 # ``radmtl infer --output-format``; "auto" writes in the input's own format.
 OUTPUT_FORMATS = ("auto", "nii.gz", "nii", "mha")
 # Single-file formats only: a .mhd/.nhdr header names its data file, which an atomic rename would orphan.
@@ -370,7 +382,10 @@ def write_like(
     try:
         with atomic_path(path) as tmp:
             if suffix == ".nii.gz":
-                with nib.openers.ImageOpener(str(tmp), "wb", compresslevel=NIFTI_GZIP_LEVEL) as stream:
+                # No name and mtime 0 in the gzip header: the same maps give the same bytes (gzip stores
+                # the file's name, here the temporary one, and a time stamp otherwise).
+                with open(tmp, "wb") as raw, _gzip_module.GzipFile(
+                        filename="", mode="wb", fileobj=raw, compresslevel=NIFTI_GZIP_LEVEL, mtime=0) as stream:
                     img.to_file_map({"image": nib.fileholders.FileHolder(filename=str(tmp), fileobj=stream)})
             else:
                 nib.save(img, str(tmp))
