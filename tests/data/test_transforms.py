@@ -107,6 +107,56 @@ def test_body_outline_keeps_the_slices_and_columns_at_the_edge_of_the_field_of_v
     assert derived[:, :, 0].sum() == derived[:, :, -1].sum() == derived[:, :, 5].sum()
 
 
+def _body_mask_by_scipy_fill_holes(mr: np.ndarray) -> np.ndarray:
+    """derive_body_mask as it was written first, on the whole array with scipy's binary_fill_holes per
+    slice and in 3-D: the reference the faster version must match voxel for voxel."""
+    from scipy import ndimage
+
+    from radmtl.data.transforms import CLOSING_ITERATIONS
+
+    positive = mr[mr > 0]
+    if positive.size == 0:
+        return np.zeros(mr.shape, dtype=np.uint8)
+    body, pad = mr > 0.1 * float(np.percentile(positive, 99.0)), CLOSING_ITERATIONS
+    body = ndimage.binary_closing(np.pad(body, pad, mode="edge"), iterations=pad)[pad:-pad, pad:-pad, pad:-pad]
+    labelled, n = ndimage.label(body)
+    if n > 1:
+        body = labelled == 1 + int(np.argmax(ndimage.sum_labels(body, labelled, index=np.arange(1, n + 1))))
+    for z in range(body.shape[2]):
+        body[:, :, z] = ndimage.binary_fill_holes(body[:, :, z])
+    return ndimage.binary_fill_holes(body).astype(np.uint8)
+
+
+def _outline_test_volumes() -> list[np.ndarray]:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    x, y, z = np.meshgrid(np.arange(48), np.arange(40), np.arange(20), indexing="ij")
+    r = np.sqrt((x - 24.0) ** 2 + (y - 20.0) ** 2 + (z - 10.0) ** 2)
+    shell = np.where((r > 6) & (r < 9), 500.0, 2.0)  # a closed 3-D hole, rings in the middle slices
+    rings = np.where(np.abs(np.hypot(x - 20.0, y - 18.0) - 12) < 2, 300.0, 0.0)  # a hole in every slice
+    rings[30:, 30:, :] = 300.0  # a second object touching two faces
+    two = np.where(r < 6, 400.0, 0.0) + np.where(np.hypot(x - 5.0, y - 5.0) < 4, 400.0, 0.0)
+    volumes = [shell, rings, two, np.zeros((6, 5, 4)), np.full((6, 5, 4), 10.0)]
+    for k in range(6):  # noisy blobs, some touching every face, with dark bone-like gaps inside
+        v = ndimage.gaussian_filter(rng.random((36 + k, 30, 10 + k)), 1.2 + 0.3 * (k % 3)) * 1000 - 480 + 30 * k
+        v[10:14, 8:12, 2:5] = -1.0
+        volumes.append(v.astype(np.float32))
+    return volumes
+
+
+def test_body_outline_matches_scipy_fill_holes_voxel_for_voxel():
+    # derive_body_mask crops to the body's box and fills holes by one labelling; it decides MR
+    # normalisation in training and inference, so it must give the very voxels it gave before.
+    from radmtl.data.transforms import derive_body_mask
+
+    for mr in _outline_test_volumes():
+        expected = _body_mask_by_scipy_fill_holes(mr)
+        np.testing.assert_array_equal(derive_body_mask(mr), expected)
+    filled = derive_body_mask(_outline_test_volumes()[1])
+    assert filled[20, 18, 5] == 1 and filled.sum() > (_outline_test_volumes()[1] > 30).sum()  # holes filled
+
+
 def test_rotation_augmentation_turns_images_mask_and_labels_together(tmp_path):
     # A bar along x: after a rotation about z by up to 30° (prob 0.5) some patches show it tilted, and the
     # label and mask follow the CT voxel for voxel, labels staying whole numbers.
