@@ -44,7 +44,8 @@ def as_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[flo
     spacing = [0.0, 0.0, 0.0]
     for axis, (target, _) in enumerate(ornt):
         spacing[int(target)] = float(zooms[axis])
-    return np.ascontiguousarray(apply_orientation(array, ornt)), (spacing[0], spacing[1], spacing[2])
+    # A view (axes flipped and swapped), not a copy: the figure reads a few slices of six volumes.
+    return apply_orientation(array, ornt), (spacing[0], spacing[1], spacing[2])
 
 
 class CaseReview:
