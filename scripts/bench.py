@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench.py                          # full sizes → docs/benchmarks.md (minutes)
     .venv/bin/python scripts/bench.py --quick --out /tmp/b.md  # tiny sizes, a smoke test
 
-Sections 1-5 are the ``*_section`` functions (their docstrings say what each compares); 6 repeats them
+Sections 1-6 are the ``*_section`` functions (their docstrings say what each compares); 7 repeats them
 on CUDA with bf16 AMP where a GPU is present. Every figure written is measured by this run, and each
 section prints its numbers as it finishes. Nothing is asserted.
 """
@@ -46,11 +46,17 @@ class Sizes:
     memory_mr: tuple[tuple[int, int, int], tuple[float, float, float]]
     mc_samples: int
     repeats: int
+    # Section 6: the cohort's MR shapes (one case each) at one spacing (mm).
+    cohort: tuple[tuple[tuple[int, int, int], ...], tuple[float, float, float]] = ((), (1.0, 1.0, 1.0))
     overrides: tuple[str, ...] = ()
 
 
-FULL = Sizes(((400, 400, 120), (1.0, 1.0, 2.5)), ((512, 512, 200), (0.8, 0.8, 2.5)), mc_samples=20, repeats=3)
+# Eight pelvis-sized MRs of four sizes (largest 320×320×96 at 1.5×1.5×2.5 mm): the cases of section 6.
+COHORT_SHAPES = ((320, 320, 96), (224, 224, 64), (288, 288, 80), (256, 256, 72)) * 2
+FULL = Sizes(((400, 400, 120), (1.0, 1.0, 2.5)), ((512, 512, 200), (0.8, 0.8, 2.5)), mc_samples=20, repeats=3,
+             cohort=(COHORT_SHAPES, (1.5, 1.5, 2.5)))
 QUICK = Sizes(((40, 40, 24), (2.0, 2.0, 2.5)), ((48, 48, 24), (2.0, 2.0, 2.5)), mc_samples=3, repeats=1,
+              cohort=(((40, 40, 24), (32, 32, 20), (36, 36, 24), (28, 28, 16)), (2.0, 2.0, 2.5)),
               overrides=("model.channels=[4,8]", "model.strides=[2]", "data.patch_size=[16,16,16]",
                          "data.spacing=[3.0,3.0,3.0]"))
 
@@ -113,24 +119,37 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
 
+# Section 1's variants of radmtl infer: the first is the headline (P1) and gives the stage times.
+INFER_VARIANTS = {
+    "`.nii.gz` outputs": {"output_format": "nii.gz"},
+    "`.nii` outputs": {"output_format": "nii"},
+    "`.nii.gz`, `--no-review`": {"output_format": "nii.gz", "review": False},
+}
+
+
 def infer_section(sizes: Sizes, device: torch.device, amp_dtype, folder: Path) -> Section:
     """[1] radmtl infer end to end vs MONAI's bare sliding window, with stage times."""
     from bench_infer import measure_infer_ratio
 
     shape, spacing = sizes.infer_mr
     result = measure_infer_ratio(shape, spacing, mc_samples=1, device=device.type, overrides=sizes.overrides,
-                                 repeats=sizes.repeats)
+                                 repeats=sizes.repeats, variants=INFER_VARIANTS)
+    first = next(iter(INFER_VARIANTS))
     section = Section(
         "1. `radmtl infer` end to end vs MONAI's bare sliding window",
         f"MR {_dims(shape)} voxels at {_dims(spacing)} mm (network grid {_dims(result['network_grid'])} at "
-        f"the model's spacing), T = 1, `configs/default.yaml` model with random weights "
+        f"the model's spacing), T = 1, one case, `configs/default.yaml` model with random weights "
         "(`scripts/bench_infer.py`). A: `radmtl infer` end to end (read, preprocess, predict, resample, write, "
-        "publish). B: MONAI's `sliding_window_inference` of the same model on the same preprocessed tensor "
-        "(same window, overlap, batch and Gaussian mode). A and B alternate in one process; the stage times "
-        "are those of the median run of A, from its `provenance.json`.")
-    section.compare("wall time: radmtl infer (A) vs bare sliding window (B)", "s", result["infer_s"],
-                    result["sliding_window_s"])
-    section.figure("paired ratio A / B, median over rounds", "ratio", result["ratio"])
+        "the per-case review, publish), in each variant below. B: MONAI's `sliding_window_inference` of the "
+        "same model on the same preprocessed tensor (same window, overlap, batch and Gaussian mode). Each "
+        "round runs every variant of A, then B, in one process; the paired ratio is each variant's median over "
+        f"the rounds of A / that round's B. The stage times are those of the median run of A with {first}, "
+        "from its `provenance.json`.")
+    for name, variant in result["variants"].items():
+        section.compare(f"wall time: radmtl infer, {name} (A) vs bare sliding window (B)", "s", variant["infer_s"],
+                        variant["sliding_window_s"])
+    for name, variant in result["variants"].items():
+        section.figure(f"paired ratio A / B, median over rounds: {name}", "ratio", variant["ratio"])
     section.stages(result["stages_s"])
     return section
 
@@ -312,6 +331,55 @@ def memory_section(sizes: Sizes, device: torch.device, amp_dtype, folder: Path) 
     return section
 
 
+def _infer_cohort(model: Path, inputs: Path, out: Path, workers: int, output_format: str, device: str) -> float:
+    """Wall seconds of ``radmtl infer`` over the folder ``inputs`` in a process of its own (imports and
+    model loading included: a cohort run pays them once per process)."""
+    command = [sys.executable, "-m", "radmtl", "infer", "--model", str(model), "--input", str(inputs), "--output",
+               str(out), "--workers", str(workers), "--output-format", output_format, "--device", device,
+               "--no-progress"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{shlex.join(command)} failed:\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def cohort_section(sizes: Sizes, device: torch.device, amp_dtype, folder: Path) -> Section:
+    """[6] A cohort of cases: one process vs two (--workers 2), .nii vs .nii.gz outputs."""
+    from bench_infer import make_inputs, make_mr
+
+    shapes, spacing = sizes.cohort
+    work = folder / f"cohort-{device.type}"
+    inputs = work / "mr"
+    inputs.mkdir(parents=True, exist_ok=True)
+    _, model = make_inputs(work, shapes[0], spacing, sizes.overrides)
+    for number, shape in enumerate(shapes):
+        make_mr(inputs / f"case_{number:02d}.nii", shape, spacing, seed=number)
+    n = len(shapes)
+    # One run each: a run is a minute or more of eight cases, which averages a busy moment out better than
+    # the repeats of section 1 would (each costs a minute more).
+    seconds = {(workers, fmt): _infer_cohort(model, inputs, work / f"out-{workers}-{fmt}", workers, fmt, device.type)
+               for workers in (1, 2) for fmt in ("nii.gz", "nii")}
+    rate = {key: 60.0 * n / value for key, value in seconds.items()}
+    section = Section(
+        "6. A cohort: one process vs two, `.nii` vs `.nii.gz`",
+        f"{n} MRs of {len(set(shapes))} sizes ({', '.join(_dims(s) for s in dict.fromkeys(shapes))} voxels at "
+        f"{_dims(spacing)} mm), the default model with random weights, T = 1, the review on. Each run is "
+        "`radmtl infer --input FOLDER --workers W --output-format F` in a fresh process and output folder, "
+        "timed from start to exit (Python and torch imports and model loading included, once per process). "
+        "`--workers 2`: two processes (Gloo), each with half the cores for torch, the cases dealt largest first. "
+        "One run of each, in the order of the rows below.")
+    section.compare("cases/min: 2 processes (A) vs 1 (B), `.nii.gz`", "cases/min", rate[2, "nii.gz"], rate[1, "nii.gz"])
+    section.compare("cases/min: 2 processes (A) vs 1 (B), `.nii`", "cases/min", rate[2, "nii"], rate[1, "nii"])
+    section.compare("cases/min: `.nii.gz` (A) vs `.nii` (B), 1 process", "cases/min", rate[1, "nii.gz"], rate[1, "nii"])
+    section.compare("cases/min: `.nii.gz` (A) vs `.nii` (B), 2 processes", "cases/min", rate[2, "nii.gz"],
+                    rate[2, "nii"])
+    for (workers, fmt), value in seconds.items():
+        section.figure(f"wall time, {workers} process{'es' if workers > 1 else ''}, `.{fmt}`", "s", value)
+    return section
+
+
 def _dims(values) -> str:
     return "×".join(f"{v:g}" for v in values)
 
@@ -335,7 +403,7 @@ def machine_lines(command: str) -> list[str]:
             f"| command | `{command}` |"]
 
 
-SECTIONS = (infer_section, mc_section, multitask_section, training_section, memory_section)
+SECTIONS = (infer_section, mc_section, multitask_section, training_section, memory_section, cohort_section)
 
 
 def run_all(sizes: Sizes, device: torch.device, amp_dtype, folder: Path) -> list[Section]:
@@ -375,10 +443,10 @@ def main() -> None:
         if torch.cuda.is_available():
             name = torch.cuda.get_device_name(0)
             for section in run_all(sizes, torch.device("cuda"), torch.bfloat16, Path(tmp)):
-                section.title = f"6. CUDA ({name}, bf16 AMP): {section.title}"
+                section.title = f"7. CUDA ({name}, bf16 AMP): {section.title}"
                 sections.append(section)
         else:
-            sections.append(Section("6. CUDA", "No GPU was available on the machine that ran it "
+            sections.append(Section("7. CUDA", "No GPU was available on the machine that ran it "
                                     "(`torch.cuda.is_available()` was False), so there are no CUDA figures."))
     total = time.perf_counter() - start
     # Other work on the machine slows both sides of a ratio but rarely alike: say how busy it was.

@@ -35,28 +35,34 @@ def _default_config() -> Path:
     return Path(radmtl.__file__).resolve().parents[1] / "configs" / "default.yaml"
 
 
+def make_mr(path: Path, shape: tuple[int, int, int], spacing: tuple[float, float, float], seed: int = 0) -> Path:
+    """A synthetic MR at ``path``: an elliptical "body" with a smooth interior pattern and noise, float32."""
+    import numpy as np
+
+    from radmtl.data.io import write_volume
+
+    x = (np.arange(shape[0], dtype=np.float32) - shape[0] / 2) / (0.42 * shape[0])
+    y = (np.arange(shape[1], dtype=np.float32) - shape[1] / 2) / (0.32 * shape[1])
+    r2 = x[:, None] ** 2 + y[None, :] ** 2
+    rng = np.random.default_rng(seed)
+    mr = np.empty(shape, np.float32)
+    for z in range(shape[2]):  # slice by slice: no full-volume temporaries
+        mr[:, :, z] = np.where(r2 < 1, 600 + 200 * np.cos(6 * r2 + z / 20), 5)
+        mr[:, :, z] += rng.normal(0, 10, shape[:2]).astype(np.float32)
+    return write_volume(mr, np.diag([*spacing, 1.0]), path, np.float32)
+
+
 def make_inputs(folder: Path, shape: tuple[int, int, int], spacing: tuple[float, float, float],
                 overrides: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """A synthetic MR ``folder/mr.nii`` and a random-weight checkpoint ``folder/model.pt`` of the default model."""
-    import numpy as np
     import torch
 
     from radmtl.config import load_config
-    from radmtl.data.io import write_volume
     from radmtl.data.phantom import PHANTOM_LABELS
     from radmtl.nn.checkpoint import make_payload, save_checkpoint
     from radmtl.nn.model import build_model
 
-    # An elliptical "body" with a smooth interior pattern and noise, in float32, built slice by slice.
-    x = (np.arange(shape[0], dtype=np.float32) - shape[0] / 2) / (0.42 * shape[0])
-    y = (np.arange(shape[1], dtype=np.float32) - shape[1] / 2) / (0.32 * shape[1])
-    r2 = x[:, None] ** 2 + y[None, :] ** 2
-    rng = np.random.default_rng(0)
-    mr = np.empty(shape, np.float32)
-    for z in range(shape[2]):
-        mr[:, :, z] = np.where(r2 < 1, 600 + 200 * np.cos(6 * r2 + z / 20), 5)
-        mr[:, :, z] += rng.normal(0, 10, shape[:2]).astype(np.float32)
-    mr_path = write_volume(mr, np.diag([*spacing, 1.0]), folder / "mr.nii", np.float32)
+    mr_path = make_mr(folder / "mr.nii", shape, spacing)
     cfg = load_config(_default_config() if _default_config().exists() else None, list(overrides))
     torch.manual_seed(0)
     checkpoint = save_checkpoint(folder / "model.pt", make_payload(
@@ -112,6 +118,7 @@ def measure_infer_ratio(
     repeats: int = 1,
     output_format: str = "auto",
     folder: Path | None = None,
+    variants: dict[str, dict] | None = None,
 ) -> dict:
     """Time ``radmtl infer`` end to end (A) and the bare sliding window (B) on one synthetic MR, in this process.
 
@@ -120,50 +127,64 @@ def measure_infer_ratio(
         mc_samples: T for radmtl infer (the bare sliding window runs ``mc_forward`` with the same T).
         device: ``cpu``, ``cuda`` or ``auto``.
         overrides: config overrides (e.g. a smaller model for a quick run).
-        repeats: timed pairs after one untimed warm-up pair; A and B alternate so both see the same load.
-        output_format: ``--output-format`` of radmtl infer (``auto``: ``.nii`` like the input).
+        repeats: timed rounds after one untimed warm-up round; each round runs every variant of A, then B,
+            so all see the same load.
+        output_format: ``--output-format`` of radmtl infer (``auto``: ``.nii`` like the input), when no
+            ``variants`` are given.
         folder: where inputs and outputs go (a temporary folder if None).
+        variants: name → ``InferOptions`` fields of each radmtl infer variant to time (e.g.
+            ``{"nii.gz": {"output_format": "nii.gz"}, "no review": {"review": False}}``).
 
     Returns:
-        ``infer_s`` and ``sliding_window_s`` (medians), ``ratio`` (median of the per-pair ratios),
-        ``ratios`` (each pair), ``stages_s`` (stage times of the median run, from provenance.json), and
+        Per variant (``variants[name]``): ``infer_s`` and ``sliding_window_s`` (medians), ``ratio`` (median of
+        the per-round ratios to that round's B), ``ratios`` (each round), ``stages_s`` (stage times of the
+        median run, from provenance.json), ``files``. The first variant's figures also at the top level, with
         the inputs (shape, spacing, mc_samples, device, network grid).
     """
     from radmtl.inference.infer import PROVENANCE, InferOptions, run_inference
 
+    variants = variants or {output_format: {"output_format": output_format}}
     with tempfile.TemporaryDirectory(prefix="radmtl-bench-infer-") as tmp:
         work = Path(folder) if folder is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         mr_path, checkpoint = make_inputs(work, tuple(shape), tuple(spacing), tuple(overrides))
         bare = _bare_sliding_window(checkpoint, mr_path, device, mc_samples)
-        options = InferOptions(mc_samples=mc_samples, device=device, output_format=output_format)
-        runs = []
-        for index in range(repeats + 1):  # the first pair warms caches and allocators: not counted
-            out = work / f"out{index}"
-            t0 = time.perf_counter()
-            results = run_inference(str(checkpoint), mr_path, out, options)
-            infer_s = time.perf_counter() - t0
-            if results[0].error:
-                raise SystemExit(f"radmtl infer failed: {results[0].error}")
+        runs: dict[str, list[dict]] = {name: [] for name in variants}
+        for index in range(repeats + 1):  # the first round warms caches and allocators: not counted
+            timed = {}
+            for number, (name, fields) in enumerate(variants.items()):
+                out = work / f"out{index}-{number}"
+                options = InferOptions(mc_samples=mc_samples, device=device, **fields)
+                t0 = time.perf_counter()
+                results = run_inference(str(checkpoint), mr_path, out, options)
+                timed[name] = (time.perf_counter() - t0, out)
+                if results[0].error:
+                    raise SystemExit(f"radmtl infer failed: {results[0].error}")
             t0 = time.perf_counter()
             bare()
             window_s = time.perf_counter() - t0
-            provenance = json.loads(next(out.rglob(PROVENANCE)).read_text())
-            if index > 0:
-                runs.append({"infer_s": infer_s, "sliding_window_s": window_s, "ratio": infer_s / window_s,
-                             "stages_s": provenance["timings_s"], "network_grid": provenance["network_grid"]["shape"],
-                             "files": sorted(p.name for p in (out / results[0].case_id).iterdir())})
-    median = sorted(runs, key=lambda r: r["infer_s"])[len(runs) // 2]
-    return {
-        "shape": list(shape), "spacing": list(spacing), "mc_samples": mc_samples, "device": device,
-        "network_grid": median["network_grid"], "files": median["files"],
-        "infer_s": statistics.median(r["infer_s"] for r in runs),
-        "sliding_window_s": statistics.median(r["sliding_window_s"] for r in runs),
-        "ratio": statistics.median(r["ratio"] for r in runs),
-        "ratios": [round(r["ratio"], 3) for r in runs],
-        # every stage the run recorded (an older radmtl has fewer, e.g. resample_write_s)
-        "stages_s": {k.removesuffix("_s"): v for k, v in median["stages_s"].items()},
-    }
+            for name, (infer_s, out) in timed.items():
+                provenance = json.loads(next(out.rglob(PROVENANCE)).read_text())
+                if index > 0:
+                    runs[name].append({
+                        "infer_s": infer_s, "sliding_window_s": window_s, "ratio": infer_s / window_s,
+                        "stages_s": provenance["timings_s"], "network_grid": provenance["network_grid"]["shape"],
+                        "files": sorted(p.name for p in (out / results[0].case_id).iterdir())})
+    by_variant = {}
+    for name, rounds in runs.items():
+        median = sorted(rounds, key=lambda r: r["infer_s"])[len(rounds) // 2]
+        by_variant[name] = {
+            "network_grid": median["network_grid"], "files": median["files"],
+            "infer_s": statistics.median(r["infer_s"] for r in rounds),
+            "sliding_window_s": statistics.median(r["sliding_window_s"] for r in rounds),
+            "ratio": statistics.median(r["ratio"] for r in rounds),
+            "ratios": [round(r["ratio"], 3) for r in rounds],
+            # every stage the run recorded (an older radmtl has fewer, e.g. resample_write_s)
+            "stages_s": {k.removesuffix("_s"): v for k, v in median["stages_s"].items()},
+        }
+    first = next(iter(by_variant.values()))
+    return {"shape": list(shape), "spacing": list(spacing), "mc_samples": mc_samples, "device": device,
+            **first, "variants": by_variant}
 
 
 def main() -> None:

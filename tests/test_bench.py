@@ -58,7 +58,7 @@ def test_quick_report_has_every_section_with_consistent_ratios(tmp_path: Path) -
     assert re.search(r"\| command \| `.*scripts/bench\.py --quick --out .*benchmarks\.md` \|", text)
 
     numbered = _sections(text)
-    assert [number for number, _ in numbered][:6] == ["1", "2", "3", "4", "5", "6"], [n for n, _ in numbered]
+    assert [number for number, _ in numbered][:7] == ["1", "2", "3", "4", "5", "6", "7"], [n for n, _ in numbered]
     for number, body in numbered:  # the CUDA repeats of section 6 too, where a GPU ran them
         rows = _table(body, COMPARISON_HEADER)
         assert rows or "No GPU was available" in body, f"section {number} has no comparison"
@@ -70,7 +70,7 @@ def test_quick_report_has_every_section_with_consistent_ratios(tmp_path: Path) -
         for _measure, _unit, value in _table(body, FIGURE_HEADER):
             _positive(value)
 
-    sections = dict(numbered[:6])
+    sections = dict(numbered[:7])
 
     stages = [row[0] for row in _table(sections["1"], FIGURE_HEADER) if "stage" in row[0]]
     # A stage shorter than provenance.json's millisecond rounding is left out, on tiny quick inputs too.
@@ -78,5 +78,10 @@ def test_quick_report_has_every_section_with_consistent_ratios(tmp_path: Path) -
     assert any(row[0].startswith("parameters") for row in _table(sections["3"], COMPARISON_HEADER))
     assert any("patches/s" in row[0] for row in _table(sections["4"], COMPARISON_HEADER))
     assert "peak RSS" in sections["5"]
-    if "No GPU was available on the machine that ran it" not in sections["6"]:
-        assert "CUDA" in sections["6"] and "peak GPU memory" in text
+    cohort = [row[0] for row in _table(sections["6"], COMPARISON_HEADER)]
+    assert any("2 processes (A) vs 1 (B), `.nii.gz`" in m for m in cohort) and any("`.nii.gz` (A) vs `.nii` (B)" in m
+                                                                                 for m in cohort), cohort
+    variants = [row[0] for row in _table(sections["1"], COMPARISON_HEADER)]
+    assert any("`.nii.gz` outputs" in m for m in variants) and any("--no-review" in m for m in variants), variants
+    if "No GPU was available on the machine that ran it" not in sections["7"]:
+        assert "CUDA" in sections["7"] and "peak GPU memory" in text
