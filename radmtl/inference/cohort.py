@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -294,6 +294,13 @@ def run_workers(argv: list[str], workers: int, input_path: str | Path, output: s
         raise RadmtlError(f"--workers {workers}: this process is already rank {os.environ.get('RANK')} of a "
                           "torchrun run; use either torchrun or --workers")
     check_options(options)
+    if options.device != "cpu":
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus and workers > gpus:  # each child takes cuda:LOCAL_RANK
+            raise RadmtlError(f"--workers {workers}: one GPU per process, but this machine has {gpus}; use "
+                              f"--workers {gpus} or fewer, or --device cpu")
     cases = find_input_cases(input_path, options)
     shares = shares_of(cases, workers)
     output, created = prepare_cohort(output, cases)

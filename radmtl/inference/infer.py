@@ -10,7 +10,8 @@ file is complete, so a killed run never leaves a half-written case under its fin
 into the same output removes what a killed one left (:mod:`radmtl.inference.work_dirs`) and skips the cases
 it published (``--overwrite`` runs them again). An MR that :func:`radmtl.data.volume_rules.mr_problems`
 rejects (broken affine, NaN, a constant image) is refused in one line, and an output folder this run
-created stays only if a case was written into it. A case id may hold folders (``AB/1ABA005`` from a SynthRAD2025 tree): its outputs go to ``OUT/AB/1ABA005/``.
+created stays only if a case was written into it. A case id may hold folders (``AB/1ABA005`` from a
+SynthRAD2025 tree): its outputs go to ``OUT/AB/1ABA005/``.
 Around the network everything overlaps (:func:`run_inference`): the next case is read ahead, files are
 written on writer threads (:class:`radmtl.inference.work_dirs.CaseWriter`), a case is published while the
 next one runs, and ``provenance.json`` says where the time went.
@@ -48,7 +49,8 @@ from radmtl.data.io import OUTPUT_FORMATS, VolumeError, output_suffix, write_lik
 
 from radmtl.inference.case_maps import MAP_OUTPUTS, input_grid_outputs, predict_on_network_grid
 from radmtl.inference.dicom_grid import DICOM_GRIDS
-from radmtl.inference.inputs import (PreparedCase, find_cases, find_input_cases, is_done, prepare_case,  # noqa: F401 (find_cases re-exported)
+# find_cases: re-exported, its home was here
+from radmtl.inference.inputs import (PreparedCase, find_cases, find_input_cases, is_done, prepare_case,  # noqa: F401
                                      prepare_output_root, read_ahead, remove_if_empty, work_folder_parents)
 from radmtl.inference.work_dirs import CaseWriter, remove_stale_work_folders
 

@@ -233,7 +233,8 @@ def test_a_rerun_skips_what_is_published_and_overwrite_runs_it_again(cohort, tor
     assert done.returncode == 0, done.stderr
     assert [line.split()[-1] for line in done.stdout.splitlines() if line.startswith("case_")] == ["skipped"] * 3
     assert "0 of 3 case(s) written to" in done.stdout and "3 skipped" in done.stdout
-    assert done.stdout.splitlines()[-1] == "rank 0: 0 written, 0 failed, 1 skipped; rank 1: 0 written, 0 failed, 2 skipped"
+    assert done.stdout.splitlines()[-1] == ("rank 0: 0 written, 0 failed, 1 skipped; "
+                                            "rank 1: 0 written, 0 failed, 2 skipped")
     assert _mtimes(out) == before
     # One process skips the same way, without loading the model.
     assert main(["infer", *_args(cohort["model"], cohort["good"], out)]) == 0
