@@ -252,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from radmtl.inference.cohort import infer_from_cli
+    from radmtl.inference.infer_cli import infer_from_cli
 
     return infer_from_cli(args)
 

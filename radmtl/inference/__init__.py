@@ -12,7 +12,7 @@ __getattr__, __all__ = lazy_exports(__name__, {
     "predict_volume": "predict", "window_statistics": "predict", "finalize": "predict",
     "resample_to_grid": "resample", "argmax_labels_on_grid": "resample",
     "run_inference": "infer", "InferOptions": "infer", "CaseResult": "infer",
-    "infer_from_cli": "cohort", "deal_cases": "cohort",
+    "infer_from_cli": "infer_cli", "deal_cases": "cohort",
     "resolve_checkpoint": "model_uri", "ModelSource": "model_uri",
     "write_dicom_outputs": "dicom_out",
     "find_cases": "inputs", "check_mr": "inputs",
