@@ -121,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("infer", help="predict sCT, segmentation and uncertainty maps",
-                       description="Run a trained model on MR volumes; every output lands on the input's grid.")
+                       description="Run a trained model on MR volumes; every output lands on the input's grid. "
+                       "A case is published into OUT/<case>/ in one rename when all its files are written; a case "
+                       "whose folder already holds provenance.json is skipped (--overwrite runs it again), so a "
+                       "rerun resumes an interrupted one. Many cases: --workers N runs N processes on this "
+                       "machine, and torchrun --nproc_per_node N -m radmtl infer ... (also across nodes) runs one "
+                       "per rank, each on its own GPU (cuda:LOCAL_RANK) or its share of the CPU cores; the cases "
+                       "are dealt largest first, one summary lists them all.")
     p.add_argument("--model", required=True,
                    help="checkpoint file, a radmtl train run folder (its checkpoint_best.pt), or an MLflow model URI "
                         "(runs:/<id>/model, models:/<name>/<version>, "
@@ -158,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "validation cases after training")
     p.add_argument("--no-review", action="store_true",
                    help="do not write review/ (review.json with the case's verdict, review.png, review.html)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="run cases again whose output folder already holds provenance.json from an earlier run "
+                        "(default: skip them, listed as skipped)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes sharing the cases on this machine (default 1); each gets cores/N CPU threads, "
+                        "or GPU i of N; for several machines use torchrun --nproc_per_node N -m radmtl infer ...")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for runs:/ and models:/ URIs")
     _add_common_run_args(p)
     p.set_defaults(func=cmd_infer)
@@ -240,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from radmtl.inference.infer import infer_from_cli
+    from radmtl.inference.infer_cli import infer_from_cli
 
     return infer_from_cli(args)
 
@@ -254,6 +266,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # radmtl infer --workers reruns it in its children
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

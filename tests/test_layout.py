@@ -6,7 +6,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "radmtl"
-# Who may import whom: cli → training → inference → evaluation → nn/data/tracking → config/errors/device.
+# Who may import whom: cli → training → inference → evaluation → nn/data/tracking → config/errors/device/
+# distributed (torchrun's process group, shared by training and inference).
 # training uses inference (validation, recalibration run the network as infer does) and evaluation
 # (metrics, QA pictures); inference uses evaluation for the per-case review it writes (its rule and
 # pictures); evaluation never uses inference: it reads what infer wrote, from files.
@@ -62,7 +63,8 @@ def test_every_stage_package_exists_and_names_its_public_pieces():
 
 def test_no_flat_modules_left_behind():
     flat = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert flat == ["__init__.py", "__main__.py", "_lazy.py", "cli.py", "config.py", "device.py", "errors.py"]
+    assert flat == ["__init__.py", "__main__.py", "_lazy.py", "cli.py", "config.py", "device.py", "distributed.py",
+                    "errors.py"]
 
 
 # Inside data: the phantom may use DICOM (its MR as a series) and the volume/dataset modules; DICOM may use

@@ -7,10 +7,11 @@ header geometry (:func:`radmtl.data.io.write_like`), in the input's own format u
 says otherwise (a SynthRAD2025 ``.mha`` gives ``.mha`` maps). A case is written into a hidden folder
 ``.<case>.partial-<host>-<pid>-*`` beside its final folder that is renamed to ``OUT/<case>`` only when every
 file is complete, so a killed run never leaves a half-written case under its final name; the next run
-into the same output removes what a killed one left (:mod:`radmtl.inference.work_dirs`). An MR that
-:func:`radmtl.data.volume_rules.mr_problems` rejects (broken affine, NaN, a constant image) is refused
-in one line, and an output folder this run created stays only if a case was written into it. A case id
-may hold folders (``AB/1ABA005`` from a SynthRAD2025 tree): its outputs go to ``OUT/AB/1ABA005/``.
+into the same output removes what a killed one left (:mod:`radmtl.inference.work_dirs`) and skips the cases
+it published (``--overwrite`` runs them again). An MR that :func:`radmtl.data.volume_rules.mr_problems`
+rejects (broken affine, NaN, a constant image) is refused in one line, and an output folder this run
+created stays only if a case was written into it. A case id may hold folders (``AB/1ABA005`` from a
+SynthRAD2025 tree): its outputs go to ``OUT/AB/1ABA005/``.
 Around the network everything overlaps (:func:`run_inference`): the next case is read ahead, files are
 written on writer threads (:class:`radmtl.inference.work_dirs.CaseWriter`), a case is published while the
 next one runs, and ``provenance.json`` says where the time went.
@@ -23,7 +24,6 @@ sCT and the organs are also written as a CT series and an RT Structure Set in ``
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -43,20 +43,18 @@ from radmtl.device import amp_dtype_for, keep_freed_memory_for_reuse, resolve_de
 from radmtl.errors import RadmtlError
 from radmtl.data.laterality import check_laterality, laterality_problems, midline_x
 from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
-from radmtl.inference.provenance import case_provenance
+from radmtl.inference.provenance import PROVENANCE, case_provenance
 from radmtl.inference.review_out import REVIEW_FOLDER, CaseReview, thresholds_of
-from radmtl.data.io import OUTPUT_FORMATS, VolumeError, output_suffix, strip_volume_suffix, write_like
+from radmtl.data.io import OUTPUT_FORMATS, VolumeError, output_suffix, write_like
 
-from radmtl.data.dicom.series import SeriesInfo
 from radmtl.inference.case_maps import MAP_OUTPUTS, input_grid_outputs, predict_on_network_grid
 from radmtl.inference.dicom_grid import DICOM_GRIDS
-from radmtl.inference.inputs import (PreparedCase, case_folder, find_cases, prepare_case, prepare_output_root,
-                                     read_ahead, remove_if_empty)
+# find_cases: re-exported, its home was here
+from radmtl.inference.inputs import (PreparedCase, find_cases, find_input_cases, is_done, prepare_case,  # noqa: F401
+                                     prepare_output_root, read_ahead, remove_if_empty, work_folder_parents)
 from radmtl.inference.work_dirs import CaseWriter, remove_stale_work_folders
 
 log = logging.getLogger(__name__)
-
-PROVENANCE = "provenance.json"
 
 
 @dataclass(frozen=True)
@@ -83,6 +81,11 @@ class InferOptions:
     dicom_grid: str = "input"
     # Write review/ (review.json, review.png, review.html) per case: radmtl.inference.review_out.
     review: bool = True
+    # Run a case again although an earlier run published it (its folder holds provenance.json); else skip it.
+    overwrite: bool = False
+    # This process's place in a run over several processes (radmtl.inference.cohort), for provenance.json.
+    rank: int = 0
+    world_size: int = 1
 
 
 @dataclass
@@ -94,6 +97,14 @@ class CaseResult:
     # What a person must look at before using the case: the review's codes ("laterality": a left/right
     # pair swapped, "body_flagged": more of the body flagged than the validation cases had, ...).
     flags: list[str] = field(default_factory=list)
+    # Published by an earlier run (provenance.json in its folder) and not run again (no --overwrite).
+    skipped: bool = False
+    rank: int = 0  # the process that ran it (radmtl.inference.cohort); 0 in a single process
+
+    @property
+    def status(self) -> str:
+        """``written``, ``failed`` or ``skipped``."""
+        return "failed" if self.error else "skipped" if self.skipped else "written"
 
 
 # sCT voxels above this (HU) are the body whose centroid is the midline of the laterality guard: air
@@ -267,7 +278,8 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
             log.debug("case %s failed", prepared.case_id, exc_info=True)
             writer.discard()
             remove_if_empty(prepared.created)
-            return CaseResult(case_id=prepared.case_id, seconds=time.perf_counter() - t_start, error=str(err))
+            return CaseResult(case_id=prepared.case_id, seconds=time.perf_counter() - t_start, error=str(err),
+                              rank=options.rank)
         except BaseException:
             writer.discard()
             remove_if_empty(prepared.created)
@@ -279,7 +291,7 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
         if verdict is not None:
             flags = sorted(set(flags) | set(verdict["codes"]))
         return CaseResult(case_id=prepared.case_id, seconds=time.perf_counter() - t_start, outputs=outputs,
-                          flags=flags)
+                          flags=flags, rank=options.rank)
 
     return finish
 
@@ -304,23 +316,11 @@ def load_model(model: str, tracking_uri: str | None, device: str) -> tuple[Any, 
     return loaded, ModelSource(argument=model, checkpoint=checkpoint, sha256=sha256_of(checkpoint))
 
 
-def run_inference(
-    model: str,
-    input_path: str | Path,
-    output: str | Path,
-    options: InferOptions = InferOptions(),
-    tracking_uri: str | None = None,
-) -> list[CaseResult]:
-    """Run every case of ``input_path``; a failing case is recorded and the others still run.
-
-    Three things overlap: the next case is read and preprocessed on a background thread
-    (:func:`~radmtl.inference.inputs.read_ahead`) while the network runs, each map is written on the
-    writer threads while the next one is resampled, and a case's last writes and its publication run
-    while the next case is predicted. At most one case is read ahead and one is finishing, which
-    bounds memory.
+def check_options(options: InferOptions) -> None:
+    """Refuse options no case can run with, before anything is read or written.
 
     Raises:
-        RadmtlError: problems that stop every case (model, input, output folder, options).
+        RadmtlError: one line naming the option, the value and what it must be.
     """
     problem = mc_samples_problem(options.mc_samples) if options.mc_samples is not None else None
     if problem is not None:
@@ -334,82 +334,102 @@ def run_inference(
                           f"{options.output_format!r}")
     if options.dicom_grid not in DICOM_GRIDS:
         raise RadmtlError(f"--dicom-grid: must be one of {', '.join(DICOM_GRIDS)}, got {options.dicom_grid!r}")
-    cases = find_cases(input_path, options.series)
-    if options.dicom_grid != "input" and not options.dicom_out and not any(
-            isinstance(mr, SeriesInfo) for _, mr in cases):
-        raise RadmtlError(f"--dicom-grid {options.dicom_grid}: {input_path} is not DICOM, so nothing is written as "
-                          "DICOM; add --dicom-out")
-    output, created = prepare_output_root(output)
+
+
+def run_cases(loaded: Any, source: ModelSource, cases: list[tuple[str, Any]], output: Path, options: InferOptions,
+              on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+    """Run ``cases`` with the loaded model, overlapping reading, the network and writing (:func:`run_inference`).
+
+    ``on_result`` is called with each case's result as soon as it is known (on the publishing thread
+    for a case that ran), so that a caller can record progress that survives a killed process.
+    """
+    report = on_result or (lambda result: None)
+
+    def prepare(case: tuple[str, Any]) -> PreparedCase:
+        return prepare_case(loaded, case[0], case[1], output, options.dicom_out)
+
+    def finish_and_report(finish: Callable[[], CaseResult]) -> CaseResult:
+        result = finish()
+        report(result)
+        return result
+
     slots: list[CaseResult | Future] = []
-    try:
-        # What killed runs left here: in OUT and beside each case's final folder (OUT/AB/.1ABA005.partial-*).
-        remove_stale_work_folders([output, *(_case_parent(output, case_id) for case_id, _ in cases)])
+    writer_pool = (ThreadPoolExecutor(WRITERS, thread_name_prefix="radmtl-write") if WRITERS > 0
+                   else contextlib.nullcontext())
+    with writer_pool as writers, ThreadPoolExecutor(1, thread_name_prefix="radmtl-publish") as publisher:
+        finishing: Future | None = None
+        for (case_id, _), prepared in read_ahead(cases, prepare):
+            t0 = time.perf_counter()
+            try:
+                finish = start_case(loaded, source, prepared.result(), options, writers, t0)
+            except RadmtlError as err:
+                log.debug("case %s failed", case_id, exc_info=True)
+                result = CaseResult(case_id=case_id, seconds=time.perf_counter() - t0, error=str(err),
+                                    rank=options.rank)
+                report(result)
+                slots.append(result)
+                continue
+            if finishing is not None:  # one case finishing at a time
+                futures_wait([finishing])
+            finishing = publisher.submit(finish_and_report, finish)
+            slots.append(finishing)
+        return [slot.result() if isinstance(slot, Future) else slot for slot in slots]
+
+
+def run_pending(model: str, cases: list[tuple[str, Any]], output: Path, options: InferOptions,
+                tracking_uri: str | None = None,
+                on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
+    """Run the cases not published yet (all of them with ``options.overwrite``); results in case order.
+
+    A case whose folder already holds ``provenance.json`` is reported skipped. The model is loaded
+    only when some case is left to run.
+
+    Raises:
+        RadmtlError: the model cannot be loaded.
+    """
+    report = on_result or (lambda result: None)
+    results = {case_id: CaseResult(case_id=case_id, seconds=0.0, skipped=True, rank=options.rank)
+               for case_id, _ in cases if not options.overwrite and is_done(output, case_id)}
+    for result in results.values():
+        report(result)
+    if results:
+        log.info("%s: %d case(s) skipped, published by an earlier run (provenance.json); --overwrite runs them "
+                 "again", output, len(results))
+    pending = [case for case in cases if case[0] not in results]
+    if pending:
         loaded, source = load_model(model, tracking_uri, options.device)
-        log.info("%s: %d case(s), model %s", input_path, len(cases), source.checkpoint)
+        log.info("%d case(s) to run, model %s", len(pending), source.checkpoint)
+        results.update((r.case_id, r) for r in run_cases(loaded, source, pending, output, options, on_result))
+    return [results[case_id] for case_id, _ in cases]
 
-        def prepare(case: tuple[str, Any]) -> PreparedCase:
-            return prepare_case(loaded, case[0], case[1], output, options.dicom_out)
 
-        writer_pool = (ThreadPoolExecutor(WRITERS, thread_name_prefix="radmtl-write") if WRITERS > 0
-                       else contextlib.nullcontext())
-        with writer_pool as writers, ThreadPoolExecutor(1, thread_name_prefix="radmtl-publish") as publisher:
-            finishing: Future | None = None
-            for (case_id, _), prepared in read_ahead(cases, prepare):
-                t0 = time.perf_counter()
-                try:
-                    finish = start_case(loaded, source, prepared.result(), options, writers, t0)
-                except RadmtlError as err:
-                    log.debug("case %s failed", case_id, exc_info=True)
-                    slots.append(CaseResult(case_id=case_id, seconds=time.perf_counter() - t0, error=str(err)))
-                    continue
-                if finishing is not None:  # one case finishing at a time
-                    futures_wait([finishing])
-                finishing = publisher.submit(finish)
-                slots.append(finishing)
-            results = [slot.result() if isinstance(slot, Future) else slot for slot in slots]
+def run_inference(
+    model: str,
+    input_path: str | Path,
+    output: str | Path,
+    options: InferOptions = InferOptions(),
+    tracking_uri: str | None = None,
+) -> list[CaseResult]:
+    """Run every case of ``input_path`` in this process; a failing case is recorded and the others still run.
+
+    A case an earlier run published into ``output`` (its folder holds ``provenance.json``) is skipped
+    unless ``options.overwrite``. Three things overlap: the next case is read and preprocessed on a
+    background thread (:func:`~radmtl.inference.inputs.read_ahead`) while the network runs, each map is
+    written on the writer threads while the next one is resampled, and a case's last writes and its
+    publication run while the next case is predicted. At most one case is read ahead and one is
+    finishing, which bounds memory. Several processes share a cohort out in :mod:`radmtl.inference.cohort`.
+
+    Raises:
+        RadmtlError: problems that stop every case (model, input, output folder, options).
+    """
+    check_options(options)
+    cases = find_input_cases(input_path, options)
+    output, created = prepare_output_root(output)
+    try:
+        # What killed runs left here, before this run writes anything.
+        remove_stale_work_folders(work_folder_parents(output, cases))
+        log.info("%s: %d case(s)", input_path, len(cases))
+        return run_pending(model, cases, output, options, tracking_uri)
     finally:
         remove_if_empty(created)  # no case written: leave no output folder this run made
-    return results
 
-
-def _case_parent(output: Path, case_id: str) -> Path:
-    try:
-        return case_folder(output, case_id).parent
-    except RadmtlError:  # reported when the case runs
-        return output
-
-
-def format_summary(results: list[CaseResult]) -> str:
-    """The end-of-run table: case, seconds, outputs (file stems), and flags where any case has one."""
-    rows = [(r.case_id, f"{r.seconds:.1f}",
-             "FAILED" if r.error else ", ".join(strip_volume_suffix(f) for f in r.outputs if f != PROVENANCE),
-             ", ".join(f"REVIEW {flag}" for flag in r.flags))
-            for r in results]
-    header = ("case", "seconds", "outputs", "flags")
-    if not any(r.flags for r in results):
-        rows, header = [row[:3] for row in rows], header[:3]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
-def infer_from_cli(args: argparse.Namespace) -> int:
-    """``radmtl infer``: run, print the summary table, list failures; 1 if any case failed."""
-    options = InferOptions(
-        mc_samples=args.mc_samples, overlap=args.overlap, sw_batch_size=args.batch_size, device=args.device,
-        save_probabilities=args.save_probabilities,
-        progress=not args.no_progress and not getattr(args, "quiet", False) and sys.stderr.isatty(),
-        sigma_scaling=not args.no_sigma_scaling,
-        series=args.series, dicom_out=True if args.dicom_out else None, output_format=args.output_format,
-        patient_position=args.patient_position, dicom_grid=args.dicom_grid, review=not args.no_review,
-    )
-    results = run_inference(args.model, args.input, args.output, options, tracking_uri=args.tracking_uri)
-    failed = [r for r in results if r.error]
-    print(format_summary(results))
-    done = len(results) - len(failed)
-    print(f"{done} of {len(results)} case(s) written to {args.output}")
-    for result in failed:
-        print(f"radmtl infer: error: case {result.case_id}: {result.error}", file=sys.stderr)
-    return 1 if failed else 0

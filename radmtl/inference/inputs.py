@@ -14,12 +14,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from radmtl.data.dicom.series import SeriesInfo
 from radmtl.data.io import VolumeError, Volume, has_volume_suffix, strip_volume_suffix
+from radmtl.errors import RadmtlError
+from radmtl.inference.provenance import PROVENANCE
+
+if TYPE_CHECKING:  # annotations only: infer imports this module
+    from radmtl.inference.infer import InferOptions
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +99,41 @@ def find_cases(input_path: str | Path, series: str | None = None) -> list[tuple[
                               "rename one of them")
         seen[case_id] = mr
     return cases
+
+
+def find_input_cases(input_path: str | Path, options: InferOptions) -> list[tuple[str, Any]]:
+    """The cases of ``--input`` (:func:`~radmtl.inference.inputs.find_cases`), checked against the options.
+
+    Raises:
+        RadmtlError: no usable input, or ``--dicom-grid`` on an input that writes no DICOM.
+    """
+    cases = find_cases(input_path, options.series)
+    if options.dicom_grid != "input" and not options.dicom_out and not any(
+            isinstance(mr, SeriesInfo) for _, mr in cases):
+        raise RadmtlError(f"--dicom-grid {options.dicom_grid}: {input_path} is not DICOM, so nothing is written as "
+                          "DICOM; add --dicom-out")
+    return cases
+
+
+def is_done(output: Path, case_id: str) -> bool:
+    """Whether an earlier run published this case: its folder holds ``provenance.json``, the last file
+    written into the hidden folder before the rename (an older result without it is run again)."""
+    try:
+        return (case_folder(output, case_id) / PROVENANCE).is_file()
+    except RadmtlError:  # reported when the case runs
+        return False
+
+
+def work_folder_parents(output: Path, cases: list[tuple[str, Any]]) -> list[Path]:
+    """Where the cases' hidden working folders live: OUT and beside each final folder (OUT/AB/.1ABA005.partial-*)."""
+    return [output, *(_case_parent(output, case_id) for case_id, _ in cases)]
+
+
+def _case_parent(output: Path, case_id: str) -> Path:
+    try:
+        return case_folder(output, case_id).parent
+    except RadmtlError:  # reported when the case runs
+        return output
 
 
 def flat_case_id(stem: str, channels: bool = True) -> tuple[str | None, str]:

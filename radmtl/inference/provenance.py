@@ -16,6 +16,9 @@ if TYPE_CHECKING:  # annotations only: infer imports this module
     from radmtl.inference.inputs import PreparedCase
     from radmtl.inference.model_uri import ModelSource
 
+# Written last into a case's hidden folder, just before the rename: a case folder that holds it is complete.
+PROVENANCE = "provenance.json"
+
 # What the stage times in provenance.json measure, for the reader of that file.
 TIMINGS_NOTE = ("read_s, preprocess_s: reading/checking the MR and the training preprocessing, on the read-ahead "
                 "thread (for a case after the first, while the previous case ran); input_wait_s: the part of "
@@ -36,6 +39,9 @@ def case_provenance(loaded: Any, source: ModelSource, prepared: PreparedCase, op
         "radmtl_version": __version__,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "case": prepared.case_id,
+        # Which of the processes sharing the cohort out wrote it (radmtl.inference.cohort); 0 of 1 alone.
+        "rank": options.rank,
+        "world_size": options.world_size,
         "input": {
             "path": str(Path(prepared.mr_path).resolve()),
             "format": "dicom" if prepared.is_dicom else "volume",

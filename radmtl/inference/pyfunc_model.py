@@ -94,7 +94,9 @@ class RadmtlModel(mlflow.pyfunc.PythonModel):
             return [_row(Path(mr).name, error=f"{mr}: MR not found; give the path of an MR volume file "
                                               "(absolute, or relative to the serving process's folder)")]
         try:
-            results = run_inference(str(self.checkpoint), mr, output, InferOptions(mc_samples=mc_samples))
+            # A request is answered with a fresh result, as before radmtl infer learnt to skip published cases.
+            results = run_inference(str(self.checkpoint), mr, output, InferOptions(mc_samples=mc_samples,
+                                                                                   overwrite=True))
         except RadmtlError as err:
             return [_row(Path(mr).name, error=str(err))]
         rows = []

@@ -94,7 +94,10 @@ def remove_stale_work_folders(folders: Iterable[Path]) -> list[Path]:
             final = entry.with_name(_WORK_NAME.match(entry.name)["case"])
             if entry.name.startswith(f".{final.name}.old-") and not final.exists():
                 # Killed between the two renames of a publish: the previous result is all there is.
-                os.replace(entry, final)
+                try:
+                    os.replace(entry, final)
+                except FileNotFoundError:  # another process restored it first
+                    continue
                 log.info("%s: restored the previous result that a killed radmtl infer run had moved aside",
                          final)
                 continue

@@ -2,8 +2,9 @@
 
 ``torchrun --nproc_per_node N -m radmtl train …`` starts N copies of ``radmtl train``; each reads
 its place (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, the rendezvous address) from the environment
-torchrun sets, and :func:`init_distributed` joins them into one process group: NCCL when the
-processes run on CUDA (one GPU each, ``cuda:LOCAL_RANK``), Gloo on the CPU. Without torchrun's
+torchrun sets, and :func:`init_distributed` (:mod:`radmtl.distributed`, shared with inference) joins
+them into one process group: NCCL when the processes run on CUDA (one GPU each, ``cuda:LOCAL_RANK``),
+Gloo on the CPU. Without torchrun's
 environment (or with ``WORLD_SIZE=1``) everything here is a no-op and training is the plain
 single-process loop.
 
@@ -29,98 +30,20 @@ What each piece of the run does under N processes (README "Training on several G
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
-import os
-from dataclasses import dataclass
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from radmtl.errors import RadmtlError
+# The process group itself (torchrun's environment, the rank's device, joining and leaving, passing
+# Python objects) is shared with inference and lives below both stages; it is re-exported here for
+# the training modules and tests that import it from this module.
+from radmtl.distributed import (DEFAULT_TIMEOUT_S, TIMEOUT_ENV, DistContext, barrier, context_from_env,
+                                gather_lists, init_distributed, quiet_other_ranks, shutdown)
 
 log = logging.getLogger(__name__)
-
-TIMEOUT_ENV = "RADMTL_DIST_TIMEOUT_S"
-DEFAULT_TIMEOUT_S = 1800
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """This process's place in the run: rank r of ``world_size`` (1 = no torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def context_from_env() -> DistContext:
-    """The place torchrun gave this process; a single process when torchrun did not start it."""
-    try:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError as err:
-        raise RadmtlError(f"torchrun environment: WORLD_SIZE/RANK/LOCAL_RANK must be integers ({err}); "
-                          "start several processes with torchrun, or unset these variables") from err
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise RadmtlError(f"torchrun environment: RANK={rank} is not within WORLD_SIZE={world_size}")
-    return DistContext(rank, world_size, local_rank)
-
-
-def init_distributed(device_name: str) -> tuple[DistContext, torch.device | None]:
-    """Join torchrun's process group; returns the context and this rank's device (None: single process).
-
-    ``device_name`` is ``--device``: ``auto`` uses one GPU per process when there are GPUs, else CPU.
-    """
-    ctx = context_from_env()
-    if not ctx.enabled:
-        return ctx, None
-    use_cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
-    if device_name == "cuda" and not use_cuda:
-        raise RadmtlError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    if use_cuda:
-        if ctx.local_rank >= torch.cuda.device_count():
-            raise RadmtlError(f"torchrun: local rank {ctx.local_rank} but only {torch.cuda.device_count()} GPU(s) "
-                              "on this node; lower --nproc_per_node")
-        device = torch.device("cuda", ctx.local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout,
-                                device_id=device if use_cuda else None)
-    if ctx.is_main:  # the other ranks' logs are quieted next; one line says how the run is spread
-        log.info("%d processes under torchrun (backend %s); rank 0 on %s", ctx.world_size, dist.get_backend(),
-                 device)
-    return ctx, device
-
-
-def shutdown(ctx: DistContext, finished: bool = True) -> None:
-    """Leave the process group: together after a finished run, not at all after a failure.
-
-    A failed rank must not wait for the others here (they may be stuck in a collective it left);
-    torchrun stops them. Before destroying the group, the DDP wrapper (kept alive by reference
-    cycles through its reducer) is collected: a reducer outliving its Gloo group aborts the
-    process at exit ("terminate called without an active exception").
-    """
-    if not (finished and ctx.enabled and dist.is_initialized()):
-        return
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
@@ -185,25 +108,5 @@ def all_finite(value: float, ctx: DistContext, device: torch.device) -> bool:
     return bool(finite.item() > 0)
 
 
-def gather_lists(items: list, ctx: DistContext) -> list:
-    """Every rank's list, concatenated in rank order, on every rank."""
-    if not ctx.enabled:
-        return list(items)
-    gathered: list[list | None] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, list(items))
-    return [item for part in gathered for item in (part or [])]
-
-
-def barrier(ctx: DistContext) -> None:
-    if ctx.enabled:
-        dist.barrier()
-
-
-def quiet_other_ranks(ctx: DistContext) -> None:
-    """Ranks other than 0 log warnings only, so the console shows one run, not N copies of it."""
-    if ctx.enabled and not ctx.is_main:
-        logging.getLogger("radmtl").setLevel(logging.WARNING)
-
-
-__all__ = ["DistContext", "all_finite", "average_gradients", "barrier", "context_from_env", "gather_lists",
+__all__ = ["DEFAULT_TIMEOUT_S", "TIMEOUT_ENV", "DistContext", "all_finite", "average_gradients", "barrier", "context_from_env", "gather_lists",
            "init_distributed", "quiet_other_ranks", "shutdown", "unwrap", "wrap_model"]

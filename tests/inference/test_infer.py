@@ -295,10 +295,17 @@ def test_dataset_folder_and_mlflow_uri(tmp_path, checkpoint, mr_ras, monkeypatch
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["case_a", "case_b"]
     prov = json.loads((tmp_path / "o" / "case_a" / "provenance.json").read_text())
     assert prov["model"]["source"] == "runs:/abc123/model"
-    # A second run replaces the case atomically and leaves no hidden folders.
-    assert main(["infer", "--model", str(checkpoint), "--input", str(data), "--output", str(tmp_path / "o"),
-                 "--no-progress", "--mc-samples", "1"]) == 0
+    # A second run skips the published cases; with --overwrite it replaces them atomically and leaves no
+    # hidden folders.
+    again = ["infer", "--model", str(checkpoint), "--input", str(data), "--output", str(tmp_path / "o"),
+             "--no-progress", "--mc-samples", "1"]
+    assert main(again) == 0
+    assert json.loads((tmp_path / "o" / "case_a" / "provenance.json").read_text())["model"]["source"] == \
+        "runs:/abc123/model"
+    assert main([*again, "--overwrite"]) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["case_a", "case_b"]
+    assert json.loads((tmp_path / "o" / "case_a" / "provenance.json").read_text())["model"]["source"] == \
+        str(checkpoint)
 
 
 # --- bad inputs ---------------------------------------------------------------------------------

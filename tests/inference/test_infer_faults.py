@@ -316,8 +316,9 @@ def test_no_progress_bar_when_quiet_or_no_progress(tmp_path, capsys, monkeypatch
 
     def run(*flags: str) -> str:
         before = [f for f in flags if f == "-q"]  # a global option: before the command
+        # Each run its own output: a rerun into the same one would skip the published case, drawing no bar.
         assert main([*before, "infer", "--model", str(checkpoint), "--input", str(mr_path), "--output",
-                     str(tmp_path / "o"), "--device", "cpu", *(f for f in flags if f != "-q")]) == 0
+                     str(tmp_path / f"o{len(flags)}"), "--device", "cpu", *(f for f in flags if f != "-q")]) == 0
         return capsys.readouterr().err
 
     assert "%|" in run()  # the check can see a bar
