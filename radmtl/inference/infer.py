@@ -185,13 +185,9 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
         on_input = {}
         midline, laterality = None, None
         resample_s, t0 = 0.0, time.perf_counter()
-        # The input MR's body mask, derived once where the DICOM outputs or the review need it (the sCT's
-        # outline on a finer grid uses the same one; otherwise it is derived only if that outline applies).
-        input_body = None
-        if dicom_out or options.review:
-            from radmtl.data.transforms import derive_body_mask
-
-            input_body = derive_body_mask(volume.array) != 0
+        # The input MR's body mask, derived in prepare_case (read ahead) where the DICOM outputs or the review
+        # need it; the sCT's outline on a finer grid uses the same one (else derives it if it applies).
+        input_body = prepared.input_body
         review = (CaseReview(prepared.case_id, volume, loaded.label_names, thresholds_of(loaded.payload), sigma_scale,
                              input_body) if options.review else None)
         for stem, array, dtype, units in input_grid_outputs(maps, net_affine, volume, cfg.data.ct_scale_hu,
@@ -346,7 +342,7 @@ def run_cases(loaded: Any, source: ModelSource, cases: list[tuple[str, Any]], ou
     report = on_result or (lambda result: None)
 
     def prepare(case: tuple[str, Any]) -> PreparedCase:
-        return prepare_case(loaded, case[0], case[1], output, options.dicom_out)
+        return prepare_case(loaded, case[0], case[1], output, options.dicom_out, body_mask=options.review)
 
     def finish_and_report(finish: Callable[[], CaseResult]) -> CaseResult:
         result = finish()

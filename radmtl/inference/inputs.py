@@ -273,11 +273,16 @@ class PreparedCase:
     identity: Any = None
     source_series: Any = None
     timings: dict[str, float] = field(default_factory=dict)
+    # The input MR's body outline (bool, the input grid), for the review and the DICOM outputs; None if neither.
+    input_body: np.ndarray | None = None
 
 
 def prepare_case(loaded: Any, case_id: str, mr_path: Path | SeriesInfo | None, output: Path,
-                 dicom_out: bool | None) -> PreparedCase:
+                 dicom_out: bool | None, body_mask: bool = False) -> PreparedCase:
     """Read and check one case's MR, make its output parents, and run the training preprocessing.
+
+    The MR's body outline on its own grid is derived here too when ``body_mask`` (the review needs it) or the
+    case gets DICOM outputs: this runs read ahead, while the network works on the case before.
 
     Raises:
         RadmtlError: the MR cannot be used (one line naming the file and the fix); the folders made
@@ -324,9 +329,17 @@ def prepare_case(loaded: Any, case_id: str, mr_path: Path | SeriesInfo | None, o
     finally:
         if scratch is not None:
             scratch.cleanup()
+    timings = {"read_s": read_s, "preprocess_s": preprocess_s}
+    input_body = None
+    if body_mask or (is_dicom if dicom_out is None else dicom_out):
+        from radmtl.data.transforms import derive_body_mask
+
+        t0 = time.perf_counter()
+        input_body = derive_body_mask(volume.array) != 0
+        timings["body_mask_s"] = time.perf_counter() - t0
     return PreparedCase(case_id=case_id, final_dir=final_dir, created=created, volume=volume, mr_path=Path(mr_path),
                         network_mr=network_mr, is_dicom=is_dicom, identity=identity, source_series=source_series,
-                        timings={"read_s": read_s, "preprocess_s": preprocess_s})
+                        timings=timings, input_body=input_body)
 
 
 def read_ahead(items: Sequence[T], prepare: Callable[[T], R]) -> Iterator[tuple[T, Future]]:

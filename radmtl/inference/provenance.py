@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # annotations only: infer imports this module
 PROVENANCE = "provenance.json"
 
 # What the stage times in provenance.json measure, for the reader of that file.
-TIMINGS_NOTE = ("read_s, preprocess_s: reading/checking the MR and the training preprocessing, on the read-ahead "
+TIMINGS_NOTE = ("read_s, preprocess_s, body_mask_s: reading/checking the MR, the training preprocessing and the "
+                "MR's body outline on its own grid (for the review and DICOM outputs), on the read-ahead "
                 "thread (for a case after the first, while the previous case ran); input_wait_s: the part of "
                 "them the run waited for; predict_s: the network; resample_s: maps back onto the input grid; "
                 "write_s: time spent writing files, on writer threads, overlapping resample_s; write_wait_s: "
