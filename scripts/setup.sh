@@ -33,9 +33,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! python -c "import 
     # config: it can keep that torch or fail, never swap in a CUDA build; pip takes over on any failure.
     torch_pin="$(mktemp)"
     python -c "import torch; print('torch==' + torch.__version__)" 2>/dev/null > "$torch_pin"
-    if ! { pip install -q uv && python -m uv pip install -q --constraint "$torch_pin" -e ".[dev]"; }; then
+    # The dose extra (issue 28) and pyRadPlan without its declared AI dependencies (pyproject.toml says why).
+    # RADMTL_DOSE=0 leaves both out; `radmtl evaluate --dose` then says how to install them.
+    extras="dev"
+    if [ "${RADMTL_DOSE:-1}" != "0" ]; then extras="dev,dose"; fi
+    if ! { pip install -q uv && python -m uv pip install -q --constraint "$torch_pin" -e ".[$extras]"; }; then
         echo "setup: uv unavailable or failed; installing with pip"
-        pip install -q -e ".[dev]"
+        pip install -q -e ".[$extras]"
+    fi
+    if [ "${RADMTL_DOSE:-1}" != "0" ]; then
+        python -m uv pip install -q --no-deps "pyradplan==0.5.0" 2>/dev/null || pip install -q --no-deps "pyradplan==0.5.0"
     fi
     rm -f "$torch_pin"
     echo "$want" > "$stamp"
