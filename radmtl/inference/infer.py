@@ -424,7 +424,8 @@ def run_inference(
     try:
         # What killed runs left here, before this run writes anything.
         remove_stale_work_folders(work_folder_parents(output, cases))
-        log.info("%s: %d case(s)", input_path, len(cases))
+        # The case count is logged once the model is loaded (run_pending): a model that cannot be fetched
+        # gets its one error line and nothing before it.
         return run_pending(model, cases, output, options, tracking_uri)
     finally:
         remove_if_empty(created)  # no case written: leave no output folder this run made
