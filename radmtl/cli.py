@@ -189,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log the mean metrics to this MLflow run (eval_<metric>; with several centre/anatomy "
                         "groups also eval_<group>_<metric>)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for --run-id")
+    dose = p.add_argument_group("dose", "--dose plans photons and protons on each reference CT and recomputes "
+                                "the plans on the sCT (needs the dose extra: pyRadPlan, pymedphys)")
+    dose.add_argument("--dose", action="store_true",
+                      help="add dose metrics: MAE in the >10 %%/>90 %% dose regions, γ 2%%/2mm and 3%%/3mm, DVH "
+                           "differences sCT − CT, a figure per case and modality in PRED/dose/")
+    dose.add_argument("--target", default="prostate", help="label prescribed the dose (default prostate)")
+    dose.add_argument("--hlut", default=None, metavar="PATH",
+                      help="HU → SPR/rED table, CSV (hu,spr,red) or YAML (default: matrad_default)")
+    dose.add_argument("--dose-modalities", default="photons,protons", metavar="LIST",
+                      help="comma-separated, of photons, protons (default both)")
+    dose.add_argument("--dose-grid-mm", type=float, default=None, metavar="MM",
+                      help="isotropic dose grid in mm (default: the reference CT's grid, no interpolation)")
     p.set_defaults(func=cmd_evaluate)
 
     return parser

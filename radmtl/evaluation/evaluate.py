@@ -6,7 +6,8 @@ else ``sct_sigma_aleatoric``) and σ-vs-true-noise when the reference has ``ct_n
 map, ``seg_entropy`` and ``seg_mutual_info`` as a detector of large errors
 (:mod:`radmtl.evaluation.detection`). Then mean ± SD over cases
 (:func:`radmtl.evaluation.metrics.summarise`), a CSV, a JSON, calibration and risk–coverage plots and,
-with ``--run-id``, the same logged to an MLflow run.
+with ``--run-id``, the same logged to an MLflow run. ``--dose`` adds photon and proton dose metrics of the
+sCT against the CT (:mod:`radmtl.evaluation.dose.evaluate_dose`), a ``dose`` section in the JSON.
 
 Predictions are found by the reference's case ids (``PRED/AB/1ABA005`` for a SynthRAD2025 case) in any
 format infer writes. When the reference's cases sit in more than one group (:attr:`Case.group`: the
@@ -69,6 +70,8 @@ class Evaluation:
     # AUROC/AP key → cases where it is undefined (no body voxel with the event, or no voxel without)
     undefined: dict[str, list[str]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    # With --dose: :class:`radmtl.evaluation.dose.evaluate_dose.DoseEvaluation` (the "dose" section).
+    dose: Any = None
 
 
 def _pred_file(folder: Path, stem: str) -> Path | None:
@@ -267,6 +270,10 @@ def write_reports(result: Evaluation, csv_path: Path, json_path: Path, pred: Pat
                         "cases": [c for c, g in result.case_groups.items() if g == group],
                         "summary": _json_summary(summary)}
                 for group, summary in result.groups.items()}
+        if result.dose is not None:
+            from radmtl.evaluation.dose.evaluate_dose import to_json
+
+            document["dose"] = to_json(result.dose)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
@@ -344,6 +351,10 @@ def log_to_mlflow(result: Evaluation, files: list[Path], run_id: str, tracking_u
                 for name, (mean, _) in summary.items() if math.isfinite(mean)]
     entries += [Metric(f"eval_n_undefined_{name}", float(len(cases)), timestamp, 0)
                 for name, cases in result.undefined.items()]
+    if result.dose is not None:
+        from radmtl.evaluation.dose.evaluate_dose import mlflow_metrics
+
+        entries += [Metric(name, value, timestamp, 0) for name, value in mlflow_metrics(result.dose).items()]
     try:
         client.get_run(run_id)
         for start in range(0, len(entries), 500):
@@ -357,13 +368,42 @@ def log_to_mlflow(result: Evaluation, files: list[Path], run_id: str, tracking_u
     return len(entries)
 
 
+def _dose_options(args: argparse.Namespace):
+    """The ``--dose`` settings of the command line (``--target``, ``--hlut``, ``--dose-modalities``,
+    ``--dose-grid-mm``)."""
+    from radmtl.evaluation.dose.engine import PlanSettings
+    from radmtl.evaluation.dose.evaluate_dose import DoseOptions
+    from radmtl.evaluation.dose.hlut import load_hlut
+
+    modalities = tuple(m.strip() for m in str(args.dose_modalities).split(",") if m.strip())
+    settings = PlanSettings(hlut=load_hlut(args.hlut), dose_grid_mm=args.dose_grid_mm)
+    return DoseOptions(target=args.target, modalities=modalities, settings=settings)
+
+
 def evaluate_from_cli(args: argparse.Namespace) -> int:
     """``radmtl evaluate``: print tables, write CSV/JSON/PNG, optionally log to MLflow."""
+    dose_options = _dose_options(args) if getattr(args, "dose", False) else None
+    if dose_options is not None:
+        from radmtl.evaluation.dose.evaluate_dose import check_dependencies
+
+        check_dependencies()  # a missing extra fails here, before anything is computed or written
     result = evaluate(args.pred, args.ref)
+    if dose_options is not None:
+        from radmtl.evaluation.dose.evaluate_dose import evaluate_dose
+
+        complete = [c for c in result.rows]
+        result.dose = evaluate_dose(args.pred, args.ref, dose_options, case_ids=complete)
+        result.failures.update({c: m for c, m in result.dose.failures.items() if c not in result.failures})
     csv_path = args.out if args.out is not None else args.pred / "metrics.csv"
     json_path = args.json if args.json is not None else args.pred / "metrics.json"
     files = write_reports(result, csv_path, json_path, args.pred, args.ref)
     print(format_tables(result))
+    if result.dose is not None:
+        from radmtl.evaluation.dose.evaluate_dose import format_tables as format_dose_tables
+
+        print()
+        print(format_dose_tables(result.dose))
+        files += result.dose.figures
     print(f"wrote {', '.join(str(p) for p in files)}")
     if args.run_id:
         n_logged = log_to_mlflow(result, files, args.run_id, args.tracking_uri)

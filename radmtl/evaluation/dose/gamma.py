@@ -71,11 +71,22 @@ def gamma_index(dose_reference: np.ndarray, dose_evaluation: np.ndarray, spacing
         raise DoseError("the reference dose is zero everywhere: no plan was delivered")
     gamma = _pymedphys_gamma()
     axes = tuple(np.arange(n, dtype=np.float64) * s for n, s in zip(reference.shape, spacing))
-    # pymedphys logs each call at INFO; radmtl's log stays about radmtl.
+    # pymedphys logs each call at INFO, on the root logger itself (logging.info), one line of it with an
+    # array that the logging module cannot format; radmtl's log stays about radmtl.
     logging.getLogger("pymedphys").setLevel(logging.WARNING)
-    return np.asarray(gamma(axes, reference, axes, evaluation, dose_percent, distance_mm,
-                            lower_percent_dose_cutoff=cutoff_percent, interp_fraction=10,
-                            max_gamma=max_gamma, local_gamma=False), dtype=np.float64)
+    root = logging.getLogger()
+    root.addFilter(_drop_pymedphys_records)
+    try:
+        return np.asarray(gamma(axes, reference, axes, evaluation, dose_percent, distance_mm,
+                                lower_percent_dose_cutoff=cutoff_percent, interp_fraction=10,
+                                max_gamma=max_gamma, local_gamma=False), dtype=np.float64)
+    finally:
+        root.removeFilter(_drop_pymedphys_records)
+
+
+def _drop_pymedphys_records(record: logging.LogRecord) -> bool:
+    """False for a record that pymedphys logged through the root logger."""
+    return "pymedphys" not in record.pathname.replace("\\", "/").split("/")
 
 
 def gamma_pass_rate(dose_reference: np.ndarray, dose_evaluation: np.ndarray, spacing_mm: Iterable[float],

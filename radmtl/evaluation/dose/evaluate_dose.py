@@ -1,0 +1,289 @@
+"""``radmtl evaluate --dose``: does the sCT give the dose the CT gives? (issue 28, point 1)
+
+Per reference case with a CT, labels holding the target and a prediction with an ``sct``, and per modality
+(photons, protons): the plan is optimised on the **reference CT** (:func:`~.engine.plan_on_ct`) and the
+same plan — same beams, spots and weights — is recomputed on the sCT (:func:`~.engine.recompute`), both on
+the reference CT grid. The CT dose is the optimised dose itself: a fixed-weight recompute on the same CT
+gives it back within 1e-4 Gy (``tests/evaluation/test_dose.py``), so a second pencil-beam pass per case
+and modality is saved.
+
+Metrics per case and modality (sCT dose against CT dose): the dose MAE in the region where the CT dose
+exceeds 10 % and 90 % of the prescription (Gy and % of the prescription), the global γ pass rate at
+2 %/2 mm and 3 %/3 mm with a 10 % cut-off (:mod:`.gamma`), and DVH differences sCT − CT (:mod:`.dvh`):
+the target's D98/D95/D50/D2 and Dmean, each OAR's (bladder, rectum, femoral heads, where labelled) Dmean
+and D2. A figure per case and modality shows both doses, their difference and the DVHs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radmtl.errors import RadmtlError
+from radmtl.evaluation.dose.engine import MODALITIES, PlanSettings
+from radmtl.evaluation.dose.errors import DoseError
+
+log = logging.getLogger(__name__)
+
+REGION_PERCENTS = (10.0, 90.0)  # MAE regions: CT dose above these % of the prescription
+GAMMA_KEYS = {"gamma_2_2_pass_percent": "gamma_2mm2pct", "gamma_3_3_pass_percent": "gamma_3mm3pct"}
+DOSE_FOLDER = "dose"  # the figures go to PRED/dose/<case id>_<modality>.png
+# Columns of the printed per-case table.
+KEY_METRICS = ("mae_gt10pct_gy", "mae_gt90pct_gy", "gamma_2mm2pct", "gamma_3mm3pct")
+
+
+@dataclass(frozen=True)
+class DoseOptions:
+    """What ``--dose`` plans: the target's name, the modalities and the plan settings (HU table, grid)."""
+
+    target: str = "prostate"
+    modalities: tuple[str, ...] = MODALITIES
+    settings: PlanSettings = field(default_factory=PlanSettings)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modalities if m not in MODALITIES]
+        if bad or not self.modalities:
+            raise DoseError(f"--dose-modalities must name some of {', '.join(MODALITIES)}, got "
+                            f"{','.join(self.modalities) or 'nothing'}")
+
+
+@dataclass
+class DoseEvaluation:
+    """Per modality: case → metrics, their mean ± SD; the cases skipped or failed, figures and timings."""
+
+    options: DoseOptions
+    rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    summary: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    timings_s: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+
+
+def check_dependencies() -> None:
+    """Import pyRadPlan and pymedphys now, so a missing extra fails before anything is computed or written.
+
+    Raises:
+        DoseDependencyError: one of them is missing; the message says how to install it.
+    """
+    from radmtl.evaluation.dose.engine import _pyradplan
+    from radmtl.evaluation.dose.gamma import _pymedphys_gamma
+
+    _pyradplan()
+    _pymedphys_gamma()
+
+
+def case_metrics(ct_dose: np.ndarray, sct_dose: np.ndarray, structures: Mapping[str, np.ndarray], target: str,
+                 spacing: Sequence[float], prescription_gy: float) -> dict[str, float]:
+    """The metrics of one case and modality (module docstring); keys without the modality."""
+    from radmtl.evaluation.dose.dvh import dvh_metrics
+    from radmtl.evaluation.dose.gamma import gamma_pass_rate
+
+    ct_dose, sct_dose = np.asarray(ct_dose, np.float64), np.asarray(sct_dose, np.float64)
+    row: dict[str, float] = {}
+    error = np.abs(sct_dose - ct_dose)
+    for percent in REGION_PERCENTS:
+        region = ct_dose > percent / 100.0 * prescription_gy
+        mae = float(error[region].mean()) if region.any() else math.nan
+        row[f"mae_gt{percent:g}pct_gy"] = mae
+        row[f"mae_gt{percent:g}pct_percent"] = 100.0 * mae / prescription_gy
+    row.update({GAMMA_KEYS[k]: v for k, v in gamma_pass_rate(ct_dose, sct_dose, spacing).items()})
+    on_ct, on_sct = dvh_metrics(ct_dose, structures, target), dvh_metrics(sct_dose, structures, target)
+    row.update({f"delta_{name}": on_sct[name] - value for name, value in on_ct.items()})
+    return row
+
+
+def _dvh_structures(labels: np.ndarray, label_names: Mapping[str, int], target: str,
+                    settings: PlanSettings) -> dict[str, np.ndarray]:
+    """The target and the OARs with objectives that the labels hold (non-empty)."""
+    wanted = [target, *(name for name in settings.oar_objectives if name != target)]
+    masks = {name: labels == label_names[name] for name in wanted if name in label_names}
+    return {name: mask for name, mask in masks.items() if mask.any()}
+
+
+def dose_case(case_id: str, ct_hu: np.ndarray, sct_hu: np.ndarray, affine: np.ndarray, labels: np.ndarray,
+              label_names: Mapping[str, int], body: np.ndarray, options: DoseOptions,
+              figure_dir: Path | None) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], list[Path]]:
+    """Plan on the CT, recompute on the sCT and score, for each modality of ``options``.
+
+    Returns:
+        ``{modality: metrics}``, ``{modality: timings in s}`` and the figures written.
+
+    Raises:
+        DoseError: the target is not labelled, or pyRadPlan cannot plan this case.
+    """
+    from radmtl.evaluation.dose.engine import plan_on_ct, recompute
+    from radmtl.evaluation.dose.gamma import spacing_from_affine
+
+    settings, target = options.settings, options.target
+    structures = {name: labels == value for name, value in label_names.items()
+                  if int(value) != 0 and np.any(labels == value)}
+    if target not in structures:
+        raise DoseError(f"case {case_id}: no {target!r} voxels in the reference labels")
+    dvh_structures = _dvh_structures(labels, label_names, target, settings)
+    spacing = spacing_from_affine(affine)
+    rows, timings, figures = {}, {}, []
+    for modality in options.modalities:
+        log.info("case %s: %s plan on the CT …", case_id, modality)
+        start = time.perf_counter()
+        plan = plan_on_ct(ct_hu, affine, structures, target, body, modality, settings)
+        plan_s = time.perf_counter() - start
+        start = time.perf_counter()
+        sct_dose = recompute(plan, sct_hu)
+        recompute_s = time.perf_counter() - start
+        start = time.perf_counter()
+        rows[modality] = case_metrics(plan.dose_gy, sct_dose, dvh_structures, target, spacing, settings.prescription_gy)
+        metrics_s = time.perf_counter() - start
+        timings[modality] = {"plan_s": plan_s, "recompute_s": recompute_s, "metrics_s": metrics_s}
+        log.info("case %s: %s plan %.1f s, sCT recompute %.1f s, metrics %.1f s; γ 2%%/2mm %.1f %%", case_id,
+                 modality, plan_s, recompute_s, metrics_s, rows[modality]["gamma_2mm2pct"])
+        if figure_dir is not None:
+            from radmtl.evaluation.dose.figure import dose_figure
+
+            path = figure_dir / f"{case_id}_{modality}.png"
+            figures.append(dose_figure(ct_hu, sct_hu, plan.dose_gy, sct_dose, dvh_structures, target, spacing,
+                                       settings.prescription_gy, f"case {case_id}: {modality}", path))
+    return rows, timings, figures
+
+
+def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequence[str] | None = None,
+                  figures: bool = True) -> DoseEvaluation:
+    """Dose metrics of every reference case with a CT, labels holding the target and a predicted sCT.
+
+    Args:
+        pred: ``radmtl infer``'s output folder (``PRED/<case id>/sct.*``); figures go to ``PRED/dose/``.
+        ref: the reference dataset folder.
+        options: target, modalities, plan settings.
+        case_ids: evaluate only these cases (``radmtl evaluate``'s complete ones); default all in common.
+        figures: write a PNG per case and modality.
+    """
+    from radmtl.data.discovery import discover
+    from radmtl.data.io import read_volume
+    from radmtl.data.transforms import derive_body_mask
+    from radmtl.evaluation.evaluate import _pred_file, _read_on_grid
+
+    check_dependencies()
+    pred, index = Path(pred), discover(ref)
+    label_names = index.labels
+    if label_names is None:
+        from radmtl.data.phantom.cases import PHANTOM_LABELS
+
+        label_names = PHANTOM_LABELS
+        log.info("dose: %s names no labels (no dataset.json); reading them as the phantom's %s", index.root,
+                 ", ".join(f"{k}={v}" for k, v in PHANTOM_LABELS.items() if v))
+    result = DoseEvaluation(options)
+    per_modality: dict[str, dict[str, dict[str, float]]] = {m: {} for m in options.modalities}
+    for case in index.cases:
+        case_id, paths = case.case_id, case.paths
+        if case_ids is not None and case_id not in case_ids:
+            continue
+        sct_path = _pred_file(pred / case_id, "sct") if (pred / case_id).is_dir() else None
+        lacking = [what for what, ok in (("ct", "ct" in paths), ("labels", "labels" in paths),
+                                         ("predicted sct", sct_path is not None)) if not ok]
+        if lacking:
+            result.skipped[case_id] = f"no {' or '.join(lacking)}"
+            log.warning("dose: case %s skipped: no %s", case_id, " or ".join(lacking))
+            continue
+        try:
+            reference = read_volume(paths["ct"])
+            labels = np.rint(_read_on_grid(paths["labels"], reference, case_id, "reference labels")).astype(np.int64)
+            if options.target not in label_names or not np.any(labels == label_names[options.target]):
+                result.skipped[case_id] = f"no {options.target!r} voxels in the reference labels"
+                log.warning("dose: case %s skipped: its labels hold no %r (pass --target with a labelled "
+                            "structure)", case_id, options.target)
+                continue
+            if "mask" in paths:
+                body = _read_on_grid(paths["mask"], reference, case_id, "reference mask") != 0
+            elif "mr" in paths:
+                body = derive_body_mask(_read_on_grid(paths["mr"], reference, case_id, "reference mr")) != 0
+            else:
+                body = reference.array > -400.0
+            sct = _read_on_grid(sct_path, reference, case_id, "prediction")
+            rows, timings, written = dose_case(
+                case_id, reference.array, sct, reference.affine, labels, label_names, body, options,
+                pred / DOSE_FOLDER if figures else None)
+        except RadmtlError as err:
+            result.failures[case_id] = f"dose: {err}"
+            log.debug("dose: case %s failed", case_id, exc_info=True)
+            continue
+        for modality, row in rows.items():
+            per_modality[modality][case_id] = row
+            result.timings_s.setdefault(modality, {})[case_id] = timings[modality]
+        result.figures += written
+    from radmtl.evaluation.metrics import summarise
+
+    result.rows = per_modality
+    result.summary = {m: summarise(list(rows.values())) for m, rows in per_modality.items()}
+    return result
+
+
+def _number(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def to_json(result: DoseEvaluation) -> dict[str, Any]:
+    """The ``dose`` section of ``metrics.json``."""
+    settings = result.options.settings
+    return {
+        "target": result.options.target,
+        "prescription_gy": settings.prescription_gy,
+        "fractions": settings.fractions,
+        "hlut": settings.hlut.name,
+        "dose_grid_mm": settings.dose_grid_mm if settings.dose_grid_mm is not None else "ct",
+        "ct_dose": "the dose optimised on the reference CT (equal to a fixed-weight recompute on it)",
+        "modalities": {
+            modality: {
+                "n_cases": len(rows),
+                "cases": {c: {k: _number(v) for k, v in row.items()} for c, row in rows.items()},
+                "summary": {k: {"mean": _number(m), "sd": _number(s)} for k, (m, s) in result.summary[modality].items()},
+                "timings_s": result.timings_s.get(modality, {}),
+            } for modality, rows in result.rows.items()},
+        "skipped": result.skipped,
+        "failed": result.failures,
+        "figures": [str(p) for p in result.figures],
+    }
+
+
+def mlflow_metrics(result: DoseEvaluation) -> dict[str, float]:
+    """``dose_<modality>_<metric>_mean`` and ``_sd`` of every finite summary value."""
+    out = {}
+    for modality, summary in result.summary.items():
+        for name, (mean, sd) in summary.items():
+            for stat, value in (("mean", mean), ("sd", sd)):
+                if math.isfinite(value):
+                    out[f"dose_{modality}_{name}_{stat}"] = float(value)
+    return out
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+
+
+def format_tables(result: DoseEvaluation) -> str:
+    """Per modality: a per-case table of the key metrics, then every metric as mean ± SD."""
+    lines = []
+    for modality, rows in result.rows.items():
+        settings = result.options.settings
+        lines.append(f"dose, {modality}: plan on the CT, recomputed on the sCT ({result.options.target} "
+                     f"{settings.prescription_gy:g} Gy, HU table {settings.hlut.name}; n = {len(rows)} case(s))")
+        if not rows:
+            lines.append("  no case evaluated")
+            continue
+        header = ["case", *KEY_METRICS]
+        table = [[c, *(_fmt(r.get(k, math.nan)) for k in KEY_METRICS)] for c, r in rows.items()]
+        widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
+        summary = result.summary[modality]
+        width = max(len(k) for k in summary)
+        lines += [f"{name.ljust(width)}  {_fmt(m)} ± {_fmt(s)}" for name, (m, s) in summary.items()]
+        lines.append("")
+    lines += [f"dose: case {c} skipped: {why}" for c, why in result.skipped.items()]
+    return "\n".join(lines).rstrip()

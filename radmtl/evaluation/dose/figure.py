@@ -1,0 +1,69 @@
+"""The per-case dose figure of ``radmtl evaluate --dose``: CT dose on the CT, sCT dose on the sCT, their
+difference and the DVHs (CT solid, sCT dashed), on the axial slice through the target's centre.
+
+Drawn in radmtl's display convention (:mod:`radmtl.evaluation.display`: radiological, orientation letters,
+physical aspect) on a ``matplotlib.figure.Figure`` with the Agg canvas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from radmtl.evaluation.display import (CONTOUR_COLOURS, DEFAULT_HU_WINDOW, VIEW_GEOMETRY, display_slice,
+                                       draw_orientation_letters, draw_outline, save_png, slice_extent)
+
+DOSE_WASH_PERCENT = 10.0  # dose below this % of the prescription is not coloured
+
+
+def dose_figure(ct_hu: np.ndarray, sct_hu: np.ndarray, ct_dose: np.ndarray, sct_dose: np.ndarray,
+                structures: Mapping[str, np.ndarray], target: str, spacing: Sequence[float], prescription_gy: float,
+                title: str, path: Path) -> Path:
+    """Write the figure to ``path`` (PNG, atomically) and return it."""
+    from matplotlib.figure import Figure
+
+    shape = np.shape(ct_hu)
+    index = int(round(float(np.argwhere(structures[target])[:, 2].mean())))  # axial: z through the target
+    extent = slice_extent("axial", shape, spacing)
+    letters = VIEW_GEOMETRY["axial"][5]
+    colours = {name: CONTOUR_COLOURS[i % len(CONTOUR_COLOURS)] for i, name in enumerate(structures)}
+    fig = Figure(figsize=(16.0, 4.2))
+    axes = fig.subplots(1, 4)
+    vmax = max(float(np.max(ct_dose)), float(np.max(sct_dose)), 1e-6)
+    for ax, image, dose, name in ((axes[0], ct_hu, ct_dose, "CT dose on the CT"),
+                                  (axes[1], sct_hu, sct_dose, "sCT dose on the sCT")):
+        ax.imshow(display_slice(image, "axial", index), cmap="gray", vmin=DEFAULT_HU_WINDOW[0],
+                  vmax=DEFAULT_HU_WINDOW[1], extent=extent, interpolation="nearest")
+        wash = np.ma.masked_less(display_slice(dose, "axial", index), DOSE_WASH_PERCENT / 100 * prescription_gy)
+        shown = ax.imshow(wash, cmap="jet", alpha=0.45, vmin=0.0, vmax=vmax, extent=extent, interpolation="nearest")
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label="Gy")
+        ax.set_title(name, fontsize=10)
+    difference = np.asarray(sct_dose, np.float64) - np.asarray(ct_dose, np.float64)
+    limit = max(float(np.abs(difference).max()), 0.01 * prescription_gy)
+    shown = axes[2].imshow(display_slice(difference, "axial", index), cmap="RdBu_r", vmin=-limit, vmax=limit,
+                           extent=extent, interpolation="nearest")
+    fig.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.02, label="Gy")
+    axes[2].set_title("sCT dose − CT dose", fontsize=10)
+    for ax in axes[:3]:
+        for name, mask in structures.items():
+            draw_outline(ax, display_slice(mask, "axial", index), colours[name], extent)
+        draw_orientation_letters(ax, letters)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    from radmtl.evaluation.dose.dvh import cumulative_dvh
+
+    bins = np.linspace(0.0, 1.1 * vmax, 221)
+    for name, mask in structures.items():
+        axes[3].plot(bins, 100 * cumulative_dvh(ct_dose, mask, bins), color=colours[name], label=name)
+        axes[3].plot(bins, 100 * cumulative_dvh(sct_dose, mask, bins), color=colours[name], linestyle="--")
+    axes[3].set_xlabel("dose (Gy)")
+    axes[3].set_ylabel("volume (%)")
+    axes[3].set_title("DVH: CT solid, sCT dashed", fontsize=10)
+    axes[3].set_ylim(0, 102)
+    axes[3].grid(alpha=0.3)
+    axes[3].legend(fontsize=8, loc="lower left")
+    fig.suptitle(f"{title} (axial slice {index})", fontsize=11)
+    fig.tight_layout()
+    return save_png(fig, path)

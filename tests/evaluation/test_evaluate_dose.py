@@ -1,0 +1,121 @@
+"""``radmtl evaluate --dose`` on a tiny synthetic pelvis: 24 × 24 × 16 voxels of 5 mm, RAS.
+
+A water-like elliptic body with two lateral bone blocks (700 HU, 25 mm thick, crossed by both proton fields
+before the target), a 20 mm cubic ``prostate`` at the centre and a ``rectum`` behind it; labels are the
+phantom's numbers (no dataset.json). case_001 has the target, case_002 has only the rectum. Photons plan
+5 beams, protons 2 lateral fields (:class:`~radmtl.evaluation.dose.engine.PlanSettings`' defaults).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from radmtl.cli import main
+from radmtl.data.io import read_volume, write_volume
+from radmtl.data.phantom.cases import PHANTOM_LABELS
+
+SHAPE = (24, 24, 16)
+SPACING = 5.0
+BONE_HU = 700.0
+
+
+def _affine() -> np.ndarray:
+    affine = np.diag([SPACING, SPACING, SPACING, 1.0])
+    affine[:3, 3] = -np.array(SHAPE) * SPACING / 2
+    return affine
+
+
+def _case(with_target: bool) -> dict[str, np.ndarray]:
+    x, y, z = np.meshgrid(*(np.arange(n, dtype=float) for n in SHAPE), indexing="ij")
+    body = ((x - 11.5) / 11) ** 2 + ((y - 11.5) / 10) ** 2 < 1
+    ct = np.where(body, 0.0, -1000.0)
+    ct[body & (np.abs(x - 11.5) > 6) & (np.abs(y - 11.5) < 5)] = BONE_HU
+    labels = np.zeros(SHAPE, np.uint8)
+    if with_target:
+        labels[(np.abs(x - 11.5) < 2) & (np.abs(y - 11.5) < 2) & (np.abs(z - 7.5) < 2)] = PHANTOM_LABELS["prostate"]
+    labels[(np.abs(x - 11.5) < 2) & (y >= 5) & (y < 8) & (np.abs(z - 7.5) < 2)] = PHANTOM_LABELS["rectum"]
+    return {"ct": ct, "mask": body.astype(np.uint8), "labels": labels, "mr": np.where(body, 300.0, 0.0)}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ref")
+    for case_id, with_target in (("case_001", True), ("case_002", False)):
+        for name, array in _case(with_target).items():
+            dtype = np.uint8 if name in ("mask", "labels") else np.float32
+            write_volume(array, _affine(), root / case_id / f"{name}.nii.gz", dtype)
+    return root
+
+
+def _predict(reference, pred, bone_scale: float = 1.0) -> None:
+    for case_id in ("case_001", "case_002"):
+        ct = read_volume(reference / case_id / "ct.nii.gz").array
+        sct = np.where(ct > 500, ct * bone_scale, ct)
+        write_volume(sct, _affine(), pred / case_id / "sct.nii.gz", np.float32)
+
+
+def test_sct_equal_to_ct_gives_identical_dose_and_skips_the_case_without_target(
+        tmp_path, reference, pyradplan, pymedphys, capsys):
+    pred = tmp_path / "pred"
+    _predict(reference, pred)
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--dose"]) == 0
+    captured = capsys.readouterr()
+    assert "dose, photons" in captured.out and "dose, protons" in captured.out and "gamma_2mm2pct" in captured.out
+    assert "case case_002 skipped" in captured.err  # the log line naming the case
+    assert "case_001: protons plan" in captured.err  # progress with timings
+    assert "Complete!" not in captured.err and "Logging error" not in captured.err  # pymedphys kept quiet
+    dose = json.loads((pred / "metrics.json").read_text())["dose"]
+    assert dose["target"] == "prostate" and dose["hlut"] == "matrad_default" and dose["dose_grid_mm"] == "ct"
+    assert list(dose["skipped"]) == ["case_002"] and not dose["failed"]
+    for modality in ("photons", "protons"):
+        section = dose["modalities"][modality]
+        assert list(section["cases"]) == ["case_001"]
+        row = section["cases"]["case_001"]
+        assert row["gamma_2mm2pct"] == 100.0 and row["gamma_3mm3pct"] == 100.0
+        assert row["mae_gt10pct_gy"] <= 1e-3 and row["mae_gt90pct_gy"] <= 1e-3
+        deltas = {k: v for k, v in row.items() if k.startswith("delta_")}
+        assert set(deltas) >= {"delta_prostate_d98_gy", "delta_prostate_d95_gy", "delta_prostate_d50_gy",
+                               "delta_prostate_d2_gy", "delta_rectum_dmean_gy", "delta_rectum_d2_gy"}
+        assert all(abs(v) <= 1e-3 for v in deltas.values()), deltas
+        assert section["summary"]["gamma_2mm2pct"]["mean"] == 100.0
+        assert (pred / "dose" / f"case_001_{modality}.png").stat().st_size > 10_000
+    assert not (pred / "dose" / "case_002_protons.png").exists()
+
+
+def test_denser_bone_in_the_sct_shortens_the_proton_range_and_underdoses_the_target(
+        tmp_path, reference, pyradplan, pymedphys):
+    pred = tmp_path / "pred"
+    _predict(reference, pred, bone_scale=1.5)  # +50 % HU in the bone the lateral fields cross
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--dose",
+                 "--dose-modalities", "protons"]) == 0
+    dose = json.loads((pred / "metrics.json").read_text())["dose"]
+    assert list(dose["modalities"]) == ["protons"]
+    row = dose["modalities"]["protons"]["cases"]["case_001"]
+    assert row["mae_gt10pct_gy"] > 0.5 and row["mae_gt90pct_percent"] > 1.0
+    assert row["gamma_2mm2pct"] < 100.0
+    # Higher SPR before the target: every Bragg peak stops short, the target's coldest voxels get less.
+    assert row["delta_prostate_d98_gy"] < -1.0, row
+
+
+def test_missing_dose_extra_says_how_to_install_and_writes_nothing(tmp_path, reference, monkeypatch, capsys):
+    pred = tmp_path / "pred"
+    _predict(reference, pred)
+    monkeypatch.setitem(sys.modules, "pyRadPlan", None)  # import fails as if not installed
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--dose"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'pip install "radmtl[dose]"' in err[0], err
+    assert not (pred / "metrics.json").exists() and not (pred / "metrics.csv").exists()
+    assert not (pred / "dose").exists()
+
+
+def test_unknown_modality_is_one_clear_error(tmp_path, reference, capsys):
+    pred = tmp_path / "pred"
+    _predict(reference, pred)
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--dose",
+                 "--dose-modalities", "electrons"]) == 1
+    assert "--dose-modalities must name some of photons, protons" in capsys.readouterr().err
+    assert not (pred / "metrics.json").exists()
