@@ -87,11 +87,11 @@ def test_sct_equal_to_ct_gives_identical_dose_and_skips_the_case_without_target(
 
 
 def test_denser_bone_in_the_sct_shortens_the_proton_range_and_underdoses_the_target(
-        tmp_path, reference, pyradplan, pymedphys):
+        tmp_path, reference, pyradplan, pymedphys, mlflow_run):
     pred = tmp_path / "pred"
     _predict(reference, pred, bone_scale=1.5)  # +50 % HU in the bone the lateral fields cross
     assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--dose",
-                 "--dose-modalities", "protons"]) == 0
+                 "--dose-modalities", "protons", *mlflow_run.args]) == 0
     dose = json.loads((pred / "metrics.json").read_text())["dose"]
     assert list(dose["modalities"]) == ["protons"]
     row = dose["modalities"]["protons"]["cases"]["case_001"]
@@ -99,6 +99,12 @@ def test_denser_bone_in_the_sct_shortens_the_proton_range_and_underdoses_the_tar
     assert row["gamma_2mm2pct"] < 100.0
     # Higher SPR before the target: every Bragg peak stops short, the target's coldest voxels get less.
     assert row["delta_prostate_d98_gy"] < -1.0, row
+    logged = mlflow_run.client.get_run(mlflow_run.run_id).data.metrics
+    assert logged["dose_protons_gamma_2mm2pct_mean"] == pytest.approx(row["gamma_2mm2pct"])
+    assert logged["dose_protons_delta_prostate_d98_gy_mean"] == pytest.approx(row["delta_prostate_d98_gy"])
+    assert not any(name.startswith("dose_photons_") for name in logged)
+    artifacts = [f.path for f in mlflow_run.client.list_artifacts(mlflow_run.run_id, "evaluation")]
+    assert "evaluation/case_001_protons.png" in artifacts, artifacts
 
 
 def test_missing_dose_extra_says_how_to_install_and_writes_nothing(tmp_path, reference, monkeypatch, capsys):
