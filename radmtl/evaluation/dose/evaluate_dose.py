@@ -242,7 +242,8 @@ def to_json(result: DoseEvaluation) -> dict[str, Any]:
             modality: {
                 "n_cases": len(rows),
                 "cases": {c: {k: _number(v) for k, v in row.items()} for c, row in rows.items()},
-                "summary": {k: {"mean": _number(m), "sd": _number(s)} for k, (m, s) in result.summary[modality].items()},
+                "summary": {k: {"mean": _number(m), "sd": _number(s)}
+                            for k, (m, s) in result.summary[modality].items()},
                 "timings_s": result.timings_s.get(modality, {}),
             } for modality, rows in result.rows.items()},
         "skipped": result.skipped,
