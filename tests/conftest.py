@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +15,19 @@ from types import ModuleType
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture(autouse=True)
+def _root_log_handlers_restored():
+    """Each test leaves the root logger's handlers as it found them. ``radmtl.cli.main`` installs a handler on
+    the ``sys.stderr`` of its moment, which under capsys is that test's capture stream, closed when the test
+    ends: a later test in the same worker whose code logs then printed "--- Logging error ---" and a traceback
+    into its own stderr (seen with test_infer_faults after test_cohort on one xdist worker)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

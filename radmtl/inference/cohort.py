@@ -7,7 +7,7 @@ atomic publish of each case's hidden folder) into the one shared ``--output``. A
 published (``provenance.json`` in its folder) is skipped unless ``--overwrite``; only its owner looks, and
 only its owner writes it, so the answer cannot change under a rank's feet.
 
-Before any rank writes, one process alone prepares the output (:func:`prepare_cohort`): it creates the root,
+Before any rank writes, one process alone prepares the output (:func:`~radmtl.inference.inputs.prepare_output`): it creates the root,
 removes what killed runs left there and creates every case's parent folder. So no rank ever removes a folder
 that another one is about to write into (a failed case leaves the folders alone), and at the end the same
 process removes the folders of the run that stayed empty. That process is rank 0 under torchrun, which then
@@ -40,7 +40,7 @@ from radmtl.distributed import (TIMEOUT_ENV, DistContext, broadcast_from_main, c
                                 init_distributed, quiet_other_ranks, rank_device, shutdown)
 from radmtl.errors import RadmtlError
 from radmtl.inference.infer import CaseResult, InferOptions, check_options, run_pending
-from radmtl.inference.inputs import (case_folder, find_input_cases, is_done, make_parents, prepare_output_root,
+from radmtl.inference.inputs import (find_input_cases, is_done, prepare_output, remove_empty_folders,
                                      work_folder_parents)
 from radmtl.inference.work_dirs import remove_stale_work_folders
 
@@ -133,43 +133,6 @@ def shares_of(cases: list[tuple[str, Any]], world_size: int) -> list[list[str]]:
 # --- the shared output ----------------------------------------------------------------------------
 
 
-def prepare_cohort(output: str | Path, cases: list[tuple[str, Any]]) -> tuple[Path, list[Path]]:
-    """What one process does before any rank writes into ``output``.
-
-    Creates the output root (proven writable), removes what killed runs left there (:func:`~radmtl.
-    inference.work_dirs.remove_stale_work_folders`: folders of dead processes of this host only, so a live
-    rank's are safe anyway), and creates each case's parent folder (``OUT/AB`` for ``AB/1ABA005``).
-
-    Returns:
-        ``(OUT, the folders created)``: :func:`remove_empty_folders` removes those still empty at the end.
-
-    Raises:
-        RadmtlError: the output folder cannot be created or written.
-    """
-    output, created = prepare_output_root(output)
-    try:
-        remove_stale_work_folders(work_folder_parents(output, cases))
-        for case_id, _ in cases:
-            try:
-                parent = case_folder(output, case_id).parent
-            except RadmtlError:  # reported by the case's rank
-                continue
-            created += make_parents(parent)
-    except BaseException:
-        remove_empty_folders(created)
-        raise
-    return output, created
-
-
-def remove_empty_folders(folders: Sequence[Path]) -> None:
-    """Remove those of ``folders`` that are empty, deepest first (a folder emptied by it goes too)."""
-    for folder in sorted(set(folders), key=lambda p: len(p.parts), reverse=True):
-        try:
-            folder.rmdir()
-        except OSError:  # not empty, or already gone
-            pass
-
-
 def set_rank_threads(ctx: DistContext) -> int:
     """Give this rank its part of the CPU: ``cores // processes on this machine`` threads (at least 1)."""
     import torch
@@ -217,7 +180,7 @@ def run_under_torchrun(model: str, input_path: str | Path, output: str | Path, o
         failure: RadmtlError | None = None
         if ctx.is_main:
             try:
-                output, created = prepare_cohort(output, cases)
+                output, created = prepare_output(output, cases)
             except RadmtlError as err:
                 failure = err
         # The other ranks start writing only once rank 0 has prepared the output (or learn that it could not).
@@ -302,7 +265,7 @@ def run_workers(argv: list[str], workers: int, input_path: str | Path, output: s
                               f"--workers {gpus} or fewer, or --device cpu")
     cases = find_input_cases(input_path, options)
     shares = shares_of(cases, workers)
-    output, created = prepare_cohort(output, cases)
+    output, created = prepare_output(output, cases)
     try:
         with tempfile.TemporaryDirectory(prefix="radmtl-infer-") as cohort_dir:
             base_env = os.environ | {"WORLD_SIZE": str(workers), "LOCAL_WORLD_SIZE": str(workers),

@@ -51,8 +51,8 @@ from radmtl.inference.case_maps import MAP_OUTPUTS, input_grid_outputs, predict_
 from radmtl.inference.dicom_grid import DICOM_GRIDS
 # find_cases: re-exported, its home was here
 from radmtl.inference.inputs import (PreparedCase, find_cases, find_input_cases, is_done, prepare_case,  # noqa: F401
-                                     prepare_output_root, read_ahead, remove_if_empty, work_folder_parents)
-from radmtl.inference.work_dirs import CaseWriter, remove_stale_work_folders
+                                     prepare_output, read_ahead, remove_empty_folders, remove_if_empty)
+from radmtl.inference.work_dirs import CaseWriter
 
 log = logging.getLogger(__name__)
 
@@ -420,13 +420,12 @@ def run_inference(
     """
     check_options(options)
     cases = find_input_cases(input_path, options)
-    output, created = prepare_output_root(output)
+    # The root and every case's parent made up front, what killed runs left removed, before anything is written.
+    output, created = prepare_output(output, cases)
     try:
-        # What killed runs left here, before this run writes anything.
-        remove_stale_work_folders(work_folder_parents(output, cases))
         # The case count is logged once the model is loaded (run_pending): a model that cannot be fetched
         # gets its one error line and nothing before it.
         return run_pending(model, cases, output, options, tracking_uri)
     finally:
-        remove_if_empty(created)  # no case written: leave no output folder this run made
+        remove_empty_folders(created)  # leave no folder this run made and wrote nothing into
 

@@ -22,6 +22,7 @@ from radmtl.data.dicom.series import SeriesInfo
 from radmtl.data.io import VolumeError, Volume, has_volume_suffix, strip_volume_suffix
 from radmtl.errors import RadmtlError
 from radmtl.inference.provenance import PROVENANCE
+from radmtl.inference.work_dirs import remove_stale_work_folders
 
 if TYPE_CHECKING:  # annotations only: infer imports this module
     from radmtl.inference.infer import InferOptions
@@ -251,6 +252,45 @@ def remove_if_empty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:  # not empty: another case landed there
             return
+
+
+def prepare_output(output: str | Path, cases: list[tuple[str, Any]]) -> tuple[Path, list[Path]]:
+    """What one process does before any case is written into ``output`` (by this process or by the ranks of a
+    cohort, :mod:`radmtl.inference.cohort`).
+
+    Creates the output root (proven writable), removes what killed runs left there (:func:`~radmtl.
+    inference.work_dirs.remove_stale_work_folders`: folders of dead processes of this host only, so a live
+    rank's are safe anyway), and creates each case's parent folder (``OUT/AB`` for ``AB/1ABA005``).
+
+    Returns:
+        ``(OUT, the folders created)``: :func:`remove_empty_folders` removes those still empty at the end.
+
+    Raises:
+        RadmtlError: the output folder cannot be created or written.
+    """
+    output, created = prepare_output_root(output)
+    try:
+        remove_stale_work_folders(work_folder_parents(output, cases))
+        for case_id, _ in cases:
+            try:
+                parent = case_folder(output, case_id).parent
+            except RadmtlError:  # reported by the case's rank
+                continue
+            created += make_parents(parent)
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+    return output, created
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove those of ``folders`` that are empty, deepest first (a folder emptied by it goes too)."""
+    for folder in sorted(set(folders), key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone
+            pass
+
 
 
 # --- one case, read and preprocessed (ahead of the network) ------------------------------------

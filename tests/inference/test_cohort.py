@@ -21,7 +21,8 @@ import pytest
 
 from radmtl.cli import main
 from radmtl.data.phantom import generate_case
-from radmtl.inference.cohort import (case_size, collect_results, deal_cases, prepare_cohort, remove_empty_folders)
+from radmtl.inference.cohort import case_size, collect_results, deal_cases
+from radmtl.inference.inputs import prepare_output, remove_empty_folders
 from radmtl.nn.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,7 +88,7 @@ def test_case_size_is_the_voxel_count_from_the_header(tmp_path):
 
 def test_the_output_and_case_parents_are_made_once_and_only_empty_ones_removed(tmp_path):
     cases = [("AB/c1", None), ("AB/c2", None), ("HN/c3", None), ("../out", None)]
-    output, created = prepare_cohort(tmp_path / "new" / "out", cases)
+    output, created = prepare_output(tmp_path / "new" / "out", cases)
     assert output == tmp_path / "new" / "out"
     assert {p.relative_to(tmp_path) for p in created} == {Path("new"), Path("new/out"), Path("new/out/AB"),
                                                           Path("new/out/HN")}
