@@ -1,0 +1,182 @@
+"""Proton range check on the lateral beam rays: WEPL on CT and sCT and the sCT's σ_WEPL (issue 28, point 2).
+
+Per case and lateral proton beam, one ray along the beam through the target's centroid: from where it
+enters the body to the target's distal edge along it (:func:`~.wepl.distal_edge_mm`). On that ray the WEPL
+on the reference CT and on the sCT (:func:`~.wepl.wepl_with_sigma`, the one HU table), their difference
+(sCT − CT) and, from the sCT's σ map in HU, σ_WEPL under fully correlated and under independent voxel
+errors. The sCT's range error is *covered* under a bound when ``|error| ≤ 1.96 σ``; over cases the mean of
+those 0/1 flags is the coverage fraction. The check needs no plan: it is a few ray traversals per case.
+
+Beam directions: the engine's proton fields are gantry 270° (entering from the patient's right) and 90°
+(from the patient's left), :mod:`~.engine`. radmtl's world frame is RAS+ (:mod:`radmtl.data.laterality`):
++x points to the patient's **right**, so the patient's left lies at ``LEFT_SIGN_RAS_X`` · x > 0. A beam
+entering from the right therefore travels towards the patient's left, i.e. along RAS ``LEFT_SIGN_RAS_X``·x
+= −x; one entering from the left travels along +x. Everything is done in world mm, so a volume stored LAS,
+LPS or oblique gives the same rays.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from radmtl.data.laterality import LEFT_SIGN_RAS_X, world_centroid
+from radmtl.evaluation.dose.hlut import DEFAULT_HLUT, Hlut
+from radmtl.evaluation.dose.wepl import _grid_entry_distance, distal_edge_mm, ray_voxels, wepl_with_sigma
+
+log = logging.getLogger(__name__)
+
+Z_COVERAGE = 1.96  # |error| ≤ 1.96 σ: inside the two-sided 95 % interval of a normal error
+# beam name → (gantry angle in degrees, unit direction of travel in RAS world mm); see the module docstring.
+BEAMS: dict[str, tuple[float, tuple[float, float, float]]] = {
+    "gantry_270": (270.0, (LEFT_SIGN_RAS_X, 0.0, 0.0)),  # enters from the patient's right, travels to the left
+    "gantry_90": (90.0, (-LEFT_SIGN_RAS_X, 0.0, 0.0)),  # enters from the patient's left, travels to the right
+}
+SIGMA_STEMS = ("sct_sigma_total", "sct_sigma_aleatoric")  # the σ map read, first found (radmtl infer's, HU)
+# Columns of the printed per-case table.
+KEY_METRICS = ("wepl_ct_mm", "wepl_sct_mm", "wepl_error_mm", "sigma_wepl_correlated_mm",
+               "sigma_wepl_independent_mm", "covered_correlated", "covered_independent")
+
+
+def beam_ray(body: np.ndarray, target: np.ndarray, affine: np.ndarray,
+             direction: Sequence[float]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(entry_mm, distal_mm)`` of the ray along ``direction`` through the target's centroid; None if none.
+
+    ``entry_mm`` is where the ray, coming from outside the grid, first enters a ``body`` voxel;
+    ``distal_mm`` the exit plane of the last target voxel it crosses. None when the ray misses the target
+    (a non-convex target whose centroid lies outside it along this line) or the body before it.
+    """
+    affine = np.asarray(affine, np.float64)
+    centroid = world_centroid(target, affine)
+    if centroid is None:
+        return None
+    unit = np.asarray(direction, np.float64)
+    unit = unit / np.linalg.norm(unit)
+    shape = np.shape(target)
+    corners = np.array([[i, j, k, 1.0] for i in (-1, shape[0]) for j in (-1, shape[1])
+                        for k in (-1, shape[2])]) @ affine.T
+    reach = max(float(np.linalg.norm(c[:3] - centroid)) for c in corners)
+    source = centroid - unit * reach  # outside the grid, upstream
+    distal = distal_edge_mm(target, affine, source, centroid)
+    if distal is None:
+        return None
+    indices, lengths = ray_voxels(shape, affine, source, distal)
+    hits = np.flatnonzero(np.asarray(body)[tuple(indices.T)] != 0)
+    if hits.size == 0:
+        return None
+    entry = _grid_entry_distance(shape, affine, source, distal) + float(np.sum(lengths[: hits[0]]))
+    return source + unit * entry, distal
+
+
+def range_case(ct_hu: np.ndarray, sct_hu: np.ndarray, affine: np.ndarray, body: np.ndarray, target: np.ndarray,
+               sigma_hu: np.ndarray | None = None, hlut: Hlut = DEFAULT_HLUT,
+               beams: Mapping[str, tuple[float, Sequence[float]]] = BEAMS) -> dict[str, dict[str, float]]:
+    """WEPL on CT and sCT, their error and the sCT's σ_WEPL bounds, per beam (module docstring).
+
+    Returns:
+        ``{beam: metrics}`` (beams whose ray misses the body or target are left out, with a log line);
+        without ``sigma_hu`` the σ and coverage entries are NaN. Coverage flags are 1.0 or 0.0.
+    """
+    rows = {}
+    for name, (_, direction) in beams.items():
+        ray = beam_ray(body, target, affine, direction)
+        if ray is None:
+            log.warning("range: beam %s: the ray through the target's centroid misses the target or body; skipped",
+                        name)
+            continue
+        entry, distal = ray
+        on_ct = wepl_with_sigma(ct_hu, affine, entry, distal, None, hlut)
+        on_sct = wepl_with_sigma(sct_hu, affine, entry, distal, sigma_hu, hlut)
+        error = on_sct.wepl_mm - on_ct.wepl_mm
+        row = {"wepl_ct_mm": on_ct.wepl_mm, "wepl_sct_mm": on_sct.wepl_mm, "wepl_error_mm": error,
+               "wepl_error_percent": 100.0 * error / on_ct.wepl_mm if on_ct.wepl_mm > 0 else math.nan,
+               "geometric_mm": on_ct.geometric_mm}
+        if sigma_hu is None:
+            row.update(dict.fromkeys(("sigma_wepl_correlated_mm", "sigma_wepl_independent_mm",
+                                      "sigma_wepl_correlated_percent", "sigma_wepl_independent_percent",
+                                      "covered_correlated", "covered_independent"), math.nan))
+        else:
+            row.update({"sigma_wepl_correlated_mm": on_sct.sigma_correlated_mm,
+                        "sigma_wepl_independent_mm": on_sct.sigma_independent_mm,
+                        "sigma_wepl_correlated_percent": on_sct.sigma_correlated_percent,
+                        "sigma_wepl_independent_percent": on_sct.sigma_independent_percent,
+                        "covered_correlated": float(abs(error) <= Z_COVERAGE * on_sct.sigma_correlated_mm),
+                        "covered_independent": float(abs(error) <= Z_COVERAGE * on_sct.sigma_independent_mm)})
+        rows[name] = row
+    return rows
+
+
+def summarise_range(rows: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per beam, mean ± SD over cases of every metric (``rows``: case → beam → metrics).
+
+    The mean of a ``covered_*`` flag is the coverage fraction (over the cases with a σ map).
+    """
+    from radmtl.evaluation.metrics import summarise
+
+    beams: dict[str, list[Mapping[str, float]]] = {}
+    for per_beam in rows.values():
+        for beam, row in per_beam.items():
+            beams.setdefault(beam, []).append(row)
+    return {beam: summarise(beam_rows) for beam, beam_rows in beams.items()}
+
+
+def _number(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def range_json(rows: Mapping[str, Mapping[str, Mapping[str, float]]], sigma_maps: Mapping[str, str | None],
+               hlut_name: str) -> dict[str, Any]:
+    """The ``range`` entry of the ``dose`` section of ``metrics.json``."""
+    summary = summarise_range(rows)
+    return {
+        "what": "WEPL from the body entry to the target's distal edge on the ray through the target's centroid",
+        "hlut": hlut_name,
+        "coverage": f"covered_* = |wepl_error_mm| <= {Z_COVERAGE} sigma; the summary mean is the coverage fraction",
+        "sigma_map": dict(sigma_maps),
+        "beams": {
+            beam: {"gantry_deg": BEAMS[beam][0] if beam in BEAMS else None,
+                   "direction_ras": list(BEAMS[beam][1]) if beam in BEAMS else None,
+                   "cases": {c: {k: _number(v) for k, v in per_beam[beam].items()}
+                             for c, per_beam in rows.items() if beam in per_beam},
+                   "summary": {k: {"mean": _number(m), "sd": _number(s)} for k, (m, s) in stats.items()}}
+            for beam, stats in summary.items()},
+    }
+
+
+def range_mlflow_metrics(rows: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, float]:
+    """``dose_range_<beam>_<metric>_mean`` and ``_sd`` of every finite summary value."""
+    out = {}
+    for beam, stats in summarise_range(rows).items():
+        for name, (mean, sd) in stats.items():
+            for stat, value in (("mean", mean), ("sd", sd)):
+                if math.isfinite(value):
+                    out[f"dose_range_{beam}_{name}_{stat}"] = float(value)
+    return out
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+
+
+def format_range(rows: Mapping[str, Mapping[str, Mapping[str, float]]], hlut_name: str) -> str:
+    """A per-case and beam table of the key numbers, then per beam every number as mean ± SD."""
+    lines = [f"dose, proton range: WEPL body entry → target's distal edge through its centroid, sCT − CT, σ_WEPL "
+             f"from the sCT's σ map (HU table {hlut_name}; n = {len(rows)} case(s))"]
+    table = [[case, beam, *(_fmt(row.get(k, math.nan)) for k in KEY_METRICS)]
+             for case, per_beam in rows.items() for beam, row in per_beam.items()]
+    if not table:
+        lines.append("  no case evaluated")
+        return "\n".join(lines)
+    header = ["case", "beam", *KEY_METRICS]
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
+    for beam, stats in summarise_range(rows).items():
+        width = max(len(k) for k in stats)
+        lines.append(f"{beam} (covered_*: mean = coverage fraction)")
+        lines += [f"  {name.ljust(width)}  {_fmt(m)} ± {_fmt(s)}" for name, (m, s) in stats.items()]
+    return "\n".join(lines)
