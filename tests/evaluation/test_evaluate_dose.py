@@ -51,17 +51,19 @@ def reference(tmp_path_factory):
     return root
 
 
-def _predict(reference, pred, bone_scale: float = 1.0) -> None:
+def _predict(reference, pred, bone_scale: float = 1.0, sigma_hu: float | None = None) -> None:
     for case_id in ("case_001", "case_002"):
         ct = read_volume(reference / case_id / "ct.nii.gz").array
         sct = np.where(ct > 500, ct * bone_scale, ct)
         write_volume(sct, _affine(), pred / case_id / "sct.nii.gz", np.float32)
+        if sigma_hu is not None:
+            write_volume(np.full(SHAPE, sigma_hu), _affine(), pred / case_id / "sct_sigma_total.nii.gz", np.float32)
 
 
 def test_sct_equal_to_ct_gives_identical_dose_and_skips_the_case_without_target(
         tmp_path, reference, pyradplan, pymedphys, capsys):
     pred = tmp_path / "pred"
-    _predict(reference, pred)
+    _predict(reference, pred, sigma_hu=20.0)
     assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--dose"]) == 0
     captured = capsys.readouterr()
     assert "dose, photons" in captured.out and "dose, protons" in captured.out and "gamma_2mm2pct" in captured.out
@@ -84,6 +86,14 @@ def test_sct_equal_to_ct_gives_identical_dose_and_skips_the_case_without_target(
         assert section["summary"]["gamma_2mm2pct"]["mean"] == 100.0
         assert (pred / "dose" / f"case_001_{modality}.png").stat().st_size > 10_000
     assert not (pred / "dose" / "case_002_protons.png").exists()
+    # The range check: both lateral rays, sCT = CT, so no WEPL error, covered under both σ bounds.
+    assert "dose, proton range" in captured.out
+    assert dose["range"]["sigma_map"] == {"case_001": "sct_sigma_total.nii.gz"}
+    for beam in ("gantry_90", "gantry_270"):
+        row = dose["range"]["beams"][beam]["cases"]["case_001"]
+        assert row["wepl_ct_mm"] > 0 and row["wepl_error_mm"] == 0.0
+        assert row["sigma_wepl_correlated_mm"] > row["sigma_wepl_independent_mm"] > 0
+        assert row["covered_correlated"] == row["covered_independent"] == 1.0
 
 
 def test_denser_bone_in_the_sct_shortens_the_proton_range_and_underdoses_the_target(
@@ -103,6 +113,10 @@ def test_denser_bone_in_the_sct_shortens_the_proton_range_and_underdoses_the_tar
     assert logged["dose_protons_gamma_2mm2pct_mean"] == pytest.approx(row["gamma_2mm2pct"])
     assert logged["dose_protons_delta_prostate_d98_gy_mean"] == pytest.approx(row["delta_prostate_d98_gy"])
     assert not any(name.startswith("dose_photons_") for name in logged)
+    # Both lateral rays cross a bone block: the sCT's WEPL is longer on each; no σ map, no σ part.
+    for beam in ("gantry_90", "gantry_270"):
+        assert logged[f"dose_range_{beam}_wepl_error_mm_mean"] > 0
+        assert dose["range"]["beams"][beam]["cases"]["case_001"]["covered_correlated"] is None
     artifacts = [f.path for f in mlflow_run.client.list_artifacts(mlflow_run.run_id, "evaluation")]
     assert "evaluation/case_001_protons.png" in artifacts, artifacts
 

@@ -12,6 +12,10 @@ exceeds 10 % and 90 % of the prescription (Gy and % of the prescription), the gl
 2 %/2 mm and 3 %/3 mm with a 10 % cut-off (:mod:`.gamma`), and DVH differences sCT − CT (:mod:`.dvh`):
 the target's D98/D95/D50/D2 and Dmean, each OAR's (bladder, rectum, femoral heads, where labelled) Dmean
 and D2. A figure per case and modality shows both doses, their difference and the DVHs.
+
+Independently of the plan, the proton range check (:mod:`.range_check`, issue 28 point 2): per case and
+lateral proton beam, the WEPL to the target's distal edge on the CT and on the sCT and, from the sCT's σ map
+(``sct_sigma_total``, else ``sct_sigma_aleatoric``), σ_WEPL under correlated and independent voxel errors.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class DoseEvaluation:
     skipped: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
+    range_rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # case → beam → metrics
+    range_sigma: dict[str, str | None] = field(default_factory=dict)  # case → the σ map's file name, or None
 
 
 def check_dependencies() -> None:
@@ -206,6 +212,8 @@ def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequenc
             else:
                 body = reference.array > -400.0
             sct = _read_on_grid(sct_path, reference, case_id, "prediction")
+            _range_case(result, case_id, pred / case_id, reference, sct, body,
+                        labels == label_names[options.target], options.settings.hlut)
             rows, timings, written = dose_case(
                 case_id, reference.array, sct, reference.affine, labels, label_names, body, options,
                 pred / DOSE_FOLDER if figures else None)
@@ -224,12 +232,31 @@ def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequenc
     return result
 
 
+def _range_case(result: DoseEvaluation, case_id: str, pred_dir: Path, reference, sct: np.ndarray,
+                body: np.ndarray, target: np.ndarray, hlut) -> None:
+    """The range check of one case into ``result`` (σ part skipped, with a log line, without a σ map)."""
+    from radmtl.evaluation.dose.range_check import SIGMA_STEMS, range_case
+    from radmtl.evaluation.evaluate import _pred_file, _read_on_grid
+
+    sigma_path = next((p for p in (_pred_file(pred_dir, stem) for stem in SIGMA_STEMS) if p is not None), None)
+    sigma = None
+    if sigma_path is None:
+        log.info("dose: case %s: no %s in %s; range check without σ_WEPL", case_id, " or ".join(SIGMA_STEMS),
+                 pred_dir)
+    else:
+        sigma = _read_on_grid(sigma_path, reference, case_id, "prediction σ")
+    result.range_rows[case_id] = range_case(reference.array, sct, reference.affine, body, target, sigma, hlut)
+    result.range_sigma[case_id] = sigma_path.name if sigma_path is not None else None
+
+
 def _number(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
 def to_json(result: DoseEvaluation) -> dict[str, Any]:
     """The ``dose`` section of ``metrics.json``."""
+    from radmtl.evaluation.dose.range_check import range_json
+
     settings = result.options.settings
     return {
         "target": result.options.target,
@@ -249,12 +276,16 @@ def to_json(result: DoseEvaluation) -> dict[str, Any]:
         "skipped": result.skipped,
         "failed": result.failures,
         "figures": [str(p) for p in result.figures],
+        "range": range_json(result.range_rows, result.range_sigma, settings.hlut.name),
     }
 
 
 def mlflow_metrics(result: DoseEvaluation) -> dict[str, float]:
-    """``dose_<modality>_<metric>_mean`` and ``_sd`` of every finite summary value."""
-    out = {}
+    """``dose_<modality>_<metric>_mean`` and ``_sd`` of every finite summary value; the range check's
+    ``dose_range_<beam>_<metric>_mean`` and ``_sd``."""
+    from radmtl.evaluation.dose.range_check import range_mlflow_metrics
+
+    out = range_mlflow_metrics(result.range_rows)
     for modality, summary in result.summary.items():
         for name, (mean, sd) in summary.items():
             for stat, value in (("mean", mean), ("sd", sd)):
@@ -286,5 +317,8 @@ def format_tables(result: DoseEvaluation) -> str:
         width = max(len(k) for k in summary)
         lines += [f"{name.ljust(width)}  {_fmt(m)} ± {_fmt(s)}" for name, (m, s) in summary.items()]
         lines.append("")
+    from radmtl.evaluation.dose.range_check import format_range
+
+    lines += [format_range(result.range_rows, result.options.settings.hlut.name), ""]
     lines += [f"dose: case {c} skipped: {why}" for c, why in result.skipped.items()]
     return "\n".join(lines).rstrip()
