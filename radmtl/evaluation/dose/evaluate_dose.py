@@ -33,6 +33,7 @@ import numpy as np
 from radmtl.errors import RadmtlError
 from radmtl.evaluation.dose.engine import MODALITIES, PlanSettings
 from radmtl.evaluation.dose.errors import DoseError
+from radmtl.evaluation.dose.report import fmt, json_number, mean_sd_metrics, summary_json
 
 log = logging.getLogger(__name__)
 
@@ -249,10 +250,6 @@ def _range_case(result: DoseEvaluation, case_id: str, pred_dir: Path, reference,
     result.range_sigma[case_id] = sigma_path.name if sigma_path is not None else None
 
 
-def _number(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
 def to_json(result: DoseEvaluation) -> dict[str, Any]:
     """The ``dose`` section of ``metrics.json``."""
     from radmtl.evaluation.dose.range_check import range_json
@@ -268,9 +265,8 @@ def to_json(result: DoseEvaluation) -> dict[str, Any]:
         "modalities": {
             modality: {
                 "n_cases": len(rows),
-                "cases": {c: {k: _number(v) for k, v in row.items()} for c, row in rows.items()},
-                "summary": {k: {"mean": _number(m), "sd": _number(s)}
-                            for k, (m, s) in result.summary[modality].items()},
+                "cases": {c: {k: json_number(v) for k, v in row.items()} for c, row in rows.items()},
+                "summary": summary_json(result.summary[modality]),
                 "timings_s": result.timings_s.get(modality, {}),
             } for modality, rows in result.rows.items()},
         "skipped": result.skipped,
@@ -285,17 +281,7 @@ def mlflow_metrics(result: DoseEvaluation) -> dict[str, float]:
     ``dose_range_<beam>_<metric>_mean`` and ``_sd``."""
     from radmtl.evaluation.dose.range_check import range_mlflow_metrics
 
-    out = range_mlflow_metrics(result.range_rows)
-    for modality, summary in result.summary.items():
-        for name, (mean, sd) in summary.items():
-            for stat, value in (("mean", mean), ("sd", sd)):
-                if math.isfinite(value):
-                    out[f"dose_{modality}_{name}_{stat}"] = float(value)
-    return out
-
-
-def _fmt(value: float) -> str:
-    return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    return {**range_mlflow_metrics(result.range_rows), **mean_sd_metrics("dose", result.summary)}
 
 
 def format_tables(result: DoseEvaluation) -> str:
@@ -309,13 +295,13 @@ def format_tables(result: DoseEvaluation) -> str:
             lines.append("  no case evaluated")
             continue
         header = ["case", *KEY_METRICS]
-        table = [[c, *(_fmt(r.get(k, math.nan)) for k in KEY_METRICS)] for c, r in rows.items()]
+        table = [[c, *(fmt(r.get(k, math.nan)) for k in KEY_METRICS)] for c, r in rows.items()]
         widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
         lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
         lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
         summary = result.summary[modality]
         width = max(len(k) for k in summary)
-        lines += [f"{name.ljust(width)}  {_fmt(m)} ± {_fmt(s)}" for name, (m, s) in summary.items()]
+        lines += [f"{name.ljust(width)}  {fmt(m)} ± {fmt(s)}" for name, (m, s) in summary.items()]
         lines.append("")
     from radmtl.evaluation.dose.range_check import format_range
 

@@ -26,7 +26,8 @@ import numpy as np
 
 from radmtl.data.laterality import LEFT_SIGN_RAS_X, world_centroid
 from radmtl.evaluation.dose.hlut import DEFAULT_HLUT, Hlut
-from radmtl.evaluation.dose.wepl import _grid_entry_distance, distal_edge_mm, ray_voxels, wepl_with_sigma
+from radmtl.evaluation.dose.report import fmt, json_number, mean_sd_metrics, summary_json
+from radmtl.evaluation.dose.wepl import grid_entry_distance, distal_edge_mm, ray_voxels, wepl_with_sigma
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def beam_ray(body: np.ndarray, target: np.ndarray, affine: np.ndarray,
     hits = np.flatnonzero(np.asarray(body)[tuple(indices.T)] != 0)
     if hits.size == 0:
         return None
-    entry = _grid_entry_distance(shape, affine, source, distal) + float(np.sum(lengths[: hits[0]]))
+    entry = grid_entry_distance(shape, affine, source, distal) + float(np.sum(lengths[: hits[0]]))
     return source + unit * entry, distal
 
 
@@ -124,10 +125,6 @@ def summarise_range(rows: Mapping[str, Mapping[str, Mapping[str, float]]]) -> di
     return {beam: summarise(beam_rows) for beam, beam_rows in beams.items()}
 
 
-def _number(value: float) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
 def range_json(rows: Mapping[str, Mapping[str, Mapping[str, float]]], sigma_maps: Mapping[str, str | None],
                hlut_name: str) -> dict[str, Any]:
     """The ``range`` entry of the ``dose`` section of ``metrics.json``."""
@@ -140,33 +137,23 @@ def range_json(rows: Mapping[str, Mapping[str, Mapping[str, float]]], sigma_maps
         "beams": {
             beam: {"gantry_deg": BEAMS[beam][0] if beam in BEAMS else None,
                    "direction_ras": list(BEAMS[beam][1]) if beam in BEAMS else None,
-                   "cases": {c: {k: _number(v) for k, v in per_beam[beam].items()}
+                   "cases": {c: {k: json_number(v) for k, v in per_beam[beam].items()}
                              for c, per_beam in rows.items() if beam in per_beam},
-                   "summary": {k: {"mean": _number(m), "sd": _number(s)} for k, (m, s) in stats.items()}}
+                   "summary": summary_json(stats)}
             for beam, stats in summary.items()},
     }
 
 
 def range_mlflow_metrics(rows: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, float]:
     """``dose_range_<beam>_<metric>_mean`` and ``_sd`` of every finite summary value."""
-    out = {}
-    for beam, stats in summarise_range(rows).items():
-        for name, (mean, sd) in stats.items():
-            for stat, value in (("mean", mean), ("sd", sd)):
-                if math.isfinite(value):
-                    out[f"dose_range_{beam}_{name}_{stat}"] = float(value)
-    return out
-
-
-def _fmt(value: float) -> str:
-    return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    return mean_sd_metrics("dose_range", summarise_range(rows))
 
 
 def format_range(rows: Mapping[str, Mapping[str, Mapping[str, float]]], hlut_name: str) -> str:
     """A per-case and beam table of the key numbers, then per beam every number as mean ± SD."""
     lines = [f"dose, proton range: WEPL body entry → target's distal edge through its centroid, sCT − CT, σ_WEPL "
              f"from the sCT's σ map (HU table {hlut_name}; n = {len(rows)} case(s))"]
-    table = [[case, beam, *(_fmt(row.get(k, math.nan)) for k in KEY_METRICS)]
+    table = [[case, beam, *(fmt(row.get(k, math.nan)) for k in KEY_METRICS)]
              for case, per_beam in rows.items() for beam, row in per_beam.items()]
     if not table:
         lines.append("  no case evaluated")
@@ -178,5 +165,5 @@ def format_range(rows: Mapping[str, Mapping[str, Mapping[str, float]]], hlut_nam
     for beam, stats in summarise_range(rows).items():
         width = max(len(k) for k in stats)
         lines.append(f"{beam} (covered_*: mean = coverage fraction)")
-        lines += [f"  {name.ljust(width)}  {_fmt(m)} ± {_fmt(s)}" for name, (m, s) in stats.items()]
+        lines += [f"  {name.ljust(width)}  {fmt(m)} ± {fmt(s)}" for name, (m, s) in stats.items()]
     return "\n".join(lines)

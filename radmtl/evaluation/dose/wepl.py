@@ -173,11 +173,11 @@ def distal_edge_mm(mask: np.ndarray, affine: np.ndarray, start_mm, through_mm) -
         return None
     travelled = float(np.sum(lengths[: hits[-1] + 1]))
     # Lengths skip pieces outside the grid: add back the distance from the start to the grid's entry.
-    entry = _grid_entry_distance(mask.shape, affine, start, end)
+    entry = grid_entry_distance(mask.shape, affine, start, end)
     return start + (end - start) / np.linalg.norm(end - start) * (entry + travelled)
 
 
-def _grid_entry_distance(shape, affine, start: np.ndarray, end: np.ndarray) -> float:
+def grid_entry_distance(shape, affine, start: np.ndarray, end: np.ndarray) -> float:
     inverse = np.linalg.inv(np.asarray(affine, np.float64))
     a = inverse[:3, :3] @ start + inverse[:3, 3]
     b = inverse[:3, :3] @ end + inverse[:3, 3]
