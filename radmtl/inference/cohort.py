@@ -7,7 +7,7 @@ atomic publish of each case's hidden folder) into the one shared ``--output``. A
 published (``provenance.json`` in its folder) is skipped unless ``--overwrite``; only its owner looks, and
 only its owner writes it, so the answer cannot change under a rank's feet.
 
-Before any rank writes, one process alone prepares the output (:func:`~radmtl.inference.inputs.prepare_output`): it creates the root,
+Before any rank writes, one process alone prepares the output (:func:`~radmtl.inference.output_folders.prepare_output`): it creates the root,
 removes what killed runs left there and creates every case's parent folder. So no rank ever removes a folder
 that another one is about to write into (a failed case leaves the folders alone), and at the end the same
 process removes the folders of the run that stayed empty. That process is rank 0 under torchrun, which then
@@ -40,8 +40,8 @@ from radmtl.distributed import (TIMEOUT_ENV, DistContext, broadcast_from_main, c
                                 init_distributed, quiet_other_ranks, rank_device, shutdown)
 from radmtl.errors import RadmtlError
 from radmtl.inference.infer import CaseResult, InferOptions, check_options, run_pending
-from radmtl.inference.inputs import (find_input_cases, is_done, prepare_output, remove_empty_folders,
-                                     work_folder_parents)
+from radmtl.inference.inputs import find_input_cases
+from radmtl.inference.output_folders import is_done, prepare_output, remove_empty_folders, work_folder_parents
 from radmtl.inference.work_dirs import remove_stale_work_folders
 
 log = logging.getLogger(__name__)

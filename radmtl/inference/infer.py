@@ -50,8 +50,9 @@ from radmtl.data.io import OUTPUT_FORMATS, VolumeError, output_suffix, write_lik
 from radmtl.inference.case_maps import MAP_OUTPUTS, input_grid_outputs, predict_on_network_grid
 from radmtl.inference.dicom_grid import DICOM_GRIDS
 # find_cases: re-exported, its home was here
-from radmtl.inference.inputs import (PreparedCase, find_cases, find_input_cases, is_done, prepare_case,  # noqa: F401
-                                     prepare_output, read_ahead, remove_empty_folders, remove_if_empty)
+from radmtl.inference.inputs import (PreparedCase, find_cases, find_input_cases, prepare_case,  # noqa: F401
+                                     read_ahead)
+from radmtl.inference.output_folders import is_done, prepare_output, remove_empty_folders, remove_if_empty
 from radmtl.inference.work_dirs import CaseWriter
 
 log = logging.getLogger(__name__)

@@ -88,7 +88,7 @@ class RadmtlModel(mlflow.pyfunc.PythonModel):
     def _run(self, mr: str, output: str, mc_samples: int | None) -> list[dict[str, Any]]:
         from radmtl.errors import RadmtlError
         from radmtl.inference.infer import InferOptions, run_inference
-        from radmtl.inference.inputs import case_folder
+        from radmtl.inference.output_folders import case_folder
 
         if not Path(mr).exists():
             return [_row(Path(mr).name, error=f"{mr}: MR not found; give the path of an MR volume file "

@@ -22,7 +22,7 @@ import pytest
 from radmtl.cli import main
 from radmtl.data.phantom import generate_case
 from radmtl.inference.cohort import case_size, collect_results, deal_cases
-from radmtl.inference.inputs import prepare_output, remove_empty_folders
+from radmtl.inference.output_folders import prepare_output, remove_empty_folders
 from radmtl.nn.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]

@@ -195,7 +195,7 @@ def test_failed_nested_case_leaves_no_folders(tmp_path, capsys, monkeypatch, che
 
 @pytest.mark.parametrize("case_id", ["../escape", "/abs"])
 def test_case_ids_cannot_leave_the_output_folder(tmp_path, case_id):
-    from radmtl.inference.inputs import case_folder
+    from radmtl.inference.output_folders import case_folder
 
     with pytest.raises(VolumeError, match="not a folder path inside the output folder"):
         case_folder(tmp_path, case_id)
