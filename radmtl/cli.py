@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated, of photons, protons (default both)")
     dose.add_argument("--dose-grid-mm", type=float, default=None, metavar="MM",
                       help="isotropic dose grid in mm (default: the reference CT's grid, no interpolation)")
+    dose.add_argument("--dose-samples", type=int, default=None, metavar="N",
+                      help="recompute each plan on the first N MC-dropout sCT samples of radmtl infer "
+                           "--save-samples (PRED/<case>/sct_samples.*) for a dose SD map, DVH bands and their "
+                           "coverage of the CT's dose (default: all samples present; 0: none)")
     p.set_defaults(func=cmd_evaluate)
 
     return parser

@@ -165,8 +165,12 @@ def strip_volume_suffix(name: str) -> str:
     return name
 
 
-def read_volume(path: str | Path) -> Volume:
+def read_volume(path: str | Path, channels: bool = False) -> Volume:
     """Read a 3D volume as float32.
+
+    Args:
+        channels: read a 4D (X, Y, Z, C) image — a NIfTI's fourth axis or an .mha's vector components, as
+            ``radmtl infer`` writes ``seg_probabilities`` and ``sct_samples`` — keeping C; a 3D file gives C = 1.
 
     Raises:
         VolumeError: missing, unreadable or corrupt file, or not a 3D image. The message names the
@@ -179,9 +183,9 @@ def read_volume(path: str | Path) -> Volume:
         raise VolumeError(f"{path}: is a folder, expected an image file")
     lower = path.name.lower()
     if lower.endswith(NIFTI_SUFFIXES):
-        volume = _read_nifti(path)
+        volume = _read_nifti(path, channels)
     elif lower.endswith(ITK_SUFFIXES):
-        volume = _read_itk(path)
+        volume = _read_itk(path, channels)
     else:
         raise VolumeError(
             f"{path}: unsupported file type; use NIfTI (.nii/.nii.gz) or .mha/.nrrd"
@@ -189,7 +193,13 @@ def read_volume(path: str | Path) -> Volume:
     return volume
 
 
-def _squeeze_to_3d(path: Path, array: np.ndarray) -> np.ndarray:
+def _squeeze_to_3d(path: Path, array: np.ndarray, channels: bool = False) -> np.ndarray:
+    if channels:  # (X, Y, Z, C) wanted: a 3D file is one channel
+        array = array[..., None] if array.ndim == 3 else array
+        if array.ndim != 4 or min(array.shape) < 1:
+            raise VolumeError(f"{path}: expected a 3D or 4D (X, Y, Z, C) image, got shape {list(array.shape)}; "
+                              "write it again with radmtl infer")
+        return array
     # A 4D NIfTI with a single volume (X, Y, Z, 1) is common output of converters; accept it.
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -203,7 +213,7 @@ def _squeeze_to_3d(path: Path, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _read_nifti(path: Path) -> Volume:
+def _read_nifti(path: Path, channels: bool = False) -> Volume:
     problem = stored_header_problem(path)
     if problem is not None:
         raise VolumeHeaderError(path, *problem)
@@ -220,12 +230,12 @@ def _read_nifti(path: Path) -> Volume:
             f"{path}: cannot read as NIfTI ({type(err).__name__}: {err}); the file is corrupt or "
             "truncated, re-export it"
         ) from err
-    array = _squeeze_to_3d(path, array)
+    array = _squeeze_to_3d(path, array, channels)
     return Volume(array=array, affine=np.asarray(img.affine, dtype=np.float64), path=path,
                   header=img.header.copy())
 
 
-def _read_itk(path: Path) -> Volume:
+def _read_itk(path: Path, channels: bool = False) -> Volume:
     import SimpleITK as sitk  # only needed for non-NIfTI inputs
 
     if path.name.lower().endswith((".mha", ".mhd")):
@@ -239,12 +249,14 @@ def _read_itk(path: Path) -> Volume:
             f"{path}: cannot read with SimpleITK ({_itk_reason(err, path)}); the file is corrupt or truncated, "
             "re-export it"
         ) from err
-    if img.GetNumberOfComponentsPerPixel() != 1:
+    if img.GetNumberOfComponentsPerPixel() != 1 and not channels:
         raise VolumeError(f"{path}: has {img.GetNumberOfComponentsPerPixel()} components per voxel; "
                           "expected a scalar image")
-    # SimpleITK arrays are (z, y, x); transpose to nibabel's (x, y, z).
-    array = np.transpose(sitk.GetArrayFromImage(img)).astype(np.float32)
-    array = _squeeze_to_3d(path, array)
+    # SimpleITK arrays are (z, y, x), a vector image's (z, y, x, c); transpose to nibabel's (x, y, z[, c]).
+    array = sitk.GetArrayFromImage(img)
+    vector = img.GetNumberOfComponentsPerPixel() > 1 and array.ndim == 4
+    array = (np.transpose(array, (2, 1, 0, 3)) if vector else np.transpose(array)).astype(np.float32)
+    array = _squeeze_to_3d(path, array, channels)
     if img.GetDimension() != 3:
         raise VolumeError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
     direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)

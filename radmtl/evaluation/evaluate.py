@@ -82,8 +82,8 @@ def _pred_file(folder: Path, stem: str) -> Path | None:
     return found[0] if found else None
 
 
-def _read_on_grid(path: Path, reference: Volume, case_id: str, what: str) -> np.ndarray:
-    volume = read_volume(path)
+def _read_on_grid(path: Path, reference: Volume, case_id: str, what: str, channels: bool = False) -> np.ndarray:
+    volume = read_volume(path, channels=channels)
     problem = grid_mismatch(volume.grid, reference.grid)
     if problem is not None:
         raise VolumeError(
@@ -370,14 +370,15 @@ def log_to_mlflow(result: Evaluation, files: list[Path], run_id: str, tracking_u
 
 def _dose_options(args: argparse.Namespace):
     """The ``--dose`` settings of the command line (``--target``, ``--hlut``, ``--dose-modalities``,
-    ``--dose-grid-mm``)."""
+    ``--dose-grid-mm``, ``--dose-samples``)."""
     from radmtl.evaluation.dose.engine import PlanSettings
     from radmtl.evaluation.dose.evaluate_dose import DoseOptions
     from radmtl.evaluation.dose.hlut import load_hlut
 
     modalities = tuple(m.strip() for m in str(args.dose_modalities).split(",") if m.strip())
     settings = PlanSettings(hlut=load_hlut(args.hlut), dose_grid_mm=args.dose_grid_mm)
-    return DoseOptions(target=args.target, modalities=modalities, settings=settings)
+    return DoseOptions(target=args.target, modalities=modalities, settings=settings,
+                       samples=getattr(args, "dose_samples", None))
 
 
 def evaluate_from_cli(args: argparse.Namespace) -> int:

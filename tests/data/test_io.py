@@ -166,6 +166,23 @@ def test_single_volume_4d_is_accepted(tmp_path):
     assert read_volume(path).shape == (3, 4, 5)
 
 
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
+def test_channels_read_gives_back_a_written_4d_volume_and_a_3d_file_as_one_channel(tmp_path, suffix):
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    affine[:3, 3] = [5.0, -6.0, 7.0]
+    # Distinct sizes on every axis: a transposed or shuffled axis cannot pass.
+    array = np.random.default_rng(2).random((5, 6, 7, 3)).astype(np.float32)
+    path = write_volume(array, affine, tmp_path / f"samples{suffix}", np.float32)
+    volume = read_volume(path, channels=True)
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_allclose(volume.affine, affine, atol=1e-5)
+    assert volume.shape == (5, 6, 7)
+    with pytest.raises(VolumeError, match="expected a 3D image|components per voxel"):
+        read_volume(path)  # a plain read still wants one volume
+    single = write_volume(array[..., 0], affine, tmp_path / f"one{suffix}", np.float32)
+    assert read_volume(single, channels=True).array.shape == (5, 6, 7, 1)
+
 def test_mha_read_matches_nifti_world_geometry(tmp_path):
     array_xyz = np.random.default_rng(1).random((6, 5, 4)).astype(np.float32)
     img = sitk.GetImageFromArray(np.transpose(array_xyz))  # sitk wants (z, y, x)

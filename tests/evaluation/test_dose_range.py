@@ -77,6 +77,28 @@ def test_raised_slab_hu_gives_the_analytic_wepl_error_and_the_sigma_bounds_and_c
     assert (left["covered_correlated"], left["covered_independent"]) == (1.0, 1.0)
 
 
+def test_sample_wepl_sd_is_the_spread_of_the_slab_over_the_samples_and_only_from_the_right():
+    ct, body, target, affine = _phantom()
+    ct_hot = ct.copy()
+    ct_hot[ct == SLAB_HU] = 560.0  # the CT's slab is 60 HU denser than the sCT's: error −0.36 mm from the right
+    # Three sCT samples whose slab is 400, 500, 600 HU: WEPLs through 6 mm of it differ by 0.6 mm steps,
+    # SD (ddof 1) = 0.6 mm; the left ray stops before the slab, so its samples agree (SD 0).
+    samples = np.stack([np.where(ct == SLAB_HU, hu, ct) for hu in (400.0, 500.0, 600.0)], axis=-1)
+    rows = range_case(ct_hot, ct, affine, body, target, hlut=LINEAR, samples_hu=samples)
+    right, left = rows["gantry_270"], rows["gantry_90"]
+    assert right["wepl_error_mm"] == pytest.approx(-0.36)
+    assert right["sigma_wepl_samples_mm"] == pytest.approx(0.6)
+    assert right["sigma_wepl_samples_percent"] == pytest.approx(100 * 0.6 / 21.0)
+    assert left["sigma_wepl_samples_mm"] == pytest.approx(0.0, abs=1e-12)
+    assert right["covered_samples"] == 1.0  # 0.36 ≤ 1.96 · 0.6
+    assert left["covered_samples"] == 1.0  # an error of 0 with SD 0
+    narrow = np.stack([np.where(ct == SLAB_HU, hu, ct) for hu in (490.0, 500.0, 510.0)], axis=-1)
+    right = range_case(ct_hot, ct, affine, body, target, hlut=LINEAR, samples_hu=narrow)["gantry_270"]
+    assert right["sigma_wepl_samples_mm"] == pytest.approx(0.06)
+    assert right["covered_samples"] == 0.0  # 0.36 > 1.96 · 0.06
+    assert "sigma_wepl_samples_mm" not in range_case(ct, ct, affine, body, target, hlut=LINEAR)["gantry_270"]
+
+
 def test_summary_json_mlflow_and_table_give_the_coverage_fraction_over_cases():
     ct, body, target, affine = _phantom()
     sct = ct.copy()

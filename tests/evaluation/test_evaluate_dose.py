@@ -121,6 +121,50 @@ def test_denser_bone_in_the_sct_shortens_the_proton_range_and_underdoses_the_tar
     assert "evaluation/case_001_protons.png" in artifacts, artifacts
 
 
+def test_sct_samples_give_a_dose_band_that_a_too_narrow_spread_does_not_cover(
+        tmp_path, reference, pyradplan, pymedphys, capsys):
+    pred = tmp_path / "pred"
+    _predict(reference, pred, bone_scale=1.5)
+    # Three MC-dropout-like samples around the sCT whose bone differs by ±5 % HU: a spread far smaller than the
+    # sCT's +50 % error, so the CT's target coverage (D98) falls outside the band.
+    ct = read_volume(reference / "case_001" / "ct.nii.gz").array
+    samples = np.stack([np.where(ct > 500, ct * scale, ct) for scale in (1.45, 1.5, 1.55)], axis=-1)
+    write_volume(samples, _affine(), pred / "case_001" / "sct_samples.nii.gz", np.float32)
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--dose",
+                 "--dose-modalities", "protons"]) == 0
+    out = capsys.readouterr().out
+    assert "plan recomputed on the MC-dropout sCT samples" in out and "dvh_covered_fraction" in out
+    dose = json.loads((pred / "metrics.json").read_text())["dose"]
+    assert dose["samples"]["cases"] == {"case_001": {"file": "sct_samples.nii.gz", "present": 3, "used": 3}}
+    row = dose["modalities"]["protons"]["cases"]["case_001"]
+    assert row["samples_n"] == 3
+    assert row["samples_dose_sd_median_gt10pct_gy"] > 0 and row["dvh_sd_prostate_d98_gy"] > 0
+    assert row["delta_prostate_d98_gy"] < -1.0 and row["dvh_covered_prostate_d98_gy"] == 0.0
+    assert 0.0 <= row["dvh_covered_fraction"] < 1.0 and 0.0 <= row["samples_dose_covered_gt90pct"] < 1.0
+    for beam in ("gantry_90", "gantry_270"):  # the WEPL spread of the samples on each lateral ray
+        beam_row = dose["range"]["beams"][beam]["cases"]["case_001"]
+        assert beam_row["sigma_wepl_samples_mm"] > 0 and beam_row["covered_samples"] == 0.0
+    from PIL import Image
+
+    with Image.open(pred / "dose" / "case_001_protons.png") as figure:
+        assert figure.width / figure.height == pytest.approx(5 * 4.0 / 4.2, rel=0.02)  # five panels of 4 in, not four
+    # Only the first two samples: the JSON says so.
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--dose",
+                 "--dose-modalities", "protons", "--dose-samples", "2"]) == 0
+    dose = json.loads((pred / "metrics.json").read_text())["dose"]
+    assert dose["samples"]["cases"]["case_001"]["used"] == 2
+    assert dose["modalities"]["protons"]["cases"]["case_001"]["samples_n"] == 2
+
+
+def test_one_dose_sample_is_refused_in_one_line(tmp_path, reference, capsys):
+    pred = tmp_path / "pred"
+    _predict(reference, pred)
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(reference), "--dose", "--dose-samples", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dose-samples must be 0 (none) or at least 2" in err[0], err
+    assert not (pred / "metrics.json").exists()
+
+
 def test_missing_dose_extra_says_how_to_install_and_writes_nothing(tmp_path, reference, monkeypatch, capsys):
     pred = tmp_path / "pred"
     _predict(reference, pred)

@@ -13,9 +13,14 @@ exceeds 10 % and 90 % of the prescription (Gy and % of the prescription), the gl
 the target's D98/D95/D50/D2 and Dmean, each OAR's (bladder, rectum, femoral heads, where labelled) Dmean
 and D2. A figure per case and modality shows both doses, their difference and the DVHs.
 
+With MC-dropout samples of the sCT (``radmtl infer --save-samples K``, ``PRED/<case>/sct_samples.*``) the same
+plan is also recomputed on each sample (:mod:`.sample_dose`): a dose SD map, DVH bands, and whether the CT's
+dose and DVH numbers fall inside them (coverage at 1.96 SD); the figure gains the SD map and the bands.
+
 Independently of the plan, the proton range check (:mod:`.range_check`, issue 28 point 2): per case and
 lateral proton beam, the WEPL to the target's distal edge on the CT and on the sCT and, from the sCT's σ map
-(``sct_sigma_total``, else ``sct_sigma_aleatoric``), σ_WEPL under correlated and independent voxel errors.
+(``sct_sigma_total``, else ``sct_sigma_aleatoric``), σ_WEPL under correlated and independent voxel errors, and
+from the samples, where present, the SD of the samples' WEPL.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import numpy as np
 from radmtl.errors import RadmtlError
 from radmtl.evaluation.dose.engine import MODALITIES, PlanSettings
 from radmtl.evaluation.dose.errors import DoseError
-from radmtl.evaluation.dose.report import fmt, json_number, mean_sd_metrics, summary_json
+from radmtl.evaluation.dose.report import fmt, json_number, mean_sd_metrics, summary_json, table_lines
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,9 @@ GAMMA_KEYS = {"gamma_2_2_pass_percent": "gamma_2mm2pct", "gamma_3_3_pass_percent
 DOSE_FOLDER = "dose"  # the figures go to PRED/dose/<case id>_<modality>.png
 # Columns of the printed per-case table.
 KEY_METRICS = ("mae_gt10pct_gy", "mae_gt90pct_gy", "gamma_2mm2pct", "gamma_3mm3pct")
+# Columns of the printed per-case table of the sample doses.
+SAMPLE_KEY_METRICS = ("samples_n", "samples_dose_sd_median_gt90pct_gy", "samples_dose_covered_gt10pct",
+                      "samples_dose_covered_gt90pct", "dvh_covered_fraction")
 
 
 @dataclass(frozen=True)
@@ -51,8 +59,15 @@ class DoseOptions:
     target: str = "prostate"
     modalities: tuple[str, ...] = MODALITIES
     settings: PlanSettings = field(default_factory=PlanSettings)
+    # Recompute on the first N MC-dropout samples of PRED/<case>/sct_samples.*; None: all present, 0: none.
+    samples: int | None = None
 
     def __post_init__(self) -> None:
+        from radmtl.evaluation.dose.sample_dose import MIN_SAMPLES
+
+        if self.samples is not None and self.samples != 0 and self.samples < MIN_SAMPLES:
+            raise DoseError(f"--dose-samples must be 0 (none) or at least {MIN_SAMPLES} (an SD needs two), "
+                            f"got {self.samples}")
         bad = [m for m in self.modalities if m not in MODALITIES]
         if bad or not self.modalities:
             raise DoseError(f"--dose-modalities must name some of {', '.join(MODALITIES)}, got "
@@ -72,6 +87,7 @@ class DoseEvaluation:
     figures: list[Path] = field(default_factory=list)
     range_rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # case → beam → metrics
     range_sigma: dict[str, str | None] = field(default_factory=dict)  # case → the σ map's file name, or None
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)  # case → {"file", "used", "present"}
 
 
 def check_dependencies() -> None:
@@ -117,8 +133,10 @@ def _dvh_structures(labels: np.ndarray, label_names: Mapping[str, int], target: 
 
 def dose_case(case_id: str, ct_hu: np.ndarray, sct_hu: np.ndarray, affine: np.ndarray, labels: np.ndarray,
               label_names: Mapping[str, int], body: np.ndarray, options: DoseOptions,
-              figure_dir: Path | None) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], list[Path]]:
-    """Plan on the CT, recompute on the sCT and score, for each modality of ``options``.
+              figure_dir: Path | None, samples_hu: np.ndarray | None = None,
+              ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], list[Path]]:
+    """Plan on the CT, recompute on the sCT and score, for each modality of ``options``; with ``samples_hu``
+    ((X, Y, Z, K) MC-dropout sCT samples, K ≥ 2) also recompute on each sample (:mod:`.sample_dose`).
 
     Returns:
         ``{modality: metrics}``, ``{modality: timings in s}`` and the figures written.
@@ -151,12 +169,26 @@ def dose_case(case_id: str, ct_hu: np.ndarray, sct_hu: np.ndarray, affine: np.nd
         timings[modality] = {"plan_s": plan_s, "recompute_s": recompute_s, "metrics_s": metrics_s}
         log.info("case %s: %s plan %.1f s, sCT recompute %.1f s, metrics %.1f s; γ 2%%/2mm %.1f %%", case_id,
                  modality, plan_s, recompute_s, metrics_s, rows[modality]["gamma_2mm2pct"])
+        doses = None
+        if samples_hu is not None:
+            from radmtl.evaluation.dose.sample_dose import sample_dose_metrics, sample_doses
+
+            start = time.perf_counter()
+            doses = sample_doses(lambda hu: recompute(plan, hu), samples_hu)
+            rows[modality].update(sample_dose_metrics(plan.dose_gy, sct_dose, doses, dvh_structures, target,
+                                                      settings.prescription_gy))
+            timings[modality]["samples_s"] = time.perf_counter() - start
+            log.info("case %s: %s on %d sCT samples %.1f s; CT dose covered by 1.96 SD in %.1f %% of the >10 %% "
+                     "region", case_id, modality, len(doses), timings[modality]["samples_s"],
+                     100 * rows[modality]["samples_dose_covered_gt10pct"])
         if figure_dir is not None:
             from radmtl.evaluation.dose.figure import dose_figure
 
             path = figure_dir / f"{case_id}_{modality}.png"
             figures.append(dose_figure(ct_hu, sct_hu, plan.dose_gy, sct_dose, dvh_structures, target, spacing,
-                                       settings.prescription_gy, f"case {case_id}: {modality}", path))
+                                       settings.prescription_gy, f"case {case_id}: {modality}", path,
+                                       sample_doses=doses))
+        del doses
     return rows, timings, figures
 
 
@@ -213,11 +245,12 @@ def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequenc
             else:
                 body = reference.array > -400.0
             sct = _read_on_grid(sct_path, reference, case_id, "prediction")
+            samples = _samples_of(result, case_id, pred / case_id, reference, options.samples)
             _range_case(result, case_id, pred / case_id, reference, sct, body,
-                        labels == label_names[options.target], options.settings.hlut)
+                        labels == label_names[options.target], options.settings.hlut, samples)
             rows, timings, written = dose_case(
                 case_id, reference.array, sct, reference.affine, labels, label_names, body, options,
-                pred / DOSE_FOLDER if figures else None)
+                pred / DOSE_FOLDER if figures else None, samples)
         except RadmtlError as err:
             result.failures[case_id] = f"dose: {err}"
             log.debug("dose: case %s failed", case_id, exc_info=True)
@@ -233,8 +266,31 @@ def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequenc
     return result
 
 
+def _samples_of(result: DoseEvaluation, case_id: str, pred_dir: Path, reference, wanted: int | None) -> np.ndarray | None:
+    """The case's MC-dropout sCT samples (X, Y, Z, K), the first ``wanted`` of them (None: all); None when
+    there is no ``sct_samples`` file, ``wanted`` is 0, or it holds fewer than two (with a log line)."""
+    from radmtl.evaluation.dose.sample_dose import MIN_SAMPLES, SAMPLES_STEM
+    from radmtl.evaluation.evaluate import _pred_file, _read_on_grid
+
+    path = _pred_file(pred_dir, SAMPLES_STEM) if wanted != 0 else None
+    if path is None:
+        return None
+    samples = _read_on_grid(path, reference, case_id, "sCT samples", channels=True)
+    present = samples.shape[-1]
+    samples = samples[..., :wanted] if wanted is not None else samples
+    if samples.shape[-1] < MIN_SAMPLES:
+        log.warning("dose: case %s: %s holds %d sample(s); a dose SD needs %d (radmtl infer --save-samples K "
+                    "with K >= %d); no sample doses", case_id, path.name, present, MIN_SAMPLES, MIN_SAMPLES)
+        return None
+    if wanted is not None and present < wanted:
+        log.warning("dose: case %s: %s holds %d samples, fewer than --dose-samples %d; using %d", case_id,
+                    path.name, present, wanted, present)
+    result.samples[case_id] = {"file": path.name, "present": int(present), "used": int(samples.shape[-1])}
+    return samples
+
+
 def _range_case(result: DoseEvaluation, case_id: str, pred_dir: Path, reference, sct: np.ndarray,
-                body: np.ndarray, target: np.ndarray, hlut) -> None:
+                body: np.ndarray, target: np.ndarray, hlut, samples: np.ndarray | None = None) -> None:
     """The range check of one case into ``result`` (σ part skipped, with a log line, without a σ map)."""
     from radmtl.evaluation.dose.range_check import SIGMA_STEMS, range_case
     from radmtl.evaluation.evaluate import _pred_file, _read_on_grid
@@ -246,7 +302,8 @@ def _range_case(result: DoseEvaluation, case_id: str, pred_dir: Path, reference,
                  pred_dir)
     else:
         sigma = _read_on_grid(sigma_path, reference, case_id, "prediction σ")
-    result.range_rows[case_id] = range_case(reference.array, sct, reference.affine, body, target, sigma, hlut)
+    result.range_rows[case_id] = range_case(reference.array, sct, reference.affine, body, target, sigma, hlut,
+                                            samples_hu=samples)
     result.range_sigma[case_id] = sigma_path.name if sigma_path is not None else None
 
 
@@ -273,6 +330,13 @@ def to_json(result: DoseEvaluation) -> dict[str, Any]:
         "failed": result.failures,
         "figures": [str(p) for p in result.figures],
         "range": range_json(result.range_rows, result.range_sigma, settings.hlut.name),
+        "samples": {
+            "what": "the plan recomputed on MC-dropout sCT samples (radmtl infer --save-samples): samples_dose_covered_* "
+                    "= share of voxels above 10/90 % of the prescription where |sCT dose - CT dose| <= 1.96 SD of the "
+                    "sample doses; dvh_covered_<metric> = |sCT - CT| <= 1.96 SD of that metric over the samples "
+                    "(its summary mean is the coverage fraction over cases)",
+            "cases": result.samples,
+        },
     }
 
 
@@ -294,17 +358,24 @@ def format_tables(result: DoseEvaluation) -> str:
         if not rows:
             lines.append("  no case evaluated")
             continue
-        header = ["case", *KEY_METRICS]
-        table = [[c, *(fmt(r.get(k, math.nan)) for k in KEY_METRICS)] for c, r in rows.items()]
-        widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
-        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
+        lines += _table(["case", *KEY_METRICS], rows, KEY_METRICS)
         summary = result.summary[modality]
         width = max(len(k) for k in summary)
         lines += [f"{name.ljust(width)}  {fmt(m)} ± {fmt(s)}" for name, (m, s) in summary.items()]
         lines.append("")
+        sampled = {c: r for c, r in rows.items() if "samples_n" in r}
+        if sampled:
+            lines.append(f"dose, {modality}: plan recomputed on the MC-dropout sCT samples; covered = |sCT − CT| ≤ "
+                         "1.96 SD of the sample doses (voxels above 10/90 % of the prescription; DVH numbers)")
+            lines += _table(["case", *SAMPLE_KEY_METRICS], sampled, SAMPLE_KEY_METRICS)
+            lines.append("")
     from radmtl.evaluation.dose.range_check import format_range
 
     lines += [format_range(result.range_rows, result.options.settings.hlut.name), ""]
     lines += [f"dose: case {c} skipped: {why}" for c, why in result.skipped.items()]
     return "\n".join(lines).rstrip()
+
+
+def _table(header: list[str], rows: Mapping[str, Mapping[str, float]], keys: Sequence[str]) -> list[str]:
+    """One row per case of the ``keys`` of its metrics."""
+    return table_lines(header, [[c, *(fmt(r.get(k, math.nan)) for k in keys)] for c, r in rows.items()])

@@ -1,5 +1,7 @@
 """The per-case dose figure of ``radmtl evaluate --dose``: CT dose on the CT, sCT dose on the sCT, their
-difference and the DVHs (CT solid, sCT dashed), on the axial slice through the target's centre.
+difference and the DVHs (CT solid, sCT dashed), on the axial slice through the target's centre. With the
+doses of the MC-dropout sCT samples (:mod:`.sample_dose`) a fifth panel shows their SD map, and each
+structure's DVH gets the band between the lowest and highest sample DVH.
 
 Drawn in radmtl's display convention (:mod:`radmtl.evaluation.display`: radiological, orientation letters,
 physical aspect) on a ``matplotlib.figure.Figure`` with the Agg canvas.
@@ -20,8 +22,12 @@ DOSE_WASH_PERCENT = 10.0  # dose below this % of the prescription is not coloure
 
 def dose_figure(ct_hu: np.ndarray, sct_hu: np.ndarray, ct_dose: np.ndarray, sct_dose: np.ndarray,
                 structures: Mapping[str, np.ndarray], target: str, spacing: Sequence[float], prescription_gy: float,
-                title: str, path: Path) -> Path:
-    """Write the figure to ``path`` (PNG, atomically) and return it."""
+                title: str, path: Path, sample_doses: np.ndarray | None = None) -> Path:
+    """Write the figure to ``path`` (PNG, atomically) and return it.
+
+    Args:
+        sample_doses: (K, X, Y, Z) the plan's doses on K sCT samples, or None.
+    """
     from matplotlib.figure import Figure
 
     shape = np.shape(ct_hu)
@@ -29,8 +35,10 @@ def dose_figure(ct_hu: np.ndarray, sct_hu: np.ndarray, ct_dose: np.ndarray, sct_
     extent = slice_extent("axial", shape, spacing)
     letters = VIEW_GEOMETRY["axial"][5]
     colours = {name: CONTOUR_COLOURS[i % len(CONTOUR_COLOURS)] for i, name in enumerate(structures)}
-    fig = Figure(figsize=(16.0, 4.2))
-    axes = fig.subplots(1, 4)
+    panels = 4 if sample_doses is None else 5
+    fig = Figure(figsize=(4.0 * panels, 4.2))
+    axes = list(fig.subplots(1, panels))
+    dvh_axis = axes.pop()  # the DVH panel, last: after the three images (and the SD map)
     vmax = max(float(np.max(ct_dose)), float(np.max(sct_dose)), 1e-6)
     for ax, image, dose, name in ((axes[0], ct_hu, ct_dose, "CT dose on the CT"),
                                   (axes[1], sct_hu, sct_dose, "sCT dose on the sCT")):
@@ -46,7 +54,16 @@ def dose_figure(ct_hu: np.ndarray, sct_hu: np.ndarray, ct_dose: np.ndarray, sct_
                            extent=extent, interpolation="nearest")
     fig.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.02, label="Gy")
     axes[2].set_title("sCT dose − CT dose", fontsize=10)
-    for ax in axes[:3]:
+    if sample_doses is not None:
+        from radmtl.evaluation.dose.sample_dose import dose_sd
+
+        sd = dose_sd(sample_doses)
+        shown = axes[3].imshow(display_slice(sd, "axial", index), cmap="magma", vmin=0.0,
+                               vmax=max(float(sd.max()), 1e-3 * prescription_gy), extent=extent,
+                               interpolation="nearest")
+        fig.colorbar(shown, ax=axes[3], fraction=0.046, pad=0.02, label="Gy")
+        axes[3].set_title(f"dose SD over {len(sample_doses)} sCT samples", fontsize=10)
+    for ax in axes:
         for name, mask in structures.items():
             draw_outline(ax, display_slice(mask, "axial", index), colours[name], extent)
         draw_orientation_letters(ax, letters)
@@ -56,14 +73,20 @@ def dose_figure(ct_hu: np.ndarray, sct_hu: np.ndarray, ct_dose: np.ndarray, sct_
 
     bins = np.linspace(0.0, 1.1 * vmax, 221)
     for name, mask in structures.items():
-        axes[3].plot(bins, 100 * cumulative_dvh(ct_dose, mask, bins), color=colours[name], label=name)
-        axes[3].plot(bins, 100 * cumulative_dvh(sct_dose, mask, bins), color=colours[name], linestyle="--")
-    axes[3].set_xlabel("dose (Gy)")
-    axes[3].set_ylabel("volume (%)")
-    axes[3].set_title("DVH: CT solid, sCT dashed", fontsize=10)
-    axes[3].set_ylim(0, 102)
-    axes[3].grid(alpha=0.3)
-    axes[3].legend(fontsize=8, loc="lower left")
+        dvh_axis.plot(bins, 100 * cumulative_dvh(ct_dose, mask, bins), color=colours[name], label=name)
+        dvh_axis.plot(bins, 100 * cumulative_dvh(sct_dose, mask, bins), color=colours[name], linestyle="--")
+        if sample_doses is not None:
+            from radmtl.evaluation.dose.sample_dose import dvh_band
+
+            low, high = dvh_band(sample_doses, mask, bins)
+            dvh_axis.fill_between(bins, 100 * low, 100 * high, color=colours[name], alpha=0.25, linewidth=0)
+    dvh_axis.set_xlabel("dose (Gy)")
+    dvh_axis.set_ylabel("volume (%)")
+    dvh_axis.set_title("DVH: CT solid, sCT dashed" + (", sample band" if sample_doses is not None else ""),
+                       fontsize=10)
+    dvh_axis.set_ylim(0, 102)
+    dvh_axis.grid(alpha=0.3)
+    dvh_axis.legend(fontsize=8, loc="lower left")
     fig.suptitle(f"{title} (axial slice {index})", fontsize=11)
     fig.tight_layout()
     return save_png(fig, path)

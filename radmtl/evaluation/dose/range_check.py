@@ -26,7 +26,7 @@ import numpy as np
 
 from radmtl.data.laterality import LEFT_SIGN_RAS_X, world_centroid
 from radmtl.evaluation.dose.hlut import DEFAULT_HLUT, Hlut
-from radmtl.evaluation.dose.report import fmt, json_number, mean_sd_metrics, summary_json
+from radmtl.evaluation.dose.report import fmt, json_number, mean_sd_metrics, summary_json, table_lines
 from radmtl.evaluation.dose.wepl import grid_entry_distance, distal_edge_mm, ray_voxels, wepl_with_sigma
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ BEAMS: dict[str, tuple[float, tuple[float, float, float]]] = {
 SIGMA_STEMS = ("sct_sigma_total", "sct_sigma_aleatoric")  # the σ map read, first found (radmtl infer's, HU)
 # Columns of the printed per-case table.
 KEY_METRICS = ("wepl_ct_mm", "wepl_sct_mm", "wepl_error_mm", "sigma_wepl_correlated_mm",
-               "sigma_wepl_independent_mm", "covered_correlated", "covered_independent")
+               "sigma_wepl_independent_mm", "sigma_wepl_samples_mm", "covered_correlated", "covered_independent",
+               "covered_samples")
 
 
 def beam_ray(body: np.ndarray, target: np.ndarray, affine: np.ndarray,
@@ -75,8 +76,13 @@ def beam_ray(body: np.ndarray, target: np.ndarray, affine: np.ndarray,
 
 def range_case(ct_hu: np.ndarray, sct_hu: np.ndarray, affine: np.ndarray, body: np.ndarray, target: np.ndarray,
                sigma_hu: np.ndarray | None = None, hlut: Hlut = DEFAULT_HLUT,
-               beams: Mapping[str, tuple[float, Sequence[float]]] = BEAMS) -> dict[str, dict[str, float]]:
+               beams: Mapping[str, tuple[float, Sequence[float]]] = BEAMS,
+               samples_hu: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """WEPL on CT and sCT, their error and the sCT's σ_WEPL bounds, per beam (module docstring).
+
+    Args:
+        samples_hu: (X, Y, Z, K) MC-dropout sCT samples (``radmtl infer --save-samples``), K ≥ 2: adds the SD
+            of their WEPLs on the same ray, ``sigma_wepl_samples_mm``, and ``covered_samples``.
 
     Returns:
         ``{beam: metrics}`` (beams whose ray misses the body or target are left out, with a log line);
@@ -107,8 +113,23 @@ def range_case(ct_hu: np.ndarray, sct_hu: np.ndarray, affine: np.ndarray, body: 
                         "sigma_wepl_independent_percent": on_sct.sigma_independent_percent,
                         "covered_correlated": float(abs(error) <= Z_COVERAGE * on_sct.sigma_correlated_mm),
                         "covered_independent": float(abs(error) <= Z_COVERAGE * on_sct.sigma_independent_mm)})
+        if samples_hu is not None:
+            sigma = sample_wepl_sd(samples_hu, affine, entry, distal, hlut)
+            row.update({"sigma_wepl_samples_mm": sigma,
+                        "sigma_wepl_samples_percent": 100.0 * sigma / on_sct.wepl_mm if on_sct.wepl_mm > 0 else math.nan,
+                        "covered_samples": float(abs(error) <= Z_COVERAGE * sigma)})
         rows[name] = row
     return rows
+
+
+def sample_wepl_sd(samples_hu: np.ndarray, affine: np.ndarray, start_mm, end_mm, hlut: Hlut = DEFAULT_HLUT) -> float:
+    """The SD (ddof 1) over the K samples (X, Y, Z, K) of the WEPL from ``start_mm`` to ``end_mm``: each
+    sample is one correlated realisation, so this needs no assumption on how voxel errors correlate."""
+    samples_hu = np.asarray(samples_hu)
+    indices, lengths = ray_voxels(samples_hu.shape[:3], affine, start_mm, end_mm)
+    hu = np.asarray(samples_hu[tuple(indices.T)], np.float64)  # (M, K): the ray's voxels in every sample
+    wepls = (hlut.to_spr(hu) * lengths[:, None]).sum(axis=0)
+    return float(np.std(wepls, ddof=1))
 
 
 def summarise_range(rows: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -158,10 +179,7 @@ def format_range(rows: Mapping[str, Mapping[str, Mapping[str, float]]], hlut_nam
     if not table:
         lines.append("  no case evaluated")
         return "\n".join(lines)
-    header = ["case", "beam", *KEY_METRICS]
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
+    lines += table_lines(["case", "beam", *KEY_METRICS], table)
     for beam, stats in summarise_range(rows).items():
         width = max(len(k) for k in stats)
         lines.append(f"{beam} (covered_*: mean = coverage fraction)")
