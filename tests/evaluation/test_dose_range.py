@@ -57,6 +57,19 @@ def test_rays_enter_on_the_correct_side_and_see_the_slab_only_from_the_right(fli
                for row in rows.values())  # no σ map: no σ part
 
 
+def test_one_ray_per_proton_field_of_the_plan_anterior_at_gantry_0():
+    from radmtl.evaluation.dose.range_check import beams_for
+
+    assert beams_for((270.0, 90.0)) == BEAMS
+    beams = beams_for((0.0, 180.0))
+    assert beams == {"gantry_0": (0.0, (0.0, -1.0, 0.0)), "gantry_180": (180.0, (0.0, 1.0, 0.0))}
+    ct, body, target, affine = _phantom()
+    rows = range_case(ct, ct, affine, body, target, hlut=LINEAR, beams=beams)
+    # The water fills all 9 y voxels. From anterior (RAS +y) the ray enters at y index 8.5 and ends at the target's
+    # posterior face, y index 2.5: 6 voxels of 2 mm. From posterior: −0.5 → 5.5, also 12 mm.
+    assert rows["gantry_0"]["wepl_ct_mm"] == pytest.approx(12.0)
+    assert rows["gantry_180"]["wepl_ct_mm"] == pytest.approx(12.0)
+
 def test_raised_slab_hu_gives_the_analytic_wepl_error_and_the_sigma_bounds_and_coverage_by_hand():
     ct, body, target, affine = _phantom()
     sct = ct.copy()

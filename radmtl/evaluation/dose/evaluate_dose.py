@@ -247,7 +247,7 @@ def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequenc
             sct = _read_on_grid(sct_path, reference, case_id, "prediction")
             samples = _samples_of(result, case_id, pred / case_id, reference, options.samples)
             _range_case(result, case_id, pred / case_id, reference, sct, body,
-                        labels == label_names[options.target], options.settings.hlut, samples)
+                        labels == label_names[options.target], options.settings, samples)
             rows, timings, written = dose_case(
                 case_id, reference.array, sct, reference.affine, labels, label_names, body, options,
                 pred / DOSE_FOLDER if figures else None, samples)
@@ -290,9 +290,9 @@ def _samples_of(result: DoseEvaluation, case_id: str, pred_dir: Path, reference,
 
 
 def _range_case(result: DoseEvaluation, case_id: str, pred_dir: Path, reference, sct: np.ndarray,
-                body: np.ndarray, target: np.ndarray, hlut, samples: np.ndarray | None = None) -> None:
+                body: np.ndarray, target: np.ndarray, settings: PlanSettings, samples: np.ndarray | None = None) -> None:
     """The range check of one case into ``result`` (σ part skipped, with a log line, without a σ map)."""
-    from radmtl.evaluation.dose.range_check import SIGMA_STEMS, range_case
+    from radmtl.evaluation.dose.range_check import SIGMA_STEMS, beams_for, range_case
     from radmtl.evaluation.evaluate import _pred_file, _read_on_grid
 
     sigma_path = next((p for p in (_pred_file(pred_dir, stem) for stem in SIGMA_STEMS) if p is not None), None)
@@ -302,8 +302,8 @@ def _range_case(result: DoseEvaluation, case_id: str, pred_dir: Path, reference,
                  pred_dir)
     else:
         sigma = _read_on_grid(sigma_path, reference, case_id, "prediction σ")
-    result.range_rows[case_id] = range_case(reference.array, sct, reference.affine, body, target, sigma, hlut,
-                                            samples_hu=samples)
+    result.range_rows[case_id] = range_case(reference.array, sct, reference.affine, body, target, sigma,
+                                            settings.hlut, beams_for(settings.proton_gantry_deg), samples)
     result.range_sigma[case_id] = sigma_path.name if sigma_path is not None else None
 
 

@@ -7,12 +7,14 @@ on the reference CT and on the sCT (:func:`~.wepl.wepl_with_sigma`, the one HU t
 errors. The sCT's range error is *covered* under a bound when ``|error| ≤ 1.96 σ``; over cases the mean of
 those 0/1 flags is the coverage fraction. The check needs no plan: it is a few ray traversals per case.
 
-Beam directions: the engine's proton fields are gantry 270° (entering from the patient's right) and 90°
-(from the patient's left), :mod:`~.engine`. radmtl's world frame is RAS+ (:mod:`radmtl.data.laterality`):
-+x points to the patient's **right**, so the patient's left lies at ``LEFT_SIGN_RAS_X`` · x > 0. A beam
-entering from the right therefore travels towards the patient's left, i.e. along RAS ``LEFT_SIGN_RAS_X``·x
-= −x; one entering from the left travels along +x. Everything is done in world mm, so a volume stored LAS,
-LPS or oblique gives the same rays.
+Beam directions: one ray per proton field of the plan (:class:`~.engine.PlanSettings`' ``proton_gantry_deg``;
+by default gantry 270°, entering from the patient's right, and 90°, from the patient's left), for a
+head-first supine patient and couch 0° as the engine plans (IEC 61217: gantry 0° enters from anterior, 90° from
+the patient's left). radmtl's world frame is RAS+ (:mod:`radmtl.data.laterality`): +x points to the patient's
+**right**, so the patient's left lies at ``LEFT_SIGN_RAS_X`` · x > 0, and +y is anterior. A beam entering from
+the right therefore travels towards the patient's left, along RAS ``LEFT_SIGN_RAS_X``·x = −x; one from the left
+along +x; gantry 0° along −y. Everything is done in world mm, so a volume stored LAS, LPS or oblique gives the
+same rays.
 """
 
 from __future__ import annotations
@@ -32,11 +34,24 @@ from radmtl.evaluation.dose.wepl import grid_entry_distance, distal_edge_mm, ray
 log = logging.getLogger(__name__)
 
 Z_COVERAGE = 1.96  # |error| ≤ 1.96 σ: inside the two-sided 95 % interval of a normal error
-# beam name → (gantry angle in degrees, unit direction of travel in RAS world mm); see the module docstring.
-BEAMS: dict[str, tuple[float, tuple[float, float, float]]] = {
-    "gantry_270": (270.0, (LEFT_SIGN_RAS_X, 0.0, 0.0)),  # enters from the patient's right, travels to the left
-    "gantry_90": (90.0, (-LEFT_SIGN_RAS_X, 0.0, 0.0)),  # enters from the patient's left, travels to the right
-}
+
+
+def beam_direction(gantry_deg: float) -> tuple[float, float, float]:
+    """The unit direction of travel, RAS world, of a coplanar beam at ``gantry_deg`` (module docstring)."""
+    theta = np.deg2rad(float(gantry_deg))
+    # Source: towards the patient's left (RAS LEFT_SIGN·x) by sin θ, anterior (+y) by cos θ; travel is opposite.
+    x, y = -LEFT_SIGN_RAS_X * np.sin(theta), -np.cos(theta)
+    return (float(np.round(x, 12)) + 0.0, float(np.round(y, 12)) + 0.0, 0.0)
+
+
+def beams_for(gantry_deg: Sequence[float]) -> dict[str, tuple[float, tuple[float, float, float]]]:
+    """beam name → (gantry angle in degrees, unit direction of travel in RAS world mm), one per field."""
+    return {f"gantry_{angle:g}": (float(angle), beam_direction(angle)) for angle in gantry_deg}
+
+
+# The engine's default proton fields: 270° enters from the patient's right and travels to the left (RAS −x),
+# 90° enters from the left and travels to the right (+x).
+BEAMS = beams_for((270.0, 90.0))
 SIGMA_STEMS = ("sct_sigma_total", "sct_sigma_aleatoric")  # the σ map read, first found (radmtl infer's, HU)
 # Columns of the printed per-case table.
 KEY_METRICS = ("wepl_ct_mm", "wepl_sct_mm", "wepl_error_mm", "sigma_wepl_correlated_mm",
@@ -156,13 +171,21 @@ def range_json(rows: Mapping[str, Mapping[str, Mapping[str, float]]], sigma_maps
         "coverage": f"covered_* = |wepl_error_mm| <= {Z_COVERAGE} sigma; the summary mean is the coverage fraction",
         "sigma_map": dict(sigma_maps),
         "beams": {
-            beam: {"gantry_deg": BEAMS[beam][0] if beam in BEAMS else None,
-                   "direction_ras": list(BEAMS[beam][1]) if beam in BEAMS else None,
+            beam: {"gantry_deg": _gantry_of(beam),
+                   "direction_ras": list(beam_direction(_gantry_of(beam))) if _gantry_of(beam) is not None else None,
                    "cases": {c: {k: json_number(v) for k, v in per_beam[beam].items()}
                              for c, per_beam in rows.items() if beam in per_beam},
                    "summary": summary_json(stats)}
             for beam, stats in summary.items()},
     }
+
+
+def _gantry_of(beam: str) -> float | None:
+    """The gantry angle in a beam name of :func:`beams_for` (``gantry_270`` → 270.0), else None."""
+    try:
+        return float(beam.removeprefix("gantry_")) if beam.startswith("gantry_") else None
+    except ValueError:
+        return None
 
 
 def range_mlflow_metrics(rows: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, float]:
