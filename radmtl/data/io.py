@@ -36,8 +36,8 @@ SPACING_TOL_MM = 1e-3
 ORIGIN_TOL_MM = 1e-2
 DIRECTION_TOL = 1e-3
 
-# RAS <-> LPS: ITK/DICOM world coordinates are LPS, nibabel's are RAS.
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# RAS <-> LPS: ITK/DICOM world coordinates are LPS, nibabel's are RAS (the flip is its own inverse).
+RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # gzip level of .nii.gz outputs, set here rather than left to nibabel's default (1 today). Measured on
 # 400×400×120 maps of radmtl infer (float32 76.8 MB, uint8 labels 19.2 MB), zlib CPU time and size:
@@ -263,7 +263,7 @@ def _read_itk(path: Path, channels: bool = False) -> Volume:
     affine_lps = np.eye(4)
     affine_lps[:3, :3] = direction @ np.diag(img.GetSpacing())
     affine_lps[:3, 3] = img.GetOrigin()
-    return Volume(array=array, affine=_LPS_TO_RAS @ affine_lps, path=path, header=None)
+    return Volume(array=array, affine=RAS_FROM_LPS @ affine_lps, path=path, header=None)
 
 
 def _itk_reason(err: Exception, path: Path) -> str:
@@ -413,7 +413,7 @@ def _write_itk(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
     # SimpleITK arrays are (z, y, x[, c]); a trailing channel axis becomes a vector pixel.
     img = sitk.GetImageFromArray(np.transpose(data, (2, 1, 0, *range(3, data.ndim))), isVector=data.ndim == 4)
-    affine_lps = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)  # the diagonal flip is its own inverse
+    affine_lps = RAS_FROM_LPS @ np.asarray(affine, dtype=np.float64)  # the diagonal flip is its own inverse
     linear = affine_lps[:3, :3]
     spacing = np.linalg.norm(linear, axis=0)
     if np.any(spacing <= 0):

@@ -15,18 +15,17 @@ are outside the body (air in the CT), have no label and no σ (NaN).
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+# axial_grid, inside_field_of_view: their home is radmtl.data.axial (shared with the dose evaluation)
+from radmtl.data.axial import axial_grid, inside_field_of_view  # noqa: F401
 from radmtl.data.dicom.common import RAS_FROM_LPS, scanner_axis_order
 from radmtl.errors import RadmtlError
 
 DICOM_GRIDS = ("input", "axial")
-# Floating-point slack when counting how many voxels cover an extent (mm / mm).
-_COVER_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -108,37 +107,3 @@ def dicom_grid(kind: str, mr_affine: np.ndarray, mr_shape: tuple[int, ...], *, s
         return DicomGrid("axial", affine, shape, mr_affine, mr_shape,
                          inside=inside_field_of_view(mr_affine, mr_shape, affine, shape))
     raise RadmtlError(f"--dicom-grid: expected one of {', '.join(DICOM_GRIDS)}, got {kind!r}")
-
-
-def axial_grid(mr_affine: np.ndarray, mr_shape: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """The axial grid covering the MR: (RAS affine, shape).
-
-    Rows run along +x (LPS), columns along +y, slices along +z. Its box of voxels (centres ± half a
-    voxel) holds the box of the MR's voxels, centred on it, with the fewest voxels that do.
-    """
-    lps = RAS_FROM_LPS @ np.asarray(mr_affine, dtype=np.float64)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    cosines = np.abs(lps[:3, :3] / spacing)  # [world axis, MR axis]
-    nearest = max(itertools.permutations(range(3)), key=lambda p: sum(cosines[w, p[w]] for w in range(3)))
-    step = spacing[list(nearest)]
-    corners = np.array(list(itertools.product(*[(-0.5, n - 0.5) for n in mr_shape])), dtype=np.float64)
-    world = corners @ lps[:3, :3].T + lps[:3, 3]
-    low, high = world.min(axis=0), world.max(axis=0)
-    shape = tuple(int(n) for n in np.maximum(1, np.ceil((high - low) / step - _COVER_TOL)))
-    axial_lps = np.diag([*step, 1.0])
-    axial_lps[:3, 3] = (low + high) / 2 - (np.asarray(shape) - 1) / 2 * step
-    return RAS_FROM_LPS @ axial_lps, shape
-
-
-def inside_field_of_view(mr_affine: np.ndarray, mr_shape: tuple[int, int, int], affine: np.ndarray,
-                         shape: tuple[int, int, int]) -> np.ndarray:
-    """(X, Y, Z) bool: the voxel centres of (``affine``, ``shape``) that lie inside the MR's voxels."""
-    to_mr = np.linalg.solve(np.asarray(mr_affine, dtype=np.float64), np.asarray(affine, dtype=np.float64))
-    ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-    plane = np.stack([ii, jj], axis=-1).astype(np.float64) @ to_mr[:3, :2].T + to_mr[:3, 3]
-    limit = np.asarray(mr_shape, dtype=np.float64) - 0.5
-    inside = np.empty(shape, dtype=bool)
-    for k in range(shape[2]):  # a slice at a time: no (X, Y, Z, 3) coordinate array
-        coords = plane + k * to_mr[:3, 2]
-        inside[:, :, k] = np.all((coords >= -0.5) & (coords <= limit), axis=-1)
-    return inside

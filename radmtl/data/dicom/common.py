@@ -17,14 +17,13 @@ from typing import Any
 import numpy as np
 
 from radmtl import __version__
+from radmtl.data.io import RAS_FROM_LPS  # noqa: F401  (its home is io, shared with the core modules)
 from radmtl.errors import RadmtlError
 
 # A UUID-derived OID arc (ISO/IEC 9834-8, "2.25.<uuid as integer>") needs no registration; the UUID is
 # the name-based uuid5 of the project URL, so the root is fixed and every radmtl UID can be recognised.
 # pydicom's generate_uid fills the remaining 19 digits (of the 64 allowed) with a hash.
 RADMTL_UID_ROOT = "2.25.100659078145993937827790086689120173693."
-
-RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 MANUFACTURER = "radmtl"
 

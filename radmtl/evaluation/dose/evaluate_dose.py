@@ -17,6 +17,10 @@ With MC-dropout samples of the sCT (``radmtl infer --save-samples K``, ``PRED/<c
 plan is also recomputed on each sample (:mod:`.sample_dose`): a dose SD map, DVH bands, and whether the CT's
 dose and DVH numbers fall inside them (coverage at 1.96 SD); the figure gains the SD map and the bands.
 
+An oblique case (its CT grid not axis-aligned) is moved onto the axial grid that covers it
+(:func:`radmtl.data.axial.axial_grid`; CT and sCT alike, trilinearly) and planned and scored there, as the
+engine plans on axis-aligned grids only; ``planned_on_axial_grid`` in the JSON names it.
+
 Independently of the plan, the proton range check (:mod:`.range_check`, issue 28 point 2): per case and
 lateral proton beam, the WEPL to the target's distal edge on the CT and on the sCT and, from the sCT's σ map
 (``sct_sigma_total``, else ``sct_sigma_aleatoric``), σ_WEPL under correlated and independent voxel errors, and
@@ -35,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from radmtl.data.axial import is_axis_aligned
 from radmtl.errors import RadmtlError
 from radmtl.evaluation.dose.engine import MODALITIES, PlanSettings
 from radmtl.evaluation.dose.errors import DoseError
@@ -44,6 +49,7 @@ log = logging.getLogger(__name__)
 
 REGION_PERCENTS = (10.0, 90.0)  # MAE regions: CT dose above these % of the prescription
 GAMMA_KEYS = {"gamma_2_2_pass_percent": "gamma_2mm2pct", "gamma_3_3_pass_percent": "gamma_3mm3pct"}
+AIR_HU = -1000.0  # outside an oblique CT's field of view on the axial grid that covers it
 DOSE_FOLDER = "dose"  # the figures go to PRED/dose/<case id>_<modality>.png
 # Columns of the printed per-case table.
 KEY_METRICS = ("mae_gt10pct_gy", "mae_gt90pct_gy", "gamma_2mm2pct", "gamma_3mm3pct")
@@ -88,6 +94,7 @@ class DoseEvaluation:
     range_rows: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # case → beam → metrics
     range_sigma: dict[str, str | None] = field(default_factory=dict)  # case → the σ map's file name, or None
     samples: dict[str, dict[str, Any]] = field(default_factory=dict)  # case → {"file", "used", "present"}
+    axial: dict[str, dict[str, Any]] = field(default_factory=dict)  # oblique case → the axial grid it was planned on
 
 
 def check_dependencies() -> None:
@@ -246,10 +253,15 @@ def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequenc
                 body = reference.array > -400.0
             sct = _read_on_grid(sct_path, reference, case_id, "prediction")
             samples = _samples_of(result, case_id, pred / case_id, reference, options.samples)
-            _range_case(result, case_id, pred / case_id, reference, sct, body,
-                        labels == label_names[options.target], options.settings, samples)
+            sigma = _sigma_of(result, case_id, pred / case_id, reference)
+            ct_hu, affine = reference.array, reference.affine
+            if not is_axis_aligned(affine):  # the engine plans on axis-aligned grids: the case goes onto one
+                ct_hu, sct, labels, body, sigma, samples, affine = _onto_axial(
+                    result, case_id, affine, ct_hu, sct, labels, body, sigma, samples)
+            _range_case(result, case_id, ct_hu, sct, affine, body, labels == label_names[options.target],
+                        options.settings, sigma, samples)
             rows, timings, written = dose_case(
-                case_id, reference.array, sct, reference.affine, labels, label_names, body, options,
+                case_id, ct_hu, sct, affine, labels, label_names, body, options,
                 pred / DOSE_FOLDER if figures else None, samples)
         except RadmtlError as err:
             result.failures[case_id] = f"dose: {err}"
@@ -289,22 +301,53 @@ def _samples_of(result: DoseEvaluation, case_id: str, pred_dir: Path, reference,
     return samples
 
 
-def _range_case(result: DoseEvaluation, case_id: str, pred_dir: Path, reference, sct: np.ndarray,
-                body: np.ndarray, target: np.ndarray, settings: PlanSettings, samples: np.ndarray | None = None) -> None:
-    """The range check of one case into ``result`` (σ part skipped, with a log line, without a σ map)."""
-    from radmtl.evaluation.dose.range_check import SIGMA_STEMS, beams_for, range_case
+def _sigma_of(result: DoseEvaluation, case_id: str, pred_dir: Path, reference) -> np.ndarray | None:
+    """The case's σ map in HU for the range check (``sct_sigma_total``, else ``sct_sigma_aleatoric``), its file
+    name in ``result.range_sigma``; None (with a log line) without one."""
+    from radmtl.evaluation.dose.range_check import SIGMA_STEMS
     from radmtl.evaluation.evaluate import _pred_file, _read_on_grid
 
     sigma_path = next((p for p in (_pred_file(pred_dir, stem) for stem in SIGMA_STEMS) if p is not None), None)
-    sigma = None
+    result.range_sigma[case_id] = sigma_path.name if sigma_path is not None else None
     if sigma_path is None:
         log.info("dose: case %s: no %s in %s; range check without σ_WEPL", case_id, " or ".join(SIGMA_STEMS),
                  pred_dir)
-    else:
-        sigma = _read_on_grid(sigma_path, reference, case_id, "prediction σ")
-    result.range_rows[case_id] = range_case(reference.array, sct, reference.affine, body, target, sigma,
-                                            settings.hlut, beams_for(settings.proton_gantry_deg), samples)
-    result.range_sigma[case_id] = sigma_path.name if sigma_path is not None else None
+        return None
+    return _read_on_grid(sigma_path, reference, case_id, "prediction σ")
+
+
+def _onto_axial(result: DoseEvaluation, case_id: str, affine: np.ndarray, ct_hu: np.ndarray, sct: np.ndarray,
+                labels: np.ndarray, body: np.ndarray, sigma: np.ndarray | None, samples: np.ndarray | None):
+    """An oblique case on the axial grid covering it (:func:`radmtl.data.axial.axial_grid`): CT, sCT, σ and
+    samples trilinearly (σ as a variance), labels and body by nearest neighbour; outside the oblique grid air,
+    no label, σ 0. Both CT and sCT are interpolated alike, so their dose difference is still the sCT's."""
+    from radmtl.data.axial import axial_grid, resample_onto
+
+    axial, shape = axial_grid(affine, ct_hu.shape)
+    log.info("dose: case %s: oblique grid; planned on the axial grid covering it, %s voxels of %s mm", case_id,
+             "×".join(map(str, shape)), "×".join(f"{v:.3g}" for v in np.linalg.norm(axial[:3, :3], axis=0)))
+    result.axial[case_id] = {"shape": list(shape),
+                             "spacing_mm": [round(float(v), 6) for v in np.linalg.norm(axial[:3, :3], axis=0)]}
+
+    def onto(array: np.ndarray, order: int, outside: float) -> np.ndarray:
+        return resample_onto(array, affine, axial, shape, order, outside)
+
+    if sigma is not None:
+        sigma = np.sqrt(np.clip(onto(np.square(sigma, dtype=np.float64), 1, 0.0), 0.0, None))
+    if samples is not None:
+        samples = np.stack([onto(samples[..., k], 1, AIR_HU) for k in range(samples.shape[-1])], axis=-1)
+    return (onto(ct_hu, 1, AIR_HU), onto(sct, 1, AIR_HU), onto(labels, 0, 0), onto(body.astype(np.uint8), 0, 0) != 0,
+            sigma, samples, axial)
+
+
+def _range_case(result: DoseEvaluation, case_id: str, ct_hu: np.ndarray, sct: np.ndarray, affine: np.ndarray,
+                body: np.ndarray, target: np.ndarray, settings: PlanSettings, sigma: np.ndarray | None,
+                samples: np.ndarray | None) -> None:
+    """The range check of one case into ``result`` (without σ map, no σ part)."""
+    from radmtl.evaluation.dose.range_check import beams_for, range_case
+
+    result.range_rows[case_id] = range_case(ct_hu, sct, affine, body, target, sigma, settings.hlut,
+                                            beams_for(settings.proton_gantry_deg), samples)
 
 
 def to_json(result: DoseEvaluation) -> dict[str, Any]:
@@ -318,6 +361,7 @@ def to_json(result: DoseEvaluation) -> dict[str, Any]:
         "fractions": settings.fractions,
         "hlut": settings.hlut.name,
         "dose_grid_mm": settings.dose_grid_mm if settings.dose_grid_mm is not None else "ct",
+        "planned_on_axial_grid": result.axial,
         "ct_dose": "the dose optimised on the reference CT (equal to a fixed-weight recompute on it)",
         "modalities": {
             modality: {
