@@ -38,17 +38,17 @@ from typing import Any
 
 import numpy as np
 
-from radmtl.config import mc_samples_problem
 from radmtl.device import amp_dtype_for, keep_freed_memory_for_reuse, resolve_device
 from radmtl.errors import RadmtlError
 from radmtl.data.laterality import check_laterality, laterality_problems, midline_x
 from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
 from radmtl.inference.provenance import PROVENANCE, case_provenance
 from radmtl.inference.review_out import REVIEW_FOLDER, CaseReview, thresholds_of
-from radmtl.data.io import OUTPUT_FORMATS, VolumeError, output_suffix, write_like
+from radmtl.data.io import VolumeError, output_suffix, write_like
 
 from radmtl.inference.case_maps import MAP_OUTPUTS, input_grid_outputs, predict_on_network_grid
-from radmtl.inference.dicom_grid import DICOM_GRIDS
+# InferOptions, check_options: re-exported, their home was here
+from radmtl.inference.infer_options import InferOptions, check_options  # noqa: F401
 # find_cases: re-exported, its home was here
 from radmtl.inference.inputs import (PreparedCase, find_cases, find_input_cases, prepare_case,  # noqa: F401
                                      read_ahead)
@@ -56,37 +56,6 @@ from radmtl.inference.output_folders import is_done, prepare_output, remove_empt
 from radmtl.inference.work_dirs import CaseWriter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InferOptions:
-    """How to run the network; ``None`` fields fall back to the checkpoint's ``cfg.infer``."""
-
-    mc_samples: int | None = None
-    overlap: float | None = None
-    sw_batch_size: int | None = None
-    device: str = "auto"
-    save_probabilities: bool = False
-    progress: bool = False
-    # Apply the checkpoint's σ-scaling factor (fitted on the validation cases after training).
-    sigma_scaling: bool = True
-    # The SeriesInstanceUID to run when a DICOM folder holds several series.
-    series: str | None = None
-    # Also write a DICOM CT series and RT Structure Set; None: only when the input is DICOM.
-    dicom_out: bool | None = None
-    # File format of the maps: "auto" (the input's own; NIfTI for DICOM), "nii.gz", "nii" or "mha".
-    output_format: str = "auto"
-    # PatientPosition of the DICOM outputs; None: the MR's, or HFS with a warning where it has none.
-    patient_position: str | None = None
-    # The grid of the DICOM outputs: "input" (the MR's) or "axial" (radmtl.inference.dicom_grid).
-    dicom_grid: str = "input"
-    # Write review/ (review.json, review.png, review.html) per case: radmtl.inference.review_out.
-    review: bool = True
-    # Run a case again although an earlier run published it (its folder holds provenance.json); else skip it.
-    overwrite: bool = False
-    # This process's place in a run over several processes (radmtl.inference.cohort), for provenance.json.
-    rank: int = 0
-    world_size: int = 1
 
 
 @dataclass
@@ -311,26 +280,6 @@ def load_model(model: str, tracking_uri: str | None, device: str) -> tuple[Any, 
     if "seg" in loaded.cfg.model.tasks and loaded.cfg.model.num_classes > 256:
         raise RadmtlError(f"{checkpoint}: {loaded.cfg.model.num_classes} classes do not fit uint8 labels")
     return loaded, ModelSource(argument=model, checkpoint=checkpoint, sha256=sha256_of(checkpoint))
-
-
-def check_options(options: InferOptions) -> None:
-    """Refuse options no case can run with, before anything is read or written.
-
-    Raises:
-        RadmtlError: one line naming the option, the value and what it must be.
-    """
-    problem = mc_samples_problem(options.mc_samples) if options.mc_samples is not None else None
-    if problem is not None:
-        raise RadmtlError(f"--mc-samples: {problem}")
-    if options.overlap is not None and not 0.0 <= options.overlap < 1.0:
-        raise RadmtlError(f"--overlap: must be in [0, 1), got {options.overlap}")
-    if options.sw_batch_size is not None and options.sw_batch_size < 1:
-        raise RadmtlError(f"--batch-size: must be >= 1, got {options.sw_batch_size}")
-    if options.output_format not in OUTPUT_FORMATS:
-        raise RadmtlError(f"--output-format: must be one of {', '.join(OUTPUT_FORMATS)}, got "
-                          f"{options.output_format!r}")
-    if options.dicom_grid not in DICOM_GRIDS:
-        raise RadmtlError(f"--dicom-grid: must be one of {', '.join(DICOM_GRIDS)}, got {options.dicom_grid!r}")
 
 
 def run_cases(loaded: Any, source: ModelSource, cases: list[tuple[str, Any]], output: Path, options: InferOptions,

@@ -12,7 +12,7 @@ from radmtl import __version__
 from radmtl.data.io import Grid
 
 if TYPE_CHECKING:  # annotations only: infer imports this module
-    from radmtl.inference.infer import InferOptions
+    from radmtl.inference.infer_options import InferOptions
     from radmtl.inference.inputs import PreparedCase
     from radmtl.inference.model_uri import ModelSource
 
