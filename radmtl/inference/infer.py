@@ -42,13 +42,13 @@ from radmtl.device import amp_dtype_for, keep_freed_memory_for_reuse, resolve_de
 from radmtl.errors import RadmtlError
 from radmtl.data.laterality import check_laterality, laterality_problems, midline_x
 from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
-from radmtl.inference.provenance import PROVENANCE, case_provenance
+from radmtl.inference.provenance import PROVENANCE, case_provenance, output_entry
 from radmtl.inference.review_out import REVIEW_FOLDER, CaseReview, thresholds_of
 from radmtl.data.io import VolumeError, output_suffix, write_like
 
 from radmtl.inference.case_maps import MAP_OUTPUTS, input_grid_outputs, predict_on_network_grid
 # InferOptions, check_options: re-exported, their home was here
-from radmtl.inference.infer_options import InferOptions, check_options  # noqa: F401
+from radmtl.inference.infer_options import InferOptions, check_model_options, check_options, mc_samples_of  # noqa: F401
 # find_cases: re-exported, its home was here
 from radmtl.inference.inputs import (PreparedCase, find_cases, find_input_cases, prepare_case,  # noqa: F401
                                      read_ahead)
@@ -123,7 +123,7 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
     """
     cfg = loaded.cfg
     volume = prepared.volume
-    mc_samples = int(options.mc_samples if options.mc_samples is not None else cfg.infer.mc_samples)
+    mc_samples = mc_samples_of(options, cfg)
     overlap = float(options.overlap if options.overlap is not None else cfg.infer.overlap)
     sw_batch_size = int(options.sw_batch_size if options.sw_batch_size is not None else cfg.infer.sw_batch_size)
     device = resolve_device(options.device)
@@ -135,7 +135,8 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
     file_format = suffix.lstrip(".")
     timings: dict[str, float] = dict(prepared.timings)
     timings["input_wait_s"] = time.perf_counter() - t_start  # what read-ahead did not hide
-    bar = _progress_bar(options.progress, total=3 + len(MAP_OUTPUTS) + 1 + int(dicom_out), desc=prepared.case_id)
+    steps = 3 + len(MAP_OUTPUTS) + 1 + int(dicom_out) + int(options.save_samples > 0)
+    bar = _progress_bar(options.progress, total=steps, desc=prepared.case_id)
     writer: CaseWriter | None = None
     written: dict[str, dict[str, Any]] = {}
     dicom_future = None
@@ -145,7 +146,7 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
         maps, net_affine, net_shape = predict_on_network_grid(
             loaded, prepared.network_mr, mc_samples=mc_samples, overlap=overlap, sw_batch_size=sw_batch_size,
             device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale, timings=timings,
-            keep_on_device=device.type == "cuda")
+            keep_on_device=device.type == "cuda", save_samples=options.save_samples)
         bar.update(2)
         try:
             writer = CaseWriter(prepared.final_dir, pool)
@@ -165,13 +166,8 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
                                                             input_body=input_body):
             resample_s += time.perf_counter() - t0
             writer.submit(write_like, array, volume, writer.tmp_dir / f"{stem}{suffix}", dtype)
-            written[stem] = {"file": f"{stem}{suffix}", "format": file_format, "dtype": np.dtype(dtype).name,
-                             "units": units}
-            if stem == "seg":
-                written[stem]["labels"] = dict(loaded.label_names)
-            elif stem == "seg_probabilities":
-                written[stem]["axis_3"] = ("class index" if file_format.startswith("nii")
-                                           else "vector component = class index")
+            written[stem] = output_entry(stem, f"{stem}{suffix}", file_format, dtype, units, array,
+                                         loaded.label_names)
             if stem == "sct":
                 midline = midline_x(array > BODY_HU, volume.affine)  # for the laterality guard below
             elif stem == "seg":
@@ -344,6 +340,7 @@ def run_pending(model: str, cases: list[tuple[str, Any]], output: Path, options:
     pending = [case for case in cases if case[0] not in results]
     if pending:
         loaded, source = load_model(model, tracking_uri, options.device)
+        check_model_options(options, loaded.cfg)  # T may be the model's: refused before any case runs
         log.info("%d case(s) to run, model %s", len(pending), source.checkpoint)
         results.update((r.case_id, r) for r in run_cases(loaded, source, pending, output, options, on_result))
     return [results[case_id] for case_id, _ in cases]

@@ -1,8 +1,11 @@
-"""What ``radmtl infer`` runs with (:class:`InferOptions`) and the options it refuses before any case is read."""
+"""What ``radmtl infer`` runs with (:class:`InferOptions`) and the options it refuses before any case runs:
+those wrong whatever the model (:func:`check_options`, before anything is read) and those the loaded model's
+config tells (:func:`check_model_options`, right after it is loaded)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from radmtl.config import mc_samples_problem
 from radmtl.data.io import OUTPUT_FORMATS
@@ -39,6 +42,13 @@ class InferOptions:
     # This process's place in a run over several processes (radmtl.inference.cohort), for provenance.json.
     rank: int = 0
     world_size: int = 1
+    # K: also write sct_samples, the first K of the T MC-dropout samples of the sCT (0: not written).
+    save_samples: int = 0
+
+
+def mc_samples_of(options: InferOptions, cfg: Any) -> int:
+    """T: ``--mc-samples``, else the checkpoint's ``infer.mc_samples``."""
+    return int(options.mc_samples if options.mc_samples is not None else cfg.infer.mc_samples)
 
 
 def check_options(options: InferOptions) -> None:
@@ -59,3 +69,26 @@ def check_options(options: InferOptions) -> None:
                           f"{options.output_format!r}")
     if options.dicom_grid not in DICOM_GRIDS:
         raise RadmtlError(f"--dicom-grid: must be one of {', '.join(DICOM_GRIDS)}, got {options.dicom_grid!r}")
+    if options.save_samples < 0:
+        raise RadmtlError(f"--save-samples: must be >= 0 (0: no samples), got {options.save_samples}")
+    if options.mc_samples is not None and options.save_samples > options.mc_samples:
+        raise RadmtlError(f"--save-samples {options.save_samples}: needs --mc-samples of at least "
+                          f"{options.save_samples} (got --mc-samples {options.mc_samples})")
+
+
+def check_model_options(options: InferOptions, cfg: Any) -> None:
+    """Refuse what only the loaded model's config (``cfg``) can tell: a ``--save-samples`` above the
+    model's default T when ``--mc-samples`` is not given, or for a model without an sCT task.
+
+    Raises:
+        RadmtlError: one line naming the option, the value and the fix.
+    """
+    k = options.save_samples
+    if k == 0:
+        return
+    if "sct" not in cfg.model.tasks:
+        raise RadmtlError(f"--save-samples {k}: the model has no sCT task; leave --save-samples out")
+    t = mc_samples_of(options, cfg)
+    if k > t:
+        given = f"got --mc-samples {t}" if options.mc_samples is not None else f"the model's default is {t}"
+        raise RadmtlError(f"--save-samples {k}: needs --mc-samples of at least {k} ({given})")
