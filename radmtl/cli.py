@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write seg_probabilities (one channel per class)")
+    p.add_argument("--save-samples", type=int, default=0, metavar="K",
+                   help="also write sct_samples: the first K of the T MC-dropout samples of the sCT, one 4D file "
+                        "(K float32 volumes; K <= --mc-samples; default 0 = none)")
     p.add_argument("--no-sigma-scaling", action="store_true",
                    help="write the raw predicted aleatoric σ, without the σ-scaling factor fitted on the "
                         "validation cases after training")

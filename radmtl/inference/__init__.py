@@ -11,7 +11,7 @@ from radmtl._lazy import lazy_exports
 __getattr__, __all__ = lazy_exports(__name__, {
     "predict_volume": "predict", "window_statistics": "predict", "finalize": "predict",
     "resample_to_grid": "resample", "argmax_labels_on_grid": "resample",
-    "run_inference": "infer", "InferOptions": "infer", "CaseResult": "infer",
+    "run_inference": "infer", "InferOptions": "infer_options", "CaseResult": "infer",
     "infer_from_cli": "infer_cli", "deal_cases": "cohort",
     "resolve_checkpoint": "model_uri", "ModelSource": "model_uri",
     "write_dicom_outputs": "dicom_out",

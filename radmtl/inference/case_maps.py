@@ -72,6 +72,7 @@ def predict_on_network_grid(
     sigma_scale: float = 1.0,
     timings: dict[str, float] | None = None,
     keep_on_device: bool = False,
+    save_samples: int = 0,
 ) -> tuple[dict[str, Any], np.ndarray, tuple[int, ...]]:
     """The training preprocessing of one MR file (unless given already done), then the network on its grid.
 
@@ -80,6 +81,7 @@ def predict_on_network_grid(
 
     Args:
         keep_on_device: leave the maps where the network ran (a GPU), for resampling there.
+        save_samples: K: the maps also hold ``sct_samples``, the first K MC-dropout samples of the sCT.
 
     Returns:
         (maps of :func:`radmtl.inference.predict.predict_volume` in scaled units, network-grid affine,
@@ -101,6 +103,7 @@ def predict_on_network_grid(
         loaded.model, mr_path.mr, cfg.data.patch_size, overlap=overlap,
         sw_batch_size=sw_batch_size, mc_samples=mc_samples, likelihood=cfg.loss.likelihood,
         device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale, keep_on_device=keep_on_device,
+        save_samples=save_samples,
     )
     timings["predict_s"] = time.perf_counter() - t0
     return maps, mr_path.affine, mr_path.shape
@@ -222,6 +225,21 @@ def map_to_input_grid(key: str, network_map: Any, net_affine: np.ndarray, volume
     return array
 
 
+def samples_to_input_grid(samples: Any, net_affine: np.ndarray, volume: Volume, ct_scale_hu: float,
+                          outline: BodyOutline | None = None) -> np.ndarray:
+    """(1, K, x, y, z) network-grid sCT samples → (X, Y, Z, K) float32 HU on the input grid.
+
+    Each sample is brought back exactly as the sCT is (:func:`map_to_input_grid`: the same outline, the
+    same interpolation, both linear), so the mean of all T samples is the written sCT. One sample at a
+    time into one preallocated array: the peak is the K outputs plus one sample being resampled.
+    """
+    count = int(samples.shape[1])
+    array = np.empty((*volume.shape, count), np.float32)
+    for k in range(count):
+        array[..., k] = map_to_input_grid("sct", samples[:, k:k + 1], net_affine, volume, ct_scale_hu, outline)
+    return array
+
+
 def add_grid_sigma(maps: dict[str, Any]) -> None:
     """Put :func:`grid_sigma` in ``maps`` as ``sigma_grid`` and into ``sigma_total`` (network grid)."""
     sigma_grid = grid_sigma(maps["sct"])
@@ -249,9 +267,10 @@ def input_grid_outputs(maps: dict[str, Any], net_affine: np.ndarray, volume: Vol
     what the network grid cannot resolve (:func:`grid_sigma`, written as ``sct_sigma_grid``).
 
     Maps are produced one at a time and ``maps`` entries are dropped as they are used, so a caller
-    that writes each array and lets it go holds few full-resolution maps at once. ``seg`` (uint8
-    labels, the argmax of the resampled probabilities) follows the float maps, then
-    ``seg_probabilities`` (X, Y, Z, C) when ``keep_probs``.
+    that writes each array and lets it go holds few full-resolution maps at once. ``sct_samples``
+    (X, Y, Z, K) follows the float maps when ``maps`` holds it (:func:`samples_to_input_grid`); then
+    ``seg`` (uint8 labels, the argmax of the resampled probabilities), then ``seg_probabilities``
+    (X, Y, Z, C) when ``keep_probs``.
     """
     from radmtl.inference.resample import argmax_labels_on_grid
 
@@ -265,6 +284,9 @@ def input_grid_outputs(maps: dict[str, Any], net_affine: np.ndarray, volume: Vol
             continue
         yield stem, map_to_input_grid(key, network_map, net_affine, volume, ct_scale_hu, outline), dtype, \
             "HU" if to_hu else "nats"
+    if "sct_samples" in maps:
+        yield "sct_samples", samples_to_input_grid(maps.pop("sct_samples"), net_affine, volume, ct_scale_hu,
+                                                   outline), np.float32, "HU"
     if "seg_probs" in maps:
         labels, probs = argmax_labels_on_grid(maps.pop("seg_probs")[0], net_affine, volume.affine, volume.shape,
                                               keep_probs=keep_probs)

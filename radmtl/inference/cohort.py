@@ -39,7 +39,8 @@ from radmtl.data.dicom.series import SeriesInfo
 from radmtl.distributed import (TIMEOUT_ENV, DistContext, broadcast_from_main, context_from_env, gather_lists,
                                 init_distributed, quiet_other_ranks, rank_device, shutdown)
 from radmtl.errors import RadmtlError
-from radmtl.inference.infer import CaseResult, InferOptions, check_options, run_pending
+from radmtl.inference.infer import CaseResult, run_pending
+from radmtl.inference.infer_options import InferOptions, check_options
 from radmtl.inference.inputs import find_input_cases
 from radmtl.inference.output_folders import is_done, prepare_output, remove_empty_folders, work_folder_parents
 from radmtl.inference.work_dirs import remove_stale_work_folders

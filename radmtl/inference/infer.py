@@ -38,17 +38,17 @@ from typing import Any
 
 import numpy as np
 
-from radmtl.config import mc_samples_problem
 from radmtl.device import amp_dtype_for, keep_freed_memory_for_reuse, resolve_device
 from radmtl.errors import RadmtlError
 from radmtl.data.laterality import check_laterality, laterality_problems, midline_x
 from radmtl.inference.model_uri import ModelSource, resolve_checkpoint, sha256_of
-from radmtl.inference.provenance import PROVENANCE, case_provenance
+from radmtl.inference.provenance import PROVENANCE, case_provenance, output_entry
 from radmtl.inference.review_out import REVIEW_FOLDER, CaseReview, thresholds_of
-from radmtl.data.io import OUTPUT_FORMATS, VolumeError, output_suffix, write_like
+from radmtl.data.io import VolumeError, output_suffix, write_like
 
 from radmtl.inference.case_maps import MAP_OUTPUTS, input_grid_outputs, predict_on_network_grid
-from radmtl.inference.dicom_grid import DICOM_GRIDS
+# InferOptions, check_options: re-exported, their home was here
+from radmtl.inference.infer_options import InferOptions, check_model_options, check_options, mc_samples_of  # noqa: F401
 # find_cases: re-exported, its home was here
 from radmtl.inference.inputs import (PreparedCase, find_cases, find_input_cases, prepare_case,  # noqa: F401
                                      read_ahead)
@@ -56,37 +56,6 @@ from radmtl.inference.output_folders import is_done, prepare_output, remove_empt
 from radmtl.inference.work_dirs import CaseWriter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InferOptions:
-    """How to run the network; ``None`` fields fall back to the checkpoint's ``cfg.infer``."""
-
-    mc_samples: int | None = None
-    overlap: float | None = None
-    sw_batch_size: int | None = None
-    device: str = "auto"
-    save_probabilities: bool = False
-    progress: bool = False
-    # Apply the checkpoint's σ-scaling factor (fitted on the validation cases after training).
-    sigma_scaling: bool = True
-    # The SeriesInstanceUID to run when a DICOM folder holds several series.
-    series: str | None = None
-    # Also write a DICOM CT series and RT Structure Set; None: only when the input is DICOM.
-    dicom_out: bool | None = None
-    # File format of the maps: "auto" (the input's own; NIfTI for DICOM), "nii.gz", "nii" or "mha".
-    output_format: str = "auto"
-    # PatientPosition of the DICOM outputs; None: the MR's, or HFS with a warning where it has none.
-    patient_position: str | None = None
-    # The grid of the DICOM outputs: "input" (the MR's) or "axial" (radmtl.inference.dicom_grid).
-    dicom_grid: str = "input"
-    # Write review/ (review.json, review.png, review.html) per case: radmtl.inference.review_out.
-    review: bool = True
-    # Run a case again although an earlier run published it (its folder holds provenance.json); else skip it.
-    overwrite: bool = False
-    # This process's place in a run over several processes (radmtl.inference.cohort), for provenance.json.
-    rank: int = 0
-    world_size: int = 1
 
 
 @dataclass
@@ -154,7 +123,7 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
     """
     cfg = loaded.cfg
     volume = prepared.volume
-    mc_samples = int(options.mc_samples if options.mc_samples is not None else cfg.infer.mc_samples)
+    mc_samples = mc_samples_of(options, cfg)
     overlap = float(options.overlap if options.overlap is not None else cfg.infer.overlap)
     sw_batch_size = int(options.sw_batch_size if options.sw_batch_size is not None else cfg.infer.sw_batch_size)
     device = resolve_device(options.device)
@@ -166,7 +135,8 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
     file_format = suffix.lstrip(".")
     timings: dict[str, float] = dict(prepared.timings)
     timings["input_wait_s"] = time.perf_counter() - t_start  # what read-ahead did not hide
-    bar = _progress_bar(options.progress, total=3 + len(MAP_OUTPUTS) + 1 + int(dicom_out), desc=prepared.case_id)
+    steps = 3 + len(MAP_OUTPUTS) + 1 + int(dicom_out) + int(options.save_samples > 0)
+    bar = _progress_bar(options.progress, total=steps, desc=prepared.case_id)
     writer: CaseWriter | None = None
     written: dict[str, dict[str, Any]] = {}
     dicom_future = None
@@ -176,7 +146,7 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
         maps, net_affine, net_shape = predict_on_network_grid(
             loaded, prepared.network_mr, mc_samples=mc_samples, overlap=overlap, sw_batch_size=sw_batch_size,
             device=device, amp_dtype=amp_dtype, sigma_scale=sigma_scale, timings=timings,
-            keep_on_device=device.type == "cuda")
+            keep_on_device=device.type == "cuda", save_samples=options.save_samples)
         bar.update(2)
         try:
             writer = CaseWriter(prepared.final_dir, pool)
@@ -196,13 +166,8 @@ def start_case(loaded: Any, source: ModelSource, prepared: PreparedCase, options
                                                             input_body=input_body):
             resample_s += time.perf_counter() - t0
             writer.submit(write_like, array, volume, writer.tmp_dir / f"{stem}{suffix}", dtype)
-            written[stem] = {"file": f"{stem}{suffix}", "format": file_format, "dtype": np.dtype(dtype).name,
-                             "units": units}
-            if stem == "seg":
-                written[stem]["labels"] = dict(loaded.label_names)
-            elif stem == "seg_probabilities":
-                written[stem]["axis_3"] = ("class index" if file_format.startswith("nii")
-                                           else "vector component = class index")
+            written[stem] = output_entry(stem, f"{stem}{suffix}", file_format, dtype, units, array,
+                                         loaded.label_names)
             if stem == "sct":
                 midline = midline_x(array > BODY_HU, volume.affine)  # for the laterality guard below
             elif stem == "seg":
@@ -313,26 +278,6 @@ def load_model(model: str, tracking_uri: str | None, device: str) -> tuple[Any, 
     return loaded, ModelSource(argument=model, checkpoint=checkpoint, sha256=sha256_of(checkpoint))
 
 
-def check_options(options: InferOptions) -> None:
-    """Refuse options no case can run with, before anything is read or written.
-
-    Raises:
-        RadmtlError: one line naming the option, the value and what it must be.
-    """
-    problem = mc_samples_problem(options.mc_samples) if options.mc_samples is not None else None
-    if problem is not None:
-        raise RadmtlError(f"--mc-samples: {problem}")
-    if options.overlap is not None and not 0.0 <= options.overlap < 1.0:
-        raise RadmtlError(f"--overlap: must be in [0, 1), got {options.overlap}")
-    if options.sw_batch_size is not None and options.sw_batch_size < 1:
-        raise RadmtlError(f"--batch-size: must be >= 1, got {options.sw_batch_size}")
-    if options.output_format not in OUTPUT_FORMATS:
-        raise RadmtlError(f"--output-format: must be one of {', '.join(OUTPUT_FORMATS)}, got "
-                          f"{options.output_format!r}")
-    if options.dicom_grid not in DICOM_GRIDS:
-        raise RadmtlError(f"--dicom-grid: must be one of {', '.join(DICOM_GRIDS)}, got {options.dicom_grid!r}")
-
-
 def run_cases(loaded: Any, source: ModelSource, cases: list[tuple[str, Any]], output: Path, options: InferOptions,
               on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
     """Run ``cases`` with the loaded model, overlapping reading, the network and writing (:func:`run_inference`).
@@ -395,6 +340,7 @@ def run_pending(model: str, cases: list[tuple[str, Any]], output: Path, options:
     pending = [case for case in cases if case[0] not in results]
     if pending:
         loaded, source = load_model(model, tracking_uri, options.device)
+        check_model_options(options, loaded.cfg)  # T may be the model's: refused before any case runs
         log.info("%d case(s) to run, model %s", len(pending), source.checkpoint)
         results.update((r.case_id, r) for r in run_cases(loaded, source, pending, output, options, on_result))
     return [results[case_id] for case_id, _ in cases]

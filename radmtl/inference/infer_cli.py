@@ -52,7 +52,7 @@ def _options_of(args: argparse.Namespace) -> InferOptions:
         sigma_scaling=not args.no_sigma_scaling,
         series=args.series, dicom_out=True if args.dicom_out else None, output_format=args.output_format,
         patient_position=args.patient_position, dicom_grid=args.dicom_grid, review=not args.no_review,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, save_samples=args.save_samples,
     )
 
 

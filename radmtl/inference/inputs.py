@@ -23,7 +23,7 @@ from radmtl.errors import RadmtlError
 from radmtl.inference.output_folders import case_folder, make_parents, remove_if_empty
 
 if TYPE_CHECKING:  # annotations only: infer imports this module
-    from radmtl.inference.infer import InferOptions
+    from radmtl.inference.infer_options import InferOptions
 
 log = logging.getLogger(__name__)
 

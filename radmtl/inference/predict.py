@@ -12,6 +12,10 @@ each window and then blended, so the disagreement between overlapping windows (a
 artefact, not model uncertainty) never enters it: at T = 1 it is exactly 0, at T > 1 it is the
 Gaussian-weighted mean of the per-window sample variances. Window disagreement is left out of every
 map.
+
+Only when asked (``save_samples`` K > 0) are samples kept: the first K sCT samples of each window, for a
+later step that recomputes the dose on each. They are blended at window overlaps like every statistic, so
+sample k of the volume is the k-th dropout pass of every window, Gaussian-weighted where windows overlap.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ CPU_STITCH_VOXELS = 256 * 256 * 128
 
 
 def window_statistics(model: torch.nn.Module, mr: torch.Tensor, mc_samples: int,
-                      likelihood: str) -> dict[str, torch.Tensor]:
+                      likelihood: str, save_samples: int = 0) -> dict[str, torch.Tensor]:
     """Per-window statistics, each (B, C, D, H, W).
 
     ``mc_samples == 1`` is the deterministic forward (dropout off in eval mode); T > 1 draws T
@@ -38,7 +42,13 @@ def window_statistics(model: torch.nn.Module, mr: torch.Tensor, mc_samples: int,
     a time (``model.mc_chunks``; a model with only ``mc_forward`` gives one chunk of all T): means are
     summed and the sample variance is merged chunk by chunk (Chan et al.'s pairwise form of Welford's
     update), so memory does not grow with T.
+
+    Args:
+        save_samples: K, from 0 to max(T, 1): also return ``sct_samples`` (B, K, D, H, W), the first K
+            sCT samples in the order drawn (the sCT task only). Memory then grows with K, not with T.
     """
+    if not 0 <= save_samples <= max(mc_samples, 1):
+        raise ValueError(f"save_samples: must be from 0 to mc_samples ({mc_samples}), got {save_samples}")
     if mc_samples <= 1:
         chunks = iter([{k: v.unsqueeze(0) for k, v in model(mr).items()}])
     elif hasattr(model, "mc_chunks"):
@@ -47,12 +57,18 @@ def window_statistics(model: torch.nn.Module, mr: torch.Tensor, mc_samples: int,
         chunks = iter([model.mc_forward(mr, mc_samples)])
     sums: dict[str, torch.Tensor] = {}
     sct_mean = sct_m2 = None  # running mean and sum of squared deviations of the sCT samples
+    kept: list[torch.Tensor] = []  # the first save_samples sCT samples, each chunk's (t, B, D, H, W)
+    kept_count = 0
     count = 0
     for samples in chunks:
         n = next(iter(samples.values())).shape[0]
         parts: dict[str, torch.Tensor] = {}
         if "sct" in samples:
             sct = samples["sct"].float()
+            if kept_count < save_samples:
+                # A copy: a view would keep the whole chunk (up to 32 samples on a GPU) alive.
+                kept.append(sct[:save_samples - kept_count, :, 0].clone())
+                kept_count += kept[-1].shape[0]
             mean = sct.mean(0)
             if mc_samples > 1:  # one sample has no spread: skip torch's var over a length-1 axis
                 m2 = ((sct - mean) ** 2).sum(0)
@@ -79,6 +95,8 @@ def window_statistics(model: torch.nn.Module, mr: torch.Tensor, mc_samples: int,
         stats["sct"] = sct_mean
         # population variance (ddof = 0) of the T samples
         stats["var_epistemic"] = sct_m2 / count if mc_samples > 1 else torch.zeros_like(sct_mean)
+    if kept:
+        stats["sct_samples"] = torch.cat(kept).movedim(0, 1)  # (K, B, ...) -> (B, K, D, H, W)
     if "var_aleatoric" in sums:
         stats["var_aleatoric"] = sums.pop("var_aleatoric") / count
     for key in ("seg_probs", "seg_expected_entropy"):
@@ -97,13 +115,15 @@ def finalize(stats: dict[str, torch.Tensor], mc_samples: int, sigma_scale: float
             is then ``√((scale·σ_aleatoric)² + σ_epistemic²)``.
 
     Returns keys among ``sct``, ``sigma_aleatoric``, ``sigma_epistemic``, ``sigma_total``,
-    ``seg_probs``, ``seg_labels``, ``seg_entropy``, ``seg_mutual_info``.
+    ``seg_probs``, ``seg_labels``, ``seg_entropy``, ``seg_mutual_info``, and ``sct_samples`` as stitched.
     """
     if not (math.isfinite(sigma_scale) and sigma_scale > 0):
         raise ValueError(f"sigma_scale: must be a positive finite number, got {sigma_scale}")
     out: dict[str, torch.Tensor] = {}
     if "sct" in stats:
         out["sct"] = stats["sct"]
+        if "sct_samples" in stats:
+            out["sct_samples"] = stats["sct_samples"]
         if "var_epistemic" not in stats:  # T = 1 in predict_volume: 0 by definition, not stitched
             stats = {**stats, "var_epistemic": torch.zeros_like(stats["sct"])}
         var_epistemic = stats["var_epistemic"].clamp_min(0.0)
@@ -144,6 +164,7 @@ def predict_volume(
     progress: bool = False,
     sigma_scale: float = 1.0,
     keep_on_device: bool = False,
+    save_samples: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Predict a whole (1, 1, X, Y, Z) normalised MR volume on its own (network) grid.
 
@@ -160,6 +181,8 @@ def predict_volume(
         progress: MONAI's per-window progress bar.
         sigma_scale: σ-scaling factor applied to the aleatoric σ (see :func:`finalize`).
         keep_on_device: return the maps on ``device`` (a GPU: resampled there) instead of the CPU.
+        save_samples: K: also return ``sct_samples`` (1, K, X, Y, Z), the first K dropout samples of
+            the sCT, each blended at window overlaps (:func:`window_statistics`); 0: none.
 
     Returns:
         Maps from :func:`finalize`, each (1, C, X, Y, Z) on the CPU (on ``device`` if ``keep_on_device``).
@@ -177,7 +200,7 @@ def predict_volume(
 
     def predictor(window: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            stats = window_statistics(model, window, mc_samples, likelihood)
+            stats = window_statistics(model, window, mc_samples, likelihood, save_samples)
         return {k: v for k, v in stats.items() if k not in unused}
 
     stats = sliding_window_inference(

@@ -12,7 +12,7 @@ from radmtl import __version__
 from radmtl.data.io import Grid
 
 if TYPE_CHECKING:  # annotations only: infer imports this module
-    from radmtl.inference.infer import InferOptions
+    from radmtl.inference.infer_options import InferOptions
     from radmtl.inference.inputs import PreparedCase
     from radmtl.inference.model_uri import ModelSource
 
@@ -27,6 +27,23 @@ TIMINGS_NOTE = ("read_s, preprocess_s, body_mask_s: reading/checking the MR, the
                 "write_s: time spent writing files, on writer threads, overlapping resample_s; write_wait_s: "
                 "the part of writing not hidden behind resampling; total_s: from waiting for the input to the "
                 "last file written")
+
+
+def output_entry(stem: str, file_name: str, file_format: str, dtype: Any, units: str, array: np.ndarray,
+                 label_names: dict[str, int]) -> dict[str, Any]:
+    """One written map's entry in ``provenance.json``'s ``outputs``: file, format, dtype, units, and for a
+    4D map what its fourth axis indexes (in .mha/.nrrd a vector image, its components)."""
+    entry: dict[str, Any] = {"file": file_name, "format": file_format, "dtype": np.dtype(dtype).name,
+                             "units": units}
+    axis_3 = "" if file_format.startswith("nii") else "vector component = "
+    if stem == "seg":
+        entry["labels"] = dict(label_names)
+    elif stem == "seg_probabilities":
+        entry["axis_3"] = axis_3 + "class index"
+    elif stem == "sct_samples":
+        entry["axis_3"] = axis_3 + "MC dropout sample index"
+        entry["samples"] = int(array.shape[3])
+    return entry
 
 
 def case_provenance(loaded: Any, source: ModelSource, prepared: PreparedCase, options: InferOptions,
