@@ -165,6 +165,27 @@ def test_one_dose_sample_is_refused_in_one_line(tmp_path, reference, capsys):
     assert not (pred / "metrics.json").exists()
 
 
+def test_an_oblique_case_is_planned_on_the_axial_grid_covering_it(tmp_path, pyradplan, pymedphys):
+    c, s = np.cos(np.deg2rad(12.0)), np.sin(np.deg2rad(12.0))
+    affine = _affine()
+    affine[:3, :3] = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ affine[:3, :3]  # 12° about z
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    for name, array in _case(True).items():
+        write_volume(array, affine, ref / "case_001" / f"{name}.nii.gz",
+                     np.uint8 if name in ("mask", "labels") else np.float32)
+    write_volume(_case(True)["ct"], affine, pred / "case_001" / "sct.nii.gz", np.float32)
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--dose", "--dose-modalities", "protons"]) == 0
+    dose = json.loads((pred / "metrics.json").read_text())["dose"]
+    assert not dose["failed"]
+    axial = dose["planned_on_axial_grid"]["case_001"]
+    assert axial["spacing_mm"] == pytest.approx([SPACING] * 3)
+    # The box covering a 24 × 24 grid turned by 12°: 24·(cos + sin) ≈ 28.5 → 29 voxels in x and y.
+    assert axial["shape"] == [29, 29, 16]
+    row = dose["modalities"]["protons"]["cases"]["case_001"]
+    assert row["gamma_2mm2pct"] == 100.0 and row["mae_gt10pct_gy"] <= 1e-3  # sCT = CT, moved alike
+    assert dose["range"]["beams"]["gantry_270"]["cases"]["case_001"]["wepl_ct_mm"] > 0
+
+
 def test_missing_dose_extra_says_how_to_install_and_writes_nothing(tmp_path, reference, monkeypatch, capsys):
     pred = tmp_path / "pred"
     _predict(reference, pred)
