@@ -39,7 +39,6 @@ from typing import Any
 
 import numpy as np
 
-from radmtl.data.axial import is_axis_aligned
 from radmtl.errors import RadmtlError
 from radmtl.evaluation.dose.engine import MODALITIES, PlanSettings
 from radmtl.evaluation.dose.errors import DoseError
@@ -49,7 +48,6 @@ log = logging.getLogger(__name__)
 
 REGION_PERCENTS = (10.0, 90.0)  # MAE regions: CT dose above these % of the prescription
 GAMMA_KEYS = {"gamma_2_2_pass_percent": "gamma_2mm2pct", "gamma_3_3_pass_percent": "gamma_3mm3pct"}
-AIR_HU = -1000.0  # outside an oblique CT's field of view on the axial grid that covers it
 DOSE_FOLDER = "dose"  # the figures go to PRED/dose/<case id>_<modality>.png
 # Columns of the printed per-case table.
 KEY_METRICS = ("mae_gt10pct_gy", "mae_gt90pct_gy", "gamma_2mm2pct", "gamma_3mm3pct")
@@ -211,9 +209,9 @@ def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequenc
         figures: write a PNG per case and modality.
     """
     from radmtl.data.discovery import discover
-    from radmtl.data.io import read_volume
-    from radmtl.data.transforms import derive_body_mask
-    from radmtl.evaluation.evaluate import _pred_file, _read_on_grid
+    from radmtl.evaluation.dose.case_inputs import read_dose_case
+    from radmtl.evaluation.dose.range_check import beams_for, range_case
+    from radmtl.evaluation.evaluate import _pred_file
 
     check_dependencies()
     pred, index = Path(pred), discover(ref)
@@ -238,31 +236,23 @@ def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequenc
             log.warning("dose: case %s skipped: no %s", case_id, " or ".join(lacking))
             continue
         try:
-            reference = read_volume(paths["ct"])
-            labels = np.rint(_read_on_grid(paths["labels"], reference, case_id, "reference labels")).astype(np.int64)
-            if options.target not in label_names or not np.any(labels == label_names[options.target]):
-                result.skipped[case_id] = f"no {options.target!r} voxels in the reference labels"
-                log.warning("dose: case %s skipped: its labels hold no %r (pass --target with a labelled "
-                            "structure)", case_id, options.target)
+            inputs = read_dose_case(case_id, paths, sct_path, pred / case_id, label_names, options)
+            if isinstance(inputs, str):
+                result.skipped[case_id] = inputs
                 continue
-            if "mask" in paths:
-                body = _read_on_grid(paths["mask"], reference, case_id, "reference mask") != 0
-            elif "mr" in paths:
-                body = derive_body_mask(_read_on_grid(paths["mr"], reference, case_id, "reference mr")) != 0
-            else:
-                body = reference.array > -400.0
-            sct = _read_on_grid(sct_path, reference, case_id, "prediction")
-            samples = _samples_of(result, case_id, pred / case_id, reference, options.samples)
-            sigma = _sigma_of(result, case_id, pred / case_id, reference)
-            ct_hu, affine = reference.array, reference.affine
-            if not is_axis_aligned(affine):  # the engine plans on axis-aligned grids: the case goes onto one
-                ct_hu, sct, labels, body, sigma, samples, affine = _onto_axial(
-                    result, case_id, affine, ct_hu, sct, labels, body, sigma, samples)
-            _range_case(result, case_id, ct_hu, sct, affine, body, labels == label_names[options.target],
-                        options.settings, sigma, samples)
+            result.range_sigma[case_id] = inputs.sigma_file
+            if inputs.samples_file is not None:
+                result.samples[case_id] = inputs.samples_file
+            if inputs.axial_grid is not None:
+                result.axial[case_id] = inputs.axial_grid
+            result.range_rows[case_id] = range_case(
+                inputs.ct_hu, inputs.sct_hu, inputs.affine, inputs.body, inputs.labels == label_names[options.target],
+                inputs.sigma_hu, options.settings.hlut, beams_for(options.settings.proton_gantry_deg),
+                inputs.samples_hu)
             rows, timings, written = dose_case(
-                case_id, ct_hu, sct, affine, labels, label_names, body, options,
-                pred / DOSE_FOLDER if figures else None, samples)
+                case_id, inputs.ct_hu, inputs.sct_hu, inputs.affine, inputs.labels, label_names, inputs.body, options,
+                pred / DOSE_FOLDER if figures else None, inputs.samples_hu)
+            del inputs
         except RadmtlError as err:
             result.failures[case_id] = f"dose: {err}"
             log.debug("dose: case %s failed", case_id, exc_info=True)
@@ -276,78 +266,6 @@ def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequenc
     result.rows = per_modality
     result.summary = {m: summarise(list(rows.values())) for m, rows in per_modality.items()}
     return result
-
-
-def _samples_of(result: DoseEvaluation, case_id: str, pred_dir: Path, reference, wanted: int | None) -> np.ndarray | None:
-    """The case's MC-dropout sCT samples (X, Y, Z, K), the first ``wanted`` of them (None: all); None when
-    there is no ``sct_samples`` file, ``wanted`` is 0, or it holds fewer than two (with a log line)."""
-    from radmtl.evaluation.dose.sample_dose import MIN_SAMPLES, SAMPLES_STEM
-    from radmtl.evaluation.evaluate import _pred_file, _read_on_grid
-
-    path = _pred_file(pred_dir, SAMPLES_STEM) if wanted != 0 else None
-    if path is None:
-        return None
-    samples = _read_on_grid(path, reference, case_id, "sCT samples", channels=True)
-    present = samples.shape[-1]
-    samples = samples[..., :wanted] if wanted is not None else samples
-    if samples.shape[-1] < MIN_SAMPLES:
-        log.warning("dose: case %s: %s holds %d sample(s); a dose SD needs %d (radmtl infer --save-samples K "
-                    "with K >= %d); no sample doses", case_id, path.name, present, MIN_SAMPLES, MIN_SAMPLES)
-        return None
-    if wanted is not None and present < wanted:
-        log.warning("dose: case %s: %s holds %d samples, fewer than --dose-samples %d; using %d", case_id,
-                    path.name, present, wanted, present)
-    result.samples[case_id] = {"file": path.name, "present": int(present), "used": int(samples.shape[-1])}
-    return samples
-
-
-def _sigma_of(result: DoseEvaluation, case_id: str, pred_dir: Path, reference) -> np.ndarray | None:
-    """The case's σ map in HU for the range check (``sct_sigma_total``, else ``sct_sigma_aleatoric``), its file
-    name in ``result.range_sigma``; None (with a log line) without one."""
-    from radmtl.evaluation.dose.range_check import SIGMA_STEMS
-    from radmtl.evaluation.evaluate import _pred_file, _read_on_grid
-
-    sigma_path = next((p for p in (_pred_file(pred_dir, stem) for stem in SIGMA_STEMS) if p is not None), None)
-    result.range_sigma[case_id] = sigma_path.name if sigma_path is not None else None
-    if sigma_path is None:
-        log.info("dose: case %s: no %s in %s; range check without σ_WEPL", case_id, " or ".join(SIGMA_STEMS),
-                 pred_dir)
-        return None
-    return _read_on_grid(sigma_path, reference, case_id, "prediction σ")
-
-
-def _onto_axial(result: DoseEvaluation, case_id: str, affine: np.ndarray, ct_hu: np.ndarray, sct: np.ndarray,
-                labels: np.ndarray, body: np.ndarray, sigma: np.ndarray | None, samples: np.ndarray | None):
-    """An oblique case on the axial grid covering it (:func:`radmtl.data.axial.axial_grid`): CT, sCT, σ and
-    samples trilinearly (σ as a variance), labels and body by nearest neighbour; outside the oblique grid air,
-    no label, σ 0. Both CT and sCT are interpolated alike, so their dose difference is still the sCT's."""
-    from radmtl.data.axial import axial_grid, resample_onto
-
-    axial, shape = axial_grid(affine, ct_hu.shape)
-    log.info("dose: case %s: oblique grid; planned on the axial grid covering it, %s voxels of %s mm", case_id,
-             "×".join(map(str, shape)), "×".join(f"{v:.3g}" for v in np.linalg.norm(axial[:3, :3], axis=0)))
-    result.axial[case_id] = {"shape": list(shape),
-                             "spacing_mm": [round(float(v), 6) for v in np.linalg.norm(axial[:3, :3], axis=0)]}
-
-    def onto(array: np.ndarray, order: int, outside: float) -> np.ndarray:
-        return resample_onto(array, affine, axial, shape, order, outside)
-
-    if sigma is not None:
-        sigma = np.sqrt(np.clip(onto(np.square(sigma, dtype=np.float64), 1, 0.0), 0.0, None))
-    if samples is not None:
-        samples = np.stack([onto(samples[..., k], 1, AIR_HU) for k in range(samples.shape[-1])], axis=-1)
-    return (onto(ct_hu, 1, AIR_HU), onto(sct, 1, AIR_HU), onto(labels, 0, 0), onto(body.astype(np.uint8), 0, 0) != 0,
-            sigma, samples, axial)
-
-
-def _range_case(result: DoseEvaluation, case_id: str, ct_hu: np.ndarray, sct: np.ndarray, affine: np.ndarray,
-                body: np.ndarray, target: np.ndarray, settings: PlanSettings, sigma: np.ndarray | None,
-                samples: np.ndarray | None) -> None:
-    """The range check of one case into ``result`` (without σ map, no σ part)."""
-    from radmtl.evaluation.dose.range_check import beams_for, range_case
-
-    result.range_rows[case_id] = range_case(ct_hu, sct, affine, body, target, sigma, settings.hlut,
-                                            beams_for(settings.proton_gantry_deg), samples)
 
 
 def to_json(result: DoseEvaluation) -> dict[str, Any]:
