@@ -236,8 +236,13 @@ def training_curves(metrics_jsonl: Path, out_png: Path) -> Path | None:
     }
     columns = min(2, len(groups))
     rows = math.ceil(len(groups) / columns)
-    fig = Figure(figsize=(6.0 * columns, 3.6 * rows), layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    width, height = 6.0 * columns, 3.6 * rows
+    fig = Figure(figsize=(width, height))
+    # Fixed margins in inches rather than layout="constrained": the panels are a regular grid with legends
+    # inside, and constrained layout's extra measuring draw took half of this figure's time (0.59 of 1.35 s).
+    axes = fig.subplots(rows, columns, squeeze=False, gridspec_kw=dict(
+        left=0.8 / width, right=1 - 0.2 / width, bottom=0.55 / height, top=1 - 0.6 / height,
+        wspace=1.0 / (6.0 - 1.0), hspace=0.95 / (3.6 - 0.95))).ravel()
     for ax, (group, (group_keys, x_key)) in zip(axes, groups.items()):
         title, y_label = titles[group]
         all_y = []
