@@ -152,6 +152,21 @@ def draw_outline(ax: Any, mask2d: np.ndarray, colour: str, extent: Sequence[floa
                    extent=extent, origin="upper")
 
 
+def as_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """``array`` with its axes permuted and flipped to the closest RAS+ order, as every picture of this module
+    expects its arrays (for pictures only: an oblique grid keeps its tilt), and the voxel spacing along the new
+    axes (mm)."""
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    ornt = io_orientation(affine)
+    zooms = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
+    spacing = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(ornt):
+        spacing[int(target)] = float(zooms[axis])
+    # A view (axes flipped and swapped), not a copy: the figure reads a few slices of six volumes.
+    return apply_orientation(array, ornt), (spacing[0], spacing[1], spacing[2])
+
+
 def robust_range(values: np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
     """The ``low``–``high`` percentiles of the finite ``values`` (a usable range even when constant or empty)."""
     finite = values[np.isfinite(values)]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from radmtl.data.io import Volume, atomic_path
+from radmtl.evaluation.display import as_ras  # its home is the display module (the dose figure uses it too)
 from radmtl.evaluation.review import ReviewThresholds, review_case
 
 log = logging.getLogger(__name__)
@@ -33,19 +34,6 @@ def thresholds_of(payload: dict[str, Any]) -> ReviewThresholds | None:
     record = payload.get("review_thresholds")
     return ReviewThresholds.from_dict(record) if record else None
 
-
-def as_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """``array`` with its axes permuted and flipped to the closest RAS+ order (for pictures only: an
-    oblique grid keeps its tilt), and the voxel spacing along the new axes (mm)."""
-    from nibabel.orientations import apply_orientation, io_orientation
-
-    ornt = io_orientation(affine)
-    zooms = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
-    spacing = [0.0, 0.0, 0.0]
-    for axis, (target, _) in enumerate(ornt):
-        spacing[int(target)] = float(zooms[axis])
-    # A view (axes flipped and swapped), not a copy: the figure reads a few slices of six volumes.
-    return apply_orientation(array, ornt), (spacing[0], spacing[1], spacing[2])
 
 
 class CaseReview:

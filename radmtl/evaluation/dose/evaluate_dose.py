@@ -190,7 +190,7 @@ def dose_case(case_id: str, ct_hu: np.ndarray, sct_hu: np.ndarray, affine: np.nd
             from radmtl.evaluation.dose.figure import dose_figure
 
             path = figure_dir / f"{case_id}_{modality}.png"
-            figures.append(dose_figure(ct_hu, sct_hu, plan.dose_gy, sct_dose, dvh_structures, target, spacing,
+            figures.append(dose_figure(ct_hu, sct_hu, plan.dose_gy, sct_dose, dvh_structures, target, affine,
                                        settings.prescription_gy, f"case {case_id}: {modality}", path,
                                        sample_doses=doses))
         del doses

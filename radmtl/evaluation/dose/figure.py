@@ -4,7 +4,10 @@ doses of the MC-dropout sCT samples (:mod:`.sample_dose`) a fifth panel shows th
 structure's DVH gets the band between the lowest and highest sample DVH.
 
 Drawn in radmtl's display convention (:mod:`radmtl.evaluation.display`: radiological, orientation letters,
-physical aspect) on a ``matplotlib.figure.Figure`` with the Agg canvas.
+physical aspect) on a ``matplotlib.figure.Figure`` with the Agg canvas. The arrays arrive in their file's voxel
+order (an LPS-stored case, an oblique one planned on its LPS-ordered axial grid) and are put into RAS order by
+their affine first (:func:`~radmtl.evaluation.display.as_ras`), so the patient's right is on the image's left
+whatever the storage.
 """
 
 from __future__ import annotations
@@ -14,24 +17,36 @@ from pathlib import Path
 
 import numpy as np
 
-from radmtl.evaluation.display import (CONTOUR_COLOURS, DEFAULT_HU_WINDOW, VIEW_GEOMETRY, display_slice,
+from radmtl.evaluation.display import (CONTOUR_COLOURS, DEFAULT_HU_WINDOW, VIEW_GEOMETRY, as_ras, display_slice,
                                        draw_orientation_letters, draw_outline, save_png, slice_extent)
 
 DOSE_WASH_PERCENT = 10.0  # dose below this % of the prescription is not coloured
 
 
 def dose_figure(ct_hu: np.ndarray, sct_hu: np.ndarray, ct_dose: np.ndarray, sct_dose: np.ndarray,
-                structures: Mapping[str, np.ndarray], target: str, spacing: Sequence[float], prescription_gy: float,
+                structures: Mapping[str, np.ndarray], target: str, affine: np.ndarray, prescription_gy: float,
                 title: str, path: Path, sample_doses: np.ndarray | None = None) -> Path:
     """Write the figure to ``path`` (PNG, atomically) and return it.
 
     Args:
+        ct_hu … structures: arrays in the voxel order of ``affine`` (voxel → RAS mm).
         sample_doses: (K, X, Y, Z) the plan's doses on K sCT samples, or None.
     """
     from matplotlib.figure import Figure
 
+    from radmtl.evaluation.dose.sample_dose import dose_sd
+
+    def ras(array: np.ndarray) -> np.ndarray:
+        return as_ras(np.asarray(array), affine)[0]
+
+    spacing = as_ras(np.asarray(ct_hu), affine)[1]
+    # The images in RAS order; the DVHs need none (a DVH is a function of the voxel set), so the sample doses,
+    # used only for their DVH bands and SD map, stay as they are.
+    sd = ras(dose_sd(sample_doses)) if sample_doses is not None else None
+    ct_hu, sct_hu, ct_dose, sct_dose = ras(ct_hu), ras(sct_hu), ras(ct_dose), ras(sct_dose)
+    masks = {name: ras(mask) for name, mask in structures.items()}
     shape = np.shape(ct_hu)
-    index = int(round(float(np.argwhere(structures[target])[:, 2].mean())))  # axial: z through the target
+    index = int(round(float(np.argwhere(masks[target])[:, 2].mean())))  # axial: z through the target
     extent = slice_extent("axial", shape, spacing)
     letters = VIEW_GEOMETRY["axial"][5]
     colours = {name: CONTOUR_COLOURS[i % len(CONTOUR_COLOURS)] for i, name in enumerate(structures)}
@@ -54,17 +69,14 @@ def dose_figure(ct_hu: np.ndarray, sct_hu: np.ndarray, ct_dose: np.ndarray, sct_
                            extent=extent, interpolation="nearest")
     fig.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.02, label="Gy")
     axes[2].set_title("sCT dose − CT dose", fontsize=10)
-    if sample_doses is not None:
-        from radmtl.evaluation.dose.sample_dose import dose_sd
-
-        sd = dose_sd(sample_doses)
+    if sd is not None:
         shown = axes[3].imshow(display_slice(sd, "axial", index), cmap="magma", vmin=0.0,
                                vmax=max(float(sd.max()), 1e-3 * prescription_gy), extent=extent,
                                interpolation="nearest")
         fig.colorbar(shown, ax=axes[3], fraction=0.046, pad=0.02, label="Gy")
         axes[3].set_title(f"dose SD over {len(sample_doses)} sCT samples", fontsize=10)
     for ax in axes:
-        for name, mask in structures.items():
+        for name, mask in masks.items():
             draw_outline(ax, display_slice(mask, "axial", index), colours[name], extent)
         draw_orientation_letters(ax, letters)
         ax.set_xticks([])
@@ -72,13 +84,13 @@ def dose_figure(ct_hu: np.ndarray, sct_hu: np.ndarray, ct_dose: np.ndarray, sct_
     from radmtl.evaluation.dose.dvh import cumulative_dvh
 
     bins = np.linspace(0.0, 1.1 * vmax, 221)
-    for name, mask in structures.items():
+    for name, mask in masks.items():
         dvh_axis.plot(bins, 100 * cumulative_dvh(ct_dose, mask, bins), color=colours[name], label=name)
         dvh_axis.plot(bins, 100 * cumulative_dvh(sct_dose, mask, bins), color=colours[name], linestyle="--")
         if sample_doses is not None:
             from radmtl.evaluation.dose.sample_dose import dvh_band
 
-            low, high = dvh_band(sample_doses, mask, bins)
+            low, high = dvh_band(sample_doses, structures[name], bins)
             dvh_axis.fill_between(bins, 100 * low, 100 * high, color=colours[name], alpha=0.25, linewidth=0)
     dvh_axis.set_xlabel("dose (Gy)")
     dvh_axis.set_ylabel("volume (%)")
