@@ -49,6 +49,12 @@ _TITLE_IN = 0.65  # header layout in inches: the 26 pt verdict line, then 11 pt 
 _LINE_IN = 0.22
 _ROW_GAP_IN = 0.5  # a row's title and the space between rows
 _DPI = 100
+# The grid's columns in inches, placed by hand rather than by layout="constrained", whose extra measuring draw
+# was about half of this picture's time (it is drawn for every case infer writes): room for the two-line row
+# label at the left, then MR, sCT + colour bar, σ + colour bar, flagged.
+_LEFT_IN, _RIGHT_IN, _GAP_IN, _BOTTOM_IN = 0.75, 0.1, 0.15, 0.15
+_COLORBAR_IN = (0.08, 0.12, 0.6)  # gap, bar width, room for its ticks and label
+_COLORBAR_COLUMNS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -134,25 +140,52 @@ def _note_lines(note: str) -> list[str]:
     return [line for clause in note.split("; ") for line in textwrap.wrap(clause, 110)]
 
 
-def _draw_header(subfig: Any, height_in: float, title: str, verdict: str, blocks: Sequence[tuple[list[str], dict]],
-                 organ_handles: list[Any]) -> None:
-    """Verdict (large, coloured), then text blocks one under the other, the organ legend at the right."""
+def _draw_header(fig: Any, width_in: float, height_in: float, title: str, verdict: str,
+                 blocks: Sequence[tuple[list[str], dict]], organ_handles: list[Any]) -> None:
+    """Verdict (large, coloured), then text blocks one under the other, the organ legend at the right, in the
+    top of ``fig`` (``width_in`` × ``height_in`` inches)."""
     def below_top(inches: float) -> float:  # a figure fraction, so text keeps its place whatever the rows
         return 1.0 - inches / height_in
 
-    subfig.text(0.01, below_top(0.1), f"{title}: {verdict.upper()}", ha="left", va="top", fontsize=26,
-                fontweight="bold", color=verdict_colour(verdict))
+    left = 0.15 / width_in
+    fig.text(left, below_top(0.1), f"{title}: {verdict.upper()}", ha="left", va="top", fontsize=26,
+             fontweight="bold", color=verdict_colour(verdict))
     top_in = _TITLE_IN
     for lines, style in blocks:
-        subfig.text(0.01, below_top(top_in), "\n".join(lines), ha="left", va="top", linespacing=1.3, **style)
+        fig.text(left, below_top(top_in), "\n".join(lines), ha="left", va="top", linespacing=1.3, **style)
         top_in += _LINE_IN * len(lines) + 0.05
     if organ_handles:
-        subfig.legend(handles=organ_handles, loc="upper right", fontsize=9, title="organ outlines",
-                      title_fontsize=9, frameon=True)
+        fig.legend(handles=organ_handles, loc="upper right", bbox_to_anchor=(1 - 0.1 / width_in, below_top(0.1)),
+                   fontsize=9, title="organ outlines", title_fontsize=9, frameon=True)
 
 
-def _draw_row(grid: Any, axes: Sequence[Any], volumes: _Volumes, view: str, voxel: tuple[int, int, int],
-              spacing: Sequence[float], style: dict[str, Any]) -> None:
+def _grid_axes(fig: Any, width_in: float, height_in: float, header_in: float, heights: Sequence[float]):
+    """Per row, the four panel axes and the colour-bar axes of the sCT and σ columns, placed in inches."""
+    columns_x, x = [], _LEFT_IN
+    for column in range(4):
+        columns_x.append(x)
+        x += PANEL_INCHES + (sum(_COLORBAR_IN) if column in _COLORBAR_COLUMNS else 0.0) + _GAP_IN
+    rows, top = [], header_in
+    for row_h in heights:
+        top += _ROW_GAP_IN
+        bottom = height_in - top - row_h
+        axes = [fig.add_axes((cx / width_in, bottom / height_in, PANEL_INCHES / width_in, row_h / height_in))
+                for cx in columns_x]
+        gap, bar_w, _ = _COLORBAR_IN
+        bars = {column: fig.add_axes(((columns_x[column] + PANEL_INCHES + gap) / width_in,
+                                      (bottom + 0.05 * row_h) / height_in, bar_w / width_in, 0.9 * row_h / height_in))
+                for column in _COLORBAR_COLUMNS}
+        rows.append((axes, bars))
+        top += row_h
+    return rows
+
+
+def _grid_width_in() -> float:
+    return (_LEFT_IN + 4 * PANEL_INCHES + len(_COLORBAR_COLUMNS) * sum(_COLORBAR_IN) + 3 * _GAP_IN + _RIGHT_IN)
+
+
+def _draw_row(fig: Any, axes: Sequence[Any], bars: Mapping[int, Any], volumes: _Volumes, view: str,
+              voxel: tuple[int, int, int], spacing: Sequence[float], style: dict[str, Any]) -> None:
     """One row: MR with outlines, sCT, σ_total, flagged over MR, all through ``voxel`` in ``view``."""
     shape = volumes.mr.shape
     index = voxel[VIEW_GEOMETRY[view][0]]
@@ -167,10 +200,10 @@ def _draw_row(grid: Any, axes: Sequence[Any], volumes: _Volumes, view: str, voxe
         for label, colour in style["organ_colours"].items():
             draw_outline(ax_mr, labels2d == label, colour, extent)
     image = ax_sct.imshow(display_slice(volumes.sct_hu, view, index), **style["sct"], **shown)
-    grid.colorbar(image, ax=ax_sct, shrink=0.9, label="HU")
+    fig.colorbar(image, cax=bars[1], label="HU")
     body2d = display_slice(volumes.body, view, index)
     sigma2d = np.where(body2d, display_slice(volumes.sigma_total_hu, view, index), np.nan)
-    bar = grid.colorbar(ax_sigma.imshow(sigma2d, **style["sigma"], **shown), ax=ax_sigma, shrink=0.9, label="HU")
+    bar = fig.colorbar(ax_sigma.imshow(sigma2d, **style["sigma"], **shown), cax=bars[2], label="HU")
     if style["threshold_hu"] is not None:
         bar.add_lines([float(style["threshold_hu"])], colors=[THRESHOLD_COLOUR], linewidths=[2.0])
     ax_flag.imshow(display_slice(volumes.flagged, view, index).astype(np.uint8), **style["flagged"], **shown)
@@ -236,24 +269,25 @@ def render_review_figure(
               (_note_lines(notes[0]), {"fontsize": 11, "fontweight": "bold", "color": "0.15"}),
               (_note_lines(notes[1]), {"fontsize": 10, "color": "0.3"})]
     header_in = max(_TITLE_IN + sum(_LINE_IN * len(lines) + 0.05 for lines, _ in blocks) + 0.1, 0.45 + 0.2 * len(present))
-    grid_in = sum(heights) + _ROW_GAP_IN * len(rows)
-    fig = Figure(figsize=(4 * PANEL_INCHES + 2.6, header_in + grid_in), layout="constrained")
-    header, grid = fig.subfigures(2, 1, height_ratios=[header_in, grid_in])
+    grid_in = sum(heights) + _ROW_GAP_IN * len(rows) + _BOTTOM_IN
+    width_in, height_in = _grid_width_in(), header_in + grid_in
+    fig = Figure(figsize=(width_in, height_in))
     names = names_by_label(label_names)
     handles = [Line2D([], [], color=colour, linewidth=2, label=names.get(label, f"label {label}"))
                for label, colour in style["organ_colours"].items()]
-    _draw_header(header, header_in, title, str(summary.get("verdict", "unknown")), blocks, handles)
+    _draw_header(fig, width_in, height_in, title, str(summary.get("verdict", "unknown")), blocks, handles)
 
-    axes = grid.subplots(len(rows), 4, squeeze=False, gridspec_kw={"height_ratios": heights})
+    grid = _grid_axes(fig, width_in, height_in, header_in, heights)
     column_titles = ("MR, organ outlines", f"sCT [{hu_window[0]:.0f}, {hu_window[1]:.0f}] HU",
                      f"{sigma_label}, 0–{sigma_max:.0f} HU", "flagged voxels over MR" + ("" if region is not None else ": none"))
     for row, (place, voxel, view) in enumerate(rows):
-        _draw_row(grid, axes[row], volumes, view, voxel, spacing, style)
+        axes, bars = grid[row]
+        _draw_row(fig, axes, bars, volumes, view, voxel, spacing, style)
         axis = VIEW_GEOMETRY[view][0]
-        axes[row][0].set_ylabel(f"{place}\n{view} slice {voxel[axis]} of {shape[axis]} "
+        axes[0].set_ylabel(f"{place}\n{view} slice {voxel[axis]} of {shape[axis]} "
                                 f"({voxel[axis] * float(spacing[axis]):.0f} mm)", fontsize=9)
         if row == 0 or rows[row - 1][0] != place:  # column titles atop each group of three views
-            for ax, column_title in zip(axes[row], column_titles):
+            for ax, column_title in zip(axes, column_titles):
                 ax.set_title(column_title, fontsize=10)
     return ReviewFigure(render_png(fig, _DPI), region, notes)
 
