@@ -53,8 +53,13 @@ def sample_doses(recompute: Callable[[np.ndarray], np.ndarray], samples_hu: np.n
 
 
 def dose_sd(doses: np.ndarray) -> np.ndarray:
-    """The per-voxel SD (ddof 1) of (K, X, Y, Z) doses, float32."""
-    return np.asarray(np.std(np.asarray(doses, np.float64), axis=0, ddof=1), np.float32)
+    """The per-voxel SD (ddof 1) of (K, X, Y, Z) doses, float32, computed in float64 one x-slab at a time:
+    a float64 copy of all K doses of a clinical grid would take gigabytes."""
+    doses = np.asarray(doses)
+    out = np.empty(doses.shape[1:], np.float32)
+    for i in range(doses.shape[1]):
+        out[i] = np.std(doses[:, i].astype(np.float64), axis=0, ddof=1)
+    return out
 
 
 def sample_dose_metrics(ct_dose: np.ndarray, sct_dose: np.ndarray, doses: np.ndarray,
