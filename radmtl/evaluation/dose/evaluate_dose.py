@@ -321,7 +321,12 @@ def format_tables(result: DoseEvaluation) -> str:
             lines.append("  no case evaluated")
             continue
         lines += _table(["case", *KEY_METRICS], rows, KEY_METRICS)
-        summary = result.summary[modality]
+        # The per-structure band SDs and flags of the sample doses stay in metrics.json and MLflow; the terminal
+        # gets the target's (and the per-case table below), not two more lines per OAR metric.
+        target_prefixes = (f"dvh_sd_{result.options.target}_", f"dvh_covered_{result.options.target}_")
+        summary = {k: v for k, v in result.summary[modality].items()
+                   if not k.startswith(("dvh_sd_", "dvh_covered_")) or k.startswith(target_prefixes)
+                   or k == "dvh_covered_fraction"}
         width = max(len(k) for k in summary)
         lines += [f"{name.ljust(width)}  {fmt(m)} ± {fmt(s)}" for name, (m, s) in summary.items()]
         lines.append("")
