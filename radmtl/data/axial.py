@@ -68,15 +68,20 @@ def resample_onto(array: np.ndarray, affine: np.ndarray, target_affine: np.ndarr
 
     Args:
         order: 1 trilinear (HU, σ, dose), 0 nearest (labels, masks).
-        outside: the value of a voxel whose centre lies outside the source grid (−1000 HU for a CT, 0 for labels).
+        outside: the value of a voxel whose centre lies outside the source grid's voxels (−1000 HU for a CT,
+            0 for labels), the box :func:`axial_grid` covers and :func:`inside_field_of_view` tests.
 
     scipy's ``affine_transform`` maps each target voxel index to its source index through one 4 × 4 matrix,
-    which is all an affine-to-affine resampling is; values are read as float64 and returned as ``array``'s dtype.
+    which is all an affine-to-affine resampling is. It reads the edge voxels' values out to the voxels' outer
+    faces (``mode="nearest"``: the half-voxel rim between the outermost centres and the faces is still inside
+    the image), and what lies beyond the faces is ``outside``. Values are read as float64 and returned as
+    ``array``'s dtype.
     """
     from scipy import ndimage
 
     source_from_target = np.linalg.solve(np.asarray(affine, np.float64), np.asarray(target_affine, np.float64))
+    shape = tuple(int(n) for n in target_shape)
     out = ndimage.affine_transform(np.asarray(array, np.float64), source_from_target[:3, :3],
-                                   offset=source_from_target[:3, 3], output_shape=tuple(int(n) for n in target_shape),
-                                   order=order, mode="constant", cval=float(outside))
+                                   offset=source_from_target[:3, 3], output_shape=shape, order=order, mode="nearest")
+    out[~inside_field_of_view(affine, np.shape(array), target_affine, shape)] = outside
     return out.astype(np.asarray(array).dtype, copy=False)

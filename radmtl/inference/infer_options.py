@@ -71,9 +71,10 @@ def check_options(options: InferOptions) -> None:
         raise RadmtlError(f"--dicom-grid: must be one of {', '.join(DICOM_GRIDS)}, got {options.dicom_grid!r}")
     if options.save_samples < 0:
         raise RadmtlError(f"--save-samples: must be >= 0 (0: no samples), got {options.save_samples}")
-    if options.mc_samples is not None and options.save_samples > options.mc_samples:
+    if options.mc_samples is not None and options.save_samples > 0 and options.mc_samples < max(2, options.save_samples):
+        why = "; at 1 dropout is off" if options.mc_samples == 1 else ""
         raise RadmtlError(f"--save-samples {options.save_samples}: needs --mc-samples of at least "
-                          f"{options.save_samples} (got --mc-samples {options.mc_samples})")
+                          f"{max(2, options.save_samples)} (got --mc-samples {options.mc_samples}{why})")
 
 
 def check_model_options(options: InferOptions, cfg: Any) -> None:
@@ -89,6 +90,6 @@ def check_model_options(options: InferOptions, cfg: Any) -> None:
     if "sct" not in cfg.model.tasks:
         raise RadmtlError(f"--save-samples {k}: the model has no sCT task; leave --save-samples out")
     t = mc_samples_of(options, cfg)
-    if k > t:
+    if t < max(2, k):  # at T = 1 dropout is off: the one "sample" would be the deterministic sCT
         given = f"got --mc-samples {t}" if options.mc_samples is not None else f"the model's default is {t}"
-        raise RadmtlError(f"--save-samples {k}: needs --mc-samples of at least {k} ({given})")
+        raise RadmtlError(f"--save-samples {k}: needs --mc-samples of at least {max(2, k)} ({given})")

@@ -57,3 +57,18 @@ def test_an_axis_aligned_grid_covers_itself_voxel_for_voxel_in_scanner_order():
     # x and y reversed, no interpolation.
     data = np.random.default_rng(0).random((5, 6, 7))
     np.testing.assert_allclose(resample_onto(data, affine, axial, shape, 1, 0.0), data[::-1, ::-1], atol=1e-12)
+
+
+def test_the_half_voxel_rim_inside_the_source_voxels_keeps_its_values_and_beyond_is_outside():
+    # A 4 × 1 × 1 source of 100s, 1 mm voxels spanning x ∈ [−0.5, 3.5] mm; target centres at x = −0.4, −0.6,
+    # 3.4 and 3.6 mm: the first and third lie in the edge voxels' outer halves, the others beyond the faces.
+    source = np.full((4, 1, 1), 100.0)
+    target = np.eye(4)
+    target[0, 0] = 0.2
+    target[0, 3] = -0.6
+    values = resample_onto(source, np.eye(4), target, (22, 1, 1), order=1, outside=-1000.0)[:, 0, 0]
+    x = -0.6 + 0.2 * np.arange(22)  # −0.6, −0.4, … 3.6
+    assert np.all(values[(x > -0.5) & (x < 3.5)] == 100.0)
+    assert values[0] == -1000.0 and values[-1] == -1000.0
+    labels = resample_onto(source.astype(np.uint8), np.eye(4), target, (22, 1, 1), order=0, outside=0)[:, 0, 0]
+    assert labels[1] == 100 and labels[-2] == 100 and labels[0] == 0

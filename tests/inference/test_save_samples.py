@@ -224,6 +224,9 @@ def test_mha_samples_on_a_finer_grid_keep_their_components_and_mean(tmp_path, ch
                                                    "(got --mc-samples 3)"),
     (["--mc-samples", "3", "--save-samples", "4", "--workers", "2"], "--save-samples 4: needs --mc-samples"),
     (["--save-samples", "-1"], "--save-samples: must be >= 0"),
+    (["--mc-samples", "1", "--save-samples", "1"], "--save-samples 1: needs --mc-samples of at least 2 "
+                                                   "(got --mc-samples 1; at 1 dropout is off)"),
+    (["--save-samples", "1"], "--save-samples 1: needs --mc-samples of at least 2 (the model's default is 1)"),
 ])
 def test_more_samples_than_t_is_refused_in_one_line_before_any_case(tmp_path, capsys, checkpoint, one_window_mr,
                                                                       extra, message):

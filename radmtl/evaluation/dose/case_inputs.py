@@ -5,7 +5,8 @@ Every file must lie on the reference CT's grid (``radmtl infer`` writes on the i
 (its grid not axis-aligned) is moved onto the axial grid that covers it (:func:`radmtl.data.axial.axial_grid`),
 as the dose engine plans on axis-aligned grids only: CT, sCT, samples and σ (as a variance) trilinearly,
 labels and body by nearest neighbour; outside the oblique grid air, no label, σ 0. CT and sCT are moved
-alike, so their dose difference is still the sCT's.
+alike, so their dose difference is still the sCT's. The range check, which traces rays in world mm, keeps
+the native arrays (``native``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class DoseCaseInputs:
     samples_hu: np.ndarray | None  # (X, Y, Z, K), K ≥ 2, or None
     samples_file: dict[str, Any] | None  # {"file", "present", "used"}
     axial_grid: dict[str, Any] | None = None  # {"shape", "spacing_mm"} of an oblique case's axial grid
+    # An oblique case's inputs on their own grid: the range check traces rays in world mm on them, so the
+    # interpolation onto the axial grid (which smooths the samples' voxel-to-voxel spread) does not enter it.
+    native: DoseCaseInputs | None = None
 
 
 def read_dose_case(case_id: str, paths: Mapping[str, Path], sct_path: Path, pred_dir: Path,
@@ -89,7 +93,8 @@ def _samples_of(case_id: str, pred_dir: Path, reference, wanted: int | None) -> 
         return None, None
     samples = _read_on_grid(path, reference, case_id, "sCT samples", channels=True)
     present = samples.shape[-1]
-    samples = samples[..., :wanted] if wanted is not None else samples
+    # A copy, not a view: a view would keep all K samples of the file in memory for the whole case.
+    samples = samples[..., :wanted].copy() if wanted is not None and wanted < present else samples
     if samples.shape[-1] < MIN_SAMPLES:
         log.warning("dose: case %s: %s holds %d sample(s); a dose SD needs %d (radmtl infer --save-samples K "
                     "with K >= %d); no sample doses", case_id, path.name, present, MIN_SAMPLES, MIN_SAMPLES)
@@ -130,10 +135,12 @@ def _onto_axial(case_id: str, inputs: DoseCaseInputs) -> DoseCaseInputs:
     sigma = inputs.sigma_hu
     if sigma is not None:  # as a variance, as infer resamples σ maps
         sigma = np.sqrt(np.clip(onto(np.square(sigma, dtype=np.float64), 1, 0.0), 0.0, None))
-    samples = inputs.samples_hu
-    if samples is not None:
-        samples = np.stack([onto(samples[..., k], 1, AIR_HU) for k in range(samples.shape[-1])], axis=-1)
+    samples = None
+    if inputs.samples_hu is not None:  # one sample at a time into one array: no list of K beside the stack
+        samples = np.empty((*shape, inputs.samples_hu.shape[-1]), np.float32)
+        for k in range(samples.shape[-1]):
+            samples[..., k] = onto(inputs.samples_hu[..., k], 1, AIR_HU)
     return DoseCaseInputs(onto(inputs.ct_hu, 1, AIR_HU), onto(inputs.sct_hu, 1, AIR_HU), axial,
                           onto(inputs.labels, 0, 0), onto(inputs.body.astype(np.uint8), 0, 0) != 0, sigma,
                           inputs.sigma_file, samples, inputs.samples_file,
-                          {"shape": list(shape), "spacing_mm": spacing})
+                          {"shape": list(shape), "spacing_mm": spacing}, native=inputs)

@@ -15,7 +15,7 @@ and D2. A figure per case and modality shows both doses, their difference and th
 
 With MC-dropout samples of the sCT (``radmtl infer --save-samples K``, ``PRED/<case>/sct_samples.*``) the same
 plan is also recomputed on each sample (:mod:`.sample_dose`): a dose SD map, DVH bands, and whether the CT's
-dose and DVH numbers fall inside them (coverage at 1.96 SD); the figure gains the SD map and the bands.
+dose and DVH numbers fall inside them (coverage of a 95 % band); the figure gains the SD map and the bands.
 
 An oblique case (its CT grid not axis-aligned) is moved onto the axial grid that covers it
 (:func:`radmtl.data.axial.axial_grid`; CT and sCT alike, trilinearly) and planned and scored there, as the
@@ -183,7 +183,7 @@ def dose_case(case_id: str, ct_hu: np.ndarray, sct_hu: np.ndarray, affine: np.nd
             rows[modality].update(sample_dose_metrics(plan.dose_gy, sct_dose, doses, dvh_structures, target,
                                                       settings.prescription_gy))
             timings[modality]["samples_s"] = time.perf_counter() - start
-            log.info("case %s: %s on %d sCT samples %.1f s; CT dose covered by 1.96 SD in %.1f %% of the >10 %% "
+            log.info("case %s: %s on %d sCT samples %.1f s; CT dose inside the samples' 95 %% band in %.1f %% of the >10 %% "
                      "region", case_id, modality, len(doses), timings[modality]["samples_s"],
                      100 * rows[modality]["samples_dose_covered_gt10pct"])
         if figure_dir is not None:
@@ -245,10 +245,11 @@ def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequenc
                 result.samples[case_id] = inputs.samples_file
             if inputs.axial_grid is not None:
                 result.axial[case_id] = inputs.axial_grid
+            on_grid = inputs.native or inputs  # rays are traced in world mm: an oblique case on its own grid
             result.range_rows[case_id] = range_case(
-                inputs.ct_hu, inputs.sct_hu, inputs.affine, inputs.body, inputs.labels == label_names[options.target],
-                inputs.sigma_hu, options.settings.hlut, beams_for(options.settings.proton_gantry_deg),
-                inputs.samples_hu)
+                on_grid.ct_hu, on_grid.sct_hu, on_grid.affine, on_grid.body,
+                on_grid.labels == label_names[options.target], on_grid.sigma_hu, options.settings.hlut,
+                beams_for(options.settings.proton_gantry_deg), on_grid.samples_hu)
             rows, timings, written = dose_case(
                 case_id, inputs.ct_hu, inputs.sct_hu, inputs.affine, inputs.labels, label_names, inputs.body, options,
                 pred / DOSE_FOLDER if figures else None, inputs.samples_hu)
@@ -294,9 +295,10 @@ def to_json(result: DoseEvaluation) -> dict[str, Any]:
         "range": range_json(result.range_rows, result.range_sigma, settings.hlut.name),
         "samples": {
             "what": "the plan recomputed on MC-dropout sCT samples (radmtl infer --save-samples): samples_dose_covered_* "
-                    "= share of voxels above 10/90 % of the prescription where |sCT dose - CT dose| <= 1.96 SD of the "
-                    "sample doses; dvh_covered_<metric> = |sCT - CT| <= 1.96 SD of that metric over the samples "
-                    "(its summary mean is the coverage fraction over cases)",
+                    "= share of voxels above 10/90 % of the prescription where |sCT dose - CT dose| <= k SD of the "
+                    "sample doses; dvh_covered_<metric> = |sCT - CT| <= k SD of that metric over the samples "
+                    "(its summary mean is the coverage fraction over cases); k = samples_band_multiplier = "
+                    "t(0.975, K-1) * sqrt(1 + 1/K), the 95 % prediction interval from K samples (2.51 at K = 8)",
             "cases": result.samples,
         },
     }
@@ -333,7 +335,8 @@ def format_tables(result: DoseEvaluation) -> str:
         sampled = {c: r for c, r in rows.items() if "samples_n" in r}
         if sampled:
             lines.append(f"dose, {modality}: plan recomputed on the MC-dropout sCT samples; covered = |sCT − CT| ≤ "
-                         "1.96 SD of the sample doses (voxels above 10/90 % of the prescription; DVH numbers)")
+                         "k·SD of the sample doses, k the 95 % prediction multiplier for K samples (voxels above "
+                         "10/90 % of the prescription; DVH numbers)")
             lines += _table(["case", *SAMPLE_KEY_METRICS], sampled, SAMPLE_KEY_METRICS)
             lines.append("")
     from radmtl.evaluation.dose.range_check import format_range

@@ -97,7 +97,8 @@ def range_case(ct_hu: np.ndarray, sct_hu: np.ndarray, affine: np.ndarray, body: 
 
     Args:
         samples_hu: (X, Y, Z, K) MC-dropout sCT samples (``radmtl infer --save-samples``), K ≥ 2: adds the SD
-            of their WEPLs on the same ray, ``sigma_wepl_samples_mm``, and ``covered_samples``.
+            of their WEPLs on the same ray, ``sigma_wepl_samples_mm``, and ``covered_samples`` (|error| within
+            :func:`~.sample_dose.band_multiplier` (K) times it, Student's 95 % prediction interval).
 
     Returns:
         ``{beam: metrics}`` (beams whose ray misses the body or target are left out, with a log line);
@@ -129,10 +130,13 @@ def range_case(ct_hu: np.ndarray, sct_hu: np.ndarray, affine: np.ndarray, body: 
                         "covered_correlated": float(abs(error) <= Z_COVERAGE * on_sct.sigma_correlated_mm),
                         "covered_independent": float(abs(error) <= Z_COVERAGE * on_sct.sigma_independent_mm)})
         if samples_hu is not None:
+            from radmtl.evaluation.dose.sample_dose import band_multiplier
+
             sigma = sample_wepl_sd(samples_hu, affine, entry, distal, hlut)
+            # K samples estimate the SD: the band's multiplier is Student's, as for the sample doses.
             row.update({"sigma_wepl_samples_mm": sigma,
                         "sigma_wepl_samples_percent": 100.0 * sigma / on_sct.wepl_mm if on_sct.wepl_mm > 0 else math.nan,
-                        "covered_samples": float(abs(error) <= Z_COVERAGE * sigma)})
+                        "covered_samples": float(abs(error) <= band_multiplier(np.shape(samples_hu)[-1]) * sigma)})
         rows[name] = row
     return rows
 
