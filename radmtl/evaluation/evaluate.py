@@ -34,12 +34,12 @@ from radmtl.evaluation import calibration as C
 from radmtl.evaluation import detection as D
 from radmtl.evaluation import metrics as M
 from radmtl.errors import RadmtlError
-from radmtl.data.io import Volume, VolumeError, atomic_path, grid_mismatch, read_volume
+from radmtl.data.io import VolumeError, atomic_path, read_volume
+# PRED_FILES, PRED_SUFFIXES: re-exported, their home was here
+from radmtl.evaluation.pred_files import PRED_FILES, PRED_SUFFIXES, pred_file, read_on_grid  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-PRED_FILES = ("sct", "seg", *D.SIGMA_MAPS, *D.SEG_UNCERTAINTY_MAPS)  # the stems radmtl infer writes
-PRED_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 TOP_LEVEL_GROUP = "(top level)"  # the name of the group of cases directly in the reference folder
 CALIBRATION_PNG = "calibration.png"
 RISK_COVERAGE_PNG = "risk_coverage.png"
@@ -74,29 +74,6 @@ class Evaluation:
     dose: Any = None
 
 
-def _pred_file(folder: Path, stem: str) -> Path | None:
-    found = [folder / f"{stem}{suffix}" for suffix in PRED_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
-    if len(found) > 1:
-        log.warning("%s: several %s files (%s); using %s", folder, stem, ", ".join(p.name for p in found),
-                    found[0].name)
-    return found[0] if found else None
-
-
-def _read_on_grid(path: Path, reference: Volume, case_id: str, what: str, channels: bool = False) -> np.ndarray:
-    volume = read_volume(path, channels=channels)
-    problem = grid_mismatch(volume.grid, reference.grid)
-    if problem is not None:
-        raise VolumeError(
-            f"case {case_id}: {what} {path.name} is not on the reference grid of {reference.path} "
-            f"({problem}); run radmtl infer on this dataset's mr files so outputs land on its grid"
-        )
-    bad = int(np.count_nonzero(~np.isfinite(volume.array)))
-    if bad:
-        raise VolumeError(f"case {case_id}: {what} {path.name} holds {bad} NaN or Inf voxel(s); the model that "
-                          "wrote it is broken (check its checkpoint) or the file was damaged: rerun radmtl infer")
-    return volume.array
-
-
 def evaluate_case(case_id: str, pred_dir: Path, ref_paths: dict[str, Path],
                   label_names: dict[str, int] | None) -> tuple[dict[str, float], Any, dict[str, np.ndarray]]:
     """Metrics of one case; also the calibration curve (or None) and the risk–coverage curves.
@@ -106,7 +83,7 @@ def evaluate_case(case_id: str, pred_dir: Path, ref_paths: dict[str, Path],
     """
     from radmtl.data.transforms import derive_body_mask
 
-    preds = {stem: _pred_file(pred_dir, stem) for stem in PRED_FILES}
+    preds = {stem: pred_file(pred_dir, stem) for stem in PRED_FILES}
     if preds["sct"] is None and preds["seg"] is None:
         raise VolumeError(f"case {case_id}: {pred_dir} holds neither an sct nor a seg file "
                           f"({'/'.join(PRED_SUFFIXES)}); run radmtl infer with --output {pred_dir.parent}")
@@ -118,10 +95,10 @@ def evaluate_case(case_id: str, pred_dir: Path, ref_paths: dict[str, Path],
     curve, risk_curves = None, {}
     mask = None
     if "mask" in ref_paths:
-        mask = _read_on_grid(ref_paths["mask"], reference, case_id, "reference mask") != 0
+        mask = read_on_grid(ref_paths["mask"], reference, case_id, "reference mask") != 0
     elif "mr" in ref_paths:
-        mask = derive_body_mask(_read_on_grid(ref_paths["mr"], reference, case_id, "reference mr")) != 0
-    labels = (np.rint(_read_on_grid(ref_paths["labels"], reference, case_id, "reference labels")).astype(np.int64)
+        mask = derive_body_mask(read_on_grid(ref_paths["mr"], reference, case_id, "reference mr")) != 0
+    labels = (np.rint(read_on_grid(ref_paths["labels"], reference, case_id, "reference labels")).astype(np.int64)
               if "labels" in ref_paths else None)
 
     if preds["sct"] is not None:
@@ -130,14 +107,14 @@ def evaluate_case(case_id: str, pred_dir: Path, ref_paths: dict[str, Path],
         if mask is None:
             raise VolumeError(f"case {case_id}: reference has no mask (or mr to derive one); add mask.nii.gz")
         ct = reference.array
-        sct = _read_on_grid(preds["sct"], reference, case_id, "prediction")
+        sct = read_on_grid(preds["sct"], reference, case_id, "prediction")
         row.update(M.image_metrics(ct, sct, mask, labels, label_names))
-        sigmas = {stem: _read_on_grid(preds[stem], reference, case_id, "prediction")
+        sigmas = {stem: read_on_grid(preds[stem], reference, case_id, "prediction")
                   for stem in D.SIGMA_MAPS if preds[stem] is not None}
         sigma = sigmas.get("sct_sigma_total", sigmas.get("sct_sigma_aleatoric"))
         if sigma is not None:
             aleatoric = sigmas.get("sct_sigma_aleatoric")
-            true_sd = (_read_on_grid(ref_paths["ct_noise_sd"], reference, case_id, "reference ct_noise_sd")
+            true_sd = (read_on_grid(ref_paths["ct_noise_sd"], reference, case_id, "reference ct_noise_sd")
                        if "ct_noise_sd" in ref_paths else None)
             row.update(C.uncertainty_metrics(ct, sct, sigma, mask, aleatoric, true_sd))
             curve = C.calibration_curve(ct, sct, sigma, mask)
@@ -145,12 +122,12 @@ def evaluate_case(case_id: str, pred_dir: Path, ref_paths: dict[str, Path],
             detection, risk_curves = D.sct_error_detection(ct, sct, mask, sigmas)
             row.update(detection)
     if preds["seg"] is not None and labels is not None:
-        seg = np.rint(_read_on_grid(preds["seg"], reference, case_id, "prediction")).astype(np.int64)
+        seg = np.rint(read_on_grid(preds["seg"], reference, case_id, "prediction")).astype(np.int64)
         seg_metrics = M.segmentation_metrics(seg, labels, label_names, reference.grid.spacing)
         row.update(seg_metrics)
         dices = [v for k, v in seg_metrics.items() if k.startswith("dice_") and not math.isnan(v)]
         row["dice_mean"] = float(np.mean(dices)) if dices else math.nan
-        uncertainties = {stem: _read_on_grid(preds[stem], reference, case_id, "prediction")
+        uncertainties = {stem: read_on_grid(preds[stem], reference, case_id, "prediction")
                          for stem in D.SEG_UNCERTAINTY_MAPS if preds[stem] is not None}
         if uncertainties and mask is None:
             log.warning("case %s: no reference mask (or mr) to tell the body; seg uncertainty not scored", case_id)
@@ -185,10 +162,10 @@ def evaluate(pred: str | Path, ref: str | Path) -> Evaluation:
     result.missing = {c: f"no prediction folder {pred / c}" for c in ref_cases if c not in common}
     # What infer wrote for some case it should have written for every case whose reference can be
     # compared with it: an sCT where the reference has a CT, a seg where it has labels.
-    written = {stem for c in common for stem in ("sct", "seg") if _pred_file(pred / c, stem) is not None}
+    written = {stem for c in common for stem in ("sct", "seg") if pred_file(pred / c, stem) is not None}
     for case_id in common:
         for stem, ref_key in (("sct", "ct"), ("seg", "labels")):
-            if stem in written and ref_key in ref_cases[case_id].paths and _pred_file(pred / case_id, stem) is None:
+            if stem in written and ref_key in ref_cases[case_id].paths and pred_file(pred / case_id, stem) is None:
                 result.missing[case_id] = f"{pred / case_id} has no {stem} file, although other cases have one"
     if result.missing:
         log.debug("%d of %d reference case(s) have no complete prediction: %s", len(result.missing),

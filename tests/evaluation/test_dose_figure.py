@@ -58,3 +58,7 @@ def test_an_lps_stored_case_is_drawn_as_the_same_case_stored_ras(monkeypatch, tm
     assert len(ras) == len(lps) > 6
     for a, b in zip(ras, lps):
         np.testing.assert_array_equal(np.ma.getdata(a), np.ma.getdata(b))
+    # The first slice drawn is the CT: its marker, on the patient's RIGHT (RAS x > centre), is on the image's
+    # LEFT half (radiological view), whichever way the case was stored.
+    columns = np.nonzero(np.ma.getdata(lps[0]) > 500)[1]
+    assert columns.size and columns.max() < lps[0].shape[1] / 2

@@ -60,23 +60,23 @@ def read_dose_case(case_id: str, paths: Mapping[str, Path], sct_path: Path, pred
     """
     from radmtl.data.io import read_volume
     from radmtl.data.transforms import derive_body_mask
-    from radmtl.evaluation.evaluate import _read_on_grid
+    from radmtl.evaluation.pred_files import read_on_grid
 
     reference = read_volume(paths["ct"])
-    labels = np.rint(_read_on_grid(paths["labels"], reference, case_id, "reference labels")).astype(np.int64)
+    labels = np.rint(read_on_grid(paths["labels"], reference, case_id, "reference labels")).astype(np.int64)
     if options.target not in label_names or not np.any(labels == label_names[options.target]):
         log.warning("dose: case %s skipped: its labels hold no %r (pass --target with a labelled structure)",
                     case_id, options.target)
         return f"no {options.target!r} voxels in the reference labels"
     if "mask" in paths:
-        body = _read_on_grid(paths["mask"], reference, case_id, "reference mask") != 0
+        body = read_on_grid(paths["mask"], reference, case_id, "reference mask") != 0
     elif "mr" in paths:
-        body = derive_body_mask(_read_on_grid(paths["mr"], reference, case_id, "reference mr")) != 0
+        body = derive_body_mask(read_on_grid(paths["mr"], reference, case_id, "reference mr")) != 0
     else:
         body = reference.array > BODY_HU
     samples, samples_file = _samples_of(case_id, pred_dir, reference, options.samples)
     sigma, sigma_file = _sigma_of(case_id, pred_dir, reference)
-    inputs = DoseCaseInputs(reference.array, _read_on_grid(sct_path, reference, case_id, "prediction"),
+    inputs = DoseCaseInputs(reference.array, read_on_grid(sct_path, reference, case_id, "prediction"),
                             reference.affine, labels, body, sigma, sigma_file, samples, samples_file)
     return inputs if is_axis_aligned(reference.affine) else _onto_axial(case_id, inputs)
 
@@ -86,12 +86,12 @@ def _samples_of(case_id: str, pred_dir: Path, reference, wanted: int | None) -> 
     read; (None, None) when there is no ``sct_samples`` file, ``wanted`` is 0, or it holds fewer than two
     (with a log line)."""
     from radmtl.evaluation.dose.sample_dose import MIN_SAMPLES, SAMPLES_STEM
-    from radmtl.evaluation.evaluate import _pred_file, _read_on_grid
+    from radmtl.evaluation.pred_files import pred_file, read_on_grid
 
-    path = _pred_file(pred_dir, SAMPLES_STEM) if wanted != 0 else None
+    path = pred_file(pred_dir, SAMPLES_STEM) if wanted != 0 else None
     if path is None:
         return None, None
-    samples = _read_on_grid(path, reference, case_id, "sCT samples", channels=True)
+    samples = read_on_grid(path, reference, case_id, "sCT samples", channels=True)
     present = samples.shape[-1]
     # A copy, not a view: a view would keep all K samples of the file in memory for the whole case.
     samples = samples[..., :wanted].copy() if wanted is not None and wanted < present else samples
@@ -109,14 +109,14 @@ def _sigma_of(case_id: str, pred_dir: Path, reference) -> tuple[np.ndarray | Non
     """The σ map in HU of the range check (``sct_sigma_total``, else ``sct_sigma_aleatoric``) and its file
     name; (None, None), with a log line, without one."""
     from radmtl.evaluation.dose.range_check import SIGMA_STEMS
-    from radmtl.evaluation.evaluate import _pred_file, _read_on_grid
+    from radmtl.evaluation.pred_files import pred_file, read_on_grid
 
-    path = next((p for p in (_pred_file(pred_dir, stem) for stem in SIGMA_STEMS) if p is not None), None)
+    path = next((p for p in (pred_file(pred_dir, stem) for stem in SIGMA_STEMS) if p is not None), None)
     if path is None:
         log.info("dose: case %s: no %s in %s; range check without σ_WEPL", case_id, " or ".join(SIGMA_STEMS),
                  pred_dir)
         return None, None
-    return _read_on_grid(path, reference, case_id, "prediction σ"), path.name
+    return read_on_grid(path, reference, case_id, "prediction σ"), path.name
 
 
 def _onto_axial(case_id: str, inputs: DoseCaseInputs) -> DoseCaseInputs:

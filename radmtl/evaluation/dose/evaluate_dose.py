@@ -211,7 +211,7 @@ def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequenc
     from radmtl.data.discovery import discover
     from radmtl.evaluation.dose.case_inputs import read_dose_case
     from radmtl.evaluation.dose.range_check import beams_for, range_case
-    from radmtl.evaluation.evaluate import _pred_file
+    from radmtl.evaluation.pred_files import pred_file
 
     check_dependencies()
     pred, index = Path(pred), discover(ref)
@@ -228,7 +228,7 @@ def evaluate_dose(pred: Path, ref: Path, options: DoseOptions, case_ids: Sequenc
         case_id, paths = case.case_id, case.paths
         if case_ids is not None and case_id not in case_ids:
             continue
-        sct_path = _pred_file(pred / case_id, "sct") if (pred / case_id).is_dir() else None
+        sct_path = pred_file(pred / case_id, "sct") if (pred / case_id).is_dir() else None
         lacking = [what for what, ok in (("ct", "ct" in paths), ("labels", "labels" in paths),
                                          ("predicted sct", sct_path is not None)) if not ok]
         if lacking:
