@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "several, case folders are <orientation>/case_NNN")
     p.add_argument("--plain", action="store_true",
                    help="no bowel gas, tissue texture or MR→CT misregistration (one HU per tissue)")
+    p.add_argument("--first-case", type=int, default=1, metavar="N",
+                   help="number of the first case (default 1): case_N and its seed are those of case N of any "
+                   "dataset with this seed, on any grid")
+    p.add_argument("--split", default="training", choices=["training", "validation", "test"],
+                   help="the dataset.json list the cases go to (default training); `radmtl train --data TRAIN VAL` "
+                   "validates, and fits σ-scaling, on a folder written with --split validation")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("check", help="validate every case of a dataset folder before training",
@@ -222,7 +228,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
         if not args.deformation_mm >= 0:
             raise PhantomError(f"--deformation-mm must be ≥ 0 mm, got {args.deformation_mm}")
         realism = realism.replace(deformation_rms_mm=args.deformation_mm)
-    kwargs = {"realism": realism, "orientations": tuple(args.orientations)}
+    kwargs = {"realism": realism, "orientations": tuple(args.orientations), "first_case": args.first_case,
+              "split": args.split}
     if args.shape is not None:
         kwargs["shape"] = tuple(args.shape)
     if args.spacing is not None:

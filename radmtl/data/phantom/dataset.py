@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from radmtl.data.io import atomic_path, write_volume
+from radmtl.data.discovery import SPLITS
 from radmtl.data.phantom.cases import (CASE_FILES, DEFAULT_SHAPE, PHANTOM_LABELS, PhantomError, _check_grid,
                                        _check_seed, case_seed, generate_case)
 from radmtl.data.phantom.grids import ORIENTATIONS
@@ -62,11 +63,14 @@ def generate_dataset(
     workers: int | None = 1,
     realism: Realism = Realism(),
     orientations: tuple[str, ...] = ("ras",),
+    first_case: int = 1,
+    split: str = "training",
 ) -> list[str]:
     """Write ``cases`` phantom cases and ``dataset.json`` in the radmtl dataset layout.
 
     Case ``i`` (``case_{i+1:03d}``) uses :func:`case_seed` ``(seed, i)``, so it is the same whatever
-    ``cases`` is, and whichever process makes it.
+    ``cases`` is, whichever process makes it, and on any grid: a dataset of cases 1-19 on a coarse grid and
+    one of cases 20-24 on a fine grid (``first_case=20``) are the 24 cases of one seed, split in two.
 
     Args:
         out_dir: dataset folder (created if missing).
@@ -84,6 +88,9 @@ def generate_dataset(
         orientations: storage grids (:data:`ORIENTATIONS`), taken in turn: case ``i`` is stored on
             ``orientations[i % n]``. With more than one, each case's folder is
             ``<orientation>/case_NNN``, so ``radmtl evaluate`` summarises each orientation apart.
+        first_case: the number of the first case written (its id ``case_NNN`` and its seed).
+        split: the ``dataset.json`` list the cases go to (:data:`SPLITS`): ``validation`` makes a folder
+            that ``radmtl train --data TRAIN VAL`` validates and recalibrates σ on as it is.
 
     Returns:
         The case ids, e.g. ``["case_001", ...]``.
@@ -93,17 +100,23 @@ def generate_dataset(
     seed = _check_seed(seed)
     shape, spacing = _check_grid(shape, spacing)
     cases = int(cases)
+    if isinstance(first_case, bool) or not isinstance(first_case, (int, np.integer)) or first_case < 1:
+        raise PhantomError(f"first_case must be a positive integer, got {first_case!r}")
+    if split not in SPLITS:
+        raise PhantomError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    first = int(first_case) - 1
     workers = _workers(workers, cases)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    seeds = [case_seed(seed, index) for index in range(cases)]
+    numbers = range(first, first + cases)  # 0-based case numbers
+    seeds = [case_seed(seed, number) for number in numbers]
     orientations = tuple(orientations)
     if not orientations or any(o not in ORIENTATIONS for o in orientations):
         raise PhantomError(f"orientations must be among {', '.join(ORIENTATIONS)}, got {orientations!r}")
     case_orientations = [orientations[index % len(orientations)] for index in range(cases)]
-    case_ids = [(f"{case_orientations[index]}/" if len(orientations) > 1 else "") + f"case_{index + 1:03d}"
-                for index in range(cases)]
+    case_ids = [(f"{case_orientations[index]}/" if len(orientations) > 1 else "") + f"case_{number + 1:03d}"
+                for index, number in enumerate(numbers)]
     jobs = [(out_dir / case_ids[index], case_ids[index], seeds[index], shape, spacing, realism,
              case_orientations[index]) for index in range(cases)]
     entries = []
@@ -129,8 +142,7 @@ def generate_dataset(
         "case_seeds": seeds,
         "realism": realism.as_dict(),
         "case_orientations": case_orientations,
-        "training": entries,
-        "validation": [],
+        **{name: entries if name == split else [] for name in SPLITS},
     }
     with atomic_path(out_dir / "dataset.json") as tmp:
         tmp.write_text(json.dumps(dataset, indent=2) + "\n")

@@ -347,3 +347,35 @@ def test_bad_arguments_name_the_argument(tmp_path, kwargs, word):
     args = {"cases": 1, "seed": 0, "shape": SHAPE, "spacing": None, **kwargs}
     with pytest.raises(PhantomError, match=word):
         generate_dataset(tmp_path, **args)
+
+
+def test_first_case_continues_the_seed_and_split_names_the_list(dataset, tmp_path):
+    out, _ = dataset  # cases 1-3 of seed 5, training
+    ids = generate_dataset(tmp_path, cases=2, seed=5, shape=SHAPE, spacing=SPACING, first_case=2,
+                           split="validation")
+    assert ids == ["case_002", "case_003"]
+    three, two = (json.loads((d / "dataset.json").read_text()) for d in (out, tmp_path))
+    assert two["case_seeds"] == three["case_seeds"][1:]
+    assert two["training"] == [] and two["test"] == []
+    assert [e["case"] for e in two["validation"]] == ids
+    for name in CASE_FILES:  # case_003 of either folder is the same file content
+        a, b = (np.asanyarray(nib.load(d / "case_003" / f"{name}.nii.gz").dataobj) for d in (out, tmp_path))
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_a_training_and_a_validation_folder_make_one_split(dataset, tmp_path):
+    from radmtl.data.discovery import discover_all
+
+    out, _ = dataset
+    generate_dataset(tmp_path, cases=2, seed=5, shape=SHAPE, spacing=SPACING, first_case=4,
+                     split="validation", orientations=("lps", "oblique"))
+    index = discover_all([out, tmp_path])
+    assert [c.case_id for c in index.training] == ["case_001", "case_002", "case_003"]
+    assert [c.case_id for c in index.validation] == ["lps/case_004", "oblique/case_005"]
+
+
+@pytest.mark.parametrize("kwargs, word", [({"first_case": 0}, "first_case"), ({"split": "val"}, "split")])
+def test_bad_first_case_or_split_names_it(tmp_path, kwargs, word):
+    with pytest.raises(PhantomError, match=word):
+        generate_dataset(tmp_path, cases=1, shape=SHAPE, spacing=SPACING, **kwargs)
+    assert not (tmp_path / "dataset.json").exists()
