@@ -1,8 +1,9 @@
 """The review on the demo's own model: held-out phantoms of its training distribution get ``ok``; inputs
 unlike its training data get ``review`` (issue 27, point 4).
 
-``tests/fixtures/demo_model.pt`` is the model ``bash scripts/demo.sh`` trained (configs/quick.yaml on 24
-phantoms of seed 0), its σ-scaling factor and review thresholds fitted on its 5 validation cases, kept
+``tests/fixtures/demo_model.pt`` is the model ``bash scripts/demo.sh`` trained before its validation cases
+moved to native resolution (configs/quick.yaml on 24 phantoms of seed 0 on the network grid), its σ-scaling
+factor and review thresholds fitted on its 5 validation cases on that grid, kept
 by ``scripts/model_fixture.py`` (weights, config, labels, the fitted records; no optimiser state). The
 held-out cases come from the test seed range, on which no choice was made, on the network's grid.
 
@@ -10,6 +11,10 @@ What "unlike" means here, each a real way an MR goes wrong: a 60 mm region three
 anything in the body (an implant's or a contrast agent's bright signal), and an MR with noise a third of
 its bright tissue's level. A receive-coil bias field (signal 0.5 → 2 across the patient) was tried too and
 is not caught by this model's σ on one of the two cases (case 1: `ok`), so it is not claimed here.
+Review levels hold for inputs of their validation cases' resolution: the current demo's model, fitted on
+native 2 × 2 × 3 mm validation cases, passes these network-grid held-out cases and the bright region but
+leaves the noisy MR of case 1 `ok` here, while on native test cases it flags both noisy MRs and passes both
+clean ones (as does this model).
 """
 
 from __future__ import annotations
