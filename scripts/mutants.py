@@ -49,7 +49,7 @@ DICOM_GRID_TESTS = ("tests/inference/test_dicom_grid.py", "tests/inference/test_
 LOSSES, LIKELIHOODS, MODEL = "radmtl/nn/losses.py", "radmtl/nn/likelihoods.py", "radmtl/nn/model.py"
 TRANSFORMS = "radmtl/data/transforms.py"
 PHANTOM_TESTS = ("tests/data/phantom/test_realism.py",)
-CONFIG = "radmtl/config.py"
+CONFIG = "radmtl/config/schema.py"
 RECALIBRATION, STEP, SCHEDULE = ("radmtl/training/recalibration.py", "radmtl/training/step.py",
                                  "radmtl/training/schedule.py")
 

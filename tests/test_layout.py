@@ -63,7 +63,7 @@ def test_every_stage_package_exists_and_names_its_public_pieces():
 
 def test_no_flat_modules_left_behind():
     flat = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert flat == ["__init__.py", "__main__.py", "_lazy.py", "cli.py", "config.py", "device.py", "distributed.py",
+    assert flat == ["__init__.py", "__main__.py", "_lazy.py", "cli.py", "device.py", "distributed.py",
                     "errors.py"]
 
 

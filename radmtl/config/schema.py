@@ -1,25 +1,14 @@
-"""Configuration: YAML -> typed, frozen dataclasses.
-
-Every key is checked: unknown keys and values of the wrong type are errors that name the dotted
-key, so a typo in a YAML file fails before any data is read. ``--set a.b=c`` overrides are parsed
-as YAML scalars/lists, so ``--set data.patch_size=[32,32,32]`` and ``--set train.lr=1e-3`` work.
-"""
+"""The configuration's schema: one frozen dataclass per section, their defaults with the reasons for
+them, and the checks across fields that no single type can state (:func:`required_heads`, ranges)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from radmtl.errors import RadmtlError
+from radmtl.config.build import ConfigError
 
 TASKS = ("sct", "seg")
 WEIGHTINGS = ("fixed", "homoscedastic", "hetero_homo", "hetero")
@@ -47,10 +36,6 @@ def mc_samples_problem(value: Any) -> str | None:
         return (f"must be from 1 to {MAX_MC_SAMPLES}, got {int(value)} (time grows with every sample while the "
                 f"estimate hardly changes beyond a few hundred; the paper uses 20)")
     return None
-
-
-class ConfigError(RadmtlError, ValueError):
-    """A configuration value or key is invalid; the message names the dotted key."""
 
 
 @dataclass(frozen=True)
@@ -272,192 +257,3 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"infer.review_error_hu: must be a finite number > 0 (HU), got {cfg.infer.review_error_hu}")
     if not 0.0 < cfg.infer.review_precision < 1.0:
         raise ConfigError(f"infer.review_precision: must be in (0, 1), got {cfg.infer.review_precision}")
-
-
-# --- building dataclasses from plain dicts, with type checks that name the key ----------------
-
-
-def _check_value(key: str, value: Any, hint: Any) -> Any:
-    """Return ``value`` converted to ``hint`` or raise ConfigError naming ``key``."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_value(key, value, arg)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_check_value(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({list(value)})")
-        return tuple(_check_value(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-3" (no dot) as a string; users write learning rates that way.
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    raise ConfigError(f"{key}: unsupported type {hint!r}")  # pragma: no cover - programming error
-
-
-def _build(cls: type, raw: Any, prefix: str = "") -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"{where}{unknown[0]}: unknown key; valid keys here are {sorted(names)}"
-        )
-    kwargs = {}
-    for name, value in raw.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _check_value(key, value, hints[name])
-    return cls(**kwargs)
-
-
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Build a validated :class:`Config` (saved ones too); model heads are derived from the loss when omitted."""
-    raw = dict(raw or {})
-    loss = _build(LossConfig, raw.get("loss"), "loss")
-    model_raw = dict(raw.get("model") or {})
-    for key, value in required_heads(loss).items():
-        model_raw.setdefault(key, list(value) if isinstance(value, tuple) else value)
-    model_raw.setdefault("sct_log_var_init", DEFAULT_SCT_LOG_VAR_INIT[loss.likelihood])
-    model_raw.setdefault("mc_dropout_at", LEGACY_MC_DROPOUT_AT)
-    raw["model"] = model_raw
-    return _build(Config, raw)
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain-python (YAML/JSON-safe) dict of a config dataclass; tuples become lists."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(cfg))
-
-
-def flatten(cfg: Config) -> dict[str, Any]:
-    """``{"data.spacing": [3.0, 3.0, 3.0], ...}`` for logging every resolved value as a param."""
-    out: dict[str, Any] = {}
-
-    def walk(d: dict[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, dict):
-                walk(v, key + ".")
-            else:
-                out[key] = v
-
-    walk(to_dict(cfg), "")
-    return out
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Apply ``a.b=c`` strings to a raw dict; values are parsed as YAML (``[1,2]``, ``1e-3``, ``true``)."""
-    raw = yaml.safe_load(yaml.safe_dump(raw or {}))  # deep copy, plain types
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=1e-3")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise ConfigError(f"--set {item!r}: empty key")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {key}: cannot parse value {text!r} ({err})") from err
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return raw
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML file (or the built-in defaults when ``path`` is None) and apply overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from err
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from err
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-    raw = apply_overrides(raw, overrides)
-    if isinstance(raw.get("model") or {}, dict):  # a YAML file without the key gets today's default
-        raw["model"] = {"mc_dropout_at": ModelConfig.mc_dropout_at, **(raw.get("model") or {})}
-    try:
-        return config_from_dict(raw)
-    except ConfigError as err:
-        blamed = _overrides_named(str(err), overrides)
-        if blamed:  # the file is not to blame for a value --set gave
-            source = ", ".join(f"--set {item}" for item in blamed)
-            raise ConfigError(f"{err} (the value came from {source}" + (f", not {path})" if path else ")")) from err
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}{err}") from err
-
-
-def _overrides_named(message: str, overrides: list[str] | tuple[str, ...]) -> list[str]:
-    """The ``--set`` items whose key ``message`` names (as a whole dotted key, or a section of one)."""
-    named = []
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if key and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message):
-            named.append(item)
-    return named
-
-
-def dump_config(cfg: Config) -> str:
-    """The resolved config as YAML text (what is logged to MLflow and stored in checkpoints)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
