@@ -9,7 +9,7 @@ this package does not import the others.
 from radmtl._lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
-    "Volume": "io", "Grid": "io", "VolumeError": "io", "read_volume": "io", "write_like": "io", "write_volume": "io", "atomic_path": "io",
+    "Volume": "io", "Grid": "grid", "VolumeError": "io", "read_volume": "io", "write_like": "io", "write_volume": "io", "atomic_path": "atomic",
     "VolumeReader": "reader", "output_suffix": "io",
     "Case": "discovery", "DatasetIndex": "discovery", "DatasetError": "discovery", "discover": "discovery",
     "discover_all": "discovery", "split_cases": "splits", "stratified_split": "splits",

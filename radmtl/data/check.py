@@ -48,7 +48,8 @@ from radmtl.data.discovery import (
     find_volumes,
     folders_without_mr,
 )
-from radmtl.data.io import Grid, VolumeError, VolumeHeaderError, grid_mismatch, read_volume
+from radmtl.data.io import VolumeError, VolumeHeaderError, read_volume
+from radmtl.data.grid import Grid, grid_mismatch
 from radmtl.data.laterality import check_laterality, laterality_problems, midline_x
 from radmtl.data.volume_rules import affine_problems, constant_problem, finite_values, mr_problems
 

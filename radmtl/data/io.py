@@ -1,4 +1,4 @@
-"""Volume I/O: read and write NIfTI (and .mha/.nrrd through SimpleITK) on a reference grid, atomically.
+"""Volume I/O: read and write NIfTI (and .mha/.nrrd through SimpleITK) on a reference grid, atomically (:mod:`radmtl.data.atomic`).
 
 Every volume is handled as a :class:`Volume`: a 3D array in the file's own voxel order plus the
 4×4 voxel→world affine in nibabel's RAS+ millimetre convention. Writes copy the reference's
@@ -10,11 +10,8 @@ affine → LPS origin, spacing, direction), so a SynthRAD2025 ``.mha`` comes bac
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,17 +21,14 @@ import numpy as np
 from radmtl.errors import RadmtlError
 from radmtl.data.metaimage_header import stored_metaimage_problem
 from radmtl.data.nifti_header import stored_header_problem
+from radmtl.data.atomic import atomic_path
+from radmtl.data.grid import Grid
 
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
-
-# Geometry tolerances: header round-trips through float32 quaternions lose ~1e-5 mm.
-SPACING_TOL_MM = 1e-3
-ORIGIN_TOL_MM = 1e-2
-DIRECTION_TOL = 1e-3
 
 # RAS <-> LPS: ITK/DICOM world coordinates are LPS, nibabel's are RAS (the flip is its own inverse).
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -100,56 +94,6 @@ class Volume:
     @property
     def grid(self) -> Grid:
         return Grid.from_affine(self.shape, self.affine)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Shape, spacing (mm), origin (mm, RAS) and direction cosines (columns) of a voxel grid."""
-
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: np.ndarray
-
-    @classmethod
-    def from_affine(cls, shape: tuple[int, ...], affine: np.ndarray) -> Grid:
-        linear = np.asarray(affine, dtype=np.float64)[:3, :3]
-        spacing = np.linalg.norm(linear, axis=0)
-        direction = linear / np.where(spacing > 0, spacing, 1.0)
-        return cls(
-            shape=tuple(int(s) for s in shape[:3]),
-            spacing=tuple(float(s) for s in spacing),
-            origin=tuple(float(o) for o in np.asarray(affine)[:3, 3]),
-            direction=direction,
-        )
-
-    def describe(self) -> dict:
-        """JSON-safe description (for provenance files)."""
-        return {
-            "shape": list(self.shape),
-            "spacing_mm": [round(s, 6) for s in self.spacing],
-            "origin_mm": [round(o, 6) for o in self.origin],
-            "direction": np.round(self.direction, 6).tolist(),
-        }
-
-
-def grid_mismatch(grid: Grid, reference: Grid) -> str | None:
-    """Describe how ``grid`` differs from ``reference`` (None when they match within tolerance)."""
-    if grid.shape != reference.shape:
-        return f"shape {list(grid.shape)} differs from {list(reference.shape)}"
-    if not np.allclose(grid.spacing, reference.spacing, atol=SPACING_TOL_MM):
-        return (
-            f"spacing {[round(s, 4) for s in grid.spacing]} mm differs from "
-            f"{[round(s, 4) for s in reference.spacing]} mm"
-        )
-    if not np.allclose(grid.origin, reference.origin, atol=ORIGIN_TOL_MM):
-        return (
-            f"origin {[round(o, 3) for o in grid.origin]} mm differs from "
-            f"{[round(o, 3) for o in reference.origin]} mm"
-        )
-    if not np.allclose(grid.direction, reference.direction, atol=DIRECTION_TOL):
-        return "direction (orientation) differs"
-    return None
 
 
 def has_volume_suffix(path: str | Path) -> bool:
@@ -301,23 +245,6 @@ def output_suffix(fmt: str, input_path: str | Path | None) -> str:
         return f".{fmt}"
     suffix = volume_suffix(input_path) if input_path is not None else None
     return _AUTO_SUFFIX.get(suffix, ".nii.gz")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
-
-    The temporary name keeps the suffix (nibabel picks gzip from ``.nii.gz``) and starts with a
-    dot so a crash never leaves a file under the final name or one that looks like an output.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.tmp.{path.name}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _check_writable_dir(folder: Path) -> None:

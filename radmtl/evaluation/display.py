@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from radmtl.data.io import atomic_path
+from radmtl.data.atomic import atomic_path
 
 # Wide enough for air, soft tissue and bone, where sCT errors concentrate; MR/sCT/CT share it.
 DEFAULT_HU_WINDOW = (-1000.0, 1500.0)

@@ -34,7 +34,8 @@ from radmtl.evaluation import calibration as C
 from radmtl.evaluation import detection as D
 from radmtl.evaluation import metrics as M
 from radmtl.errors import RadmtlError
-from radmtl.data.io import VolumeError, atomic_path, read_volume
+from radmtl.data.io import VolumeError, read_volume
+from radmtl.data.atomic import atomic_path
 # PRED_FILES, PRED_SUFFIXES: re-exported, their home was here
 from radmtl.evaluation.pred_files import PRED_FILES, PRED_SUFFIXES, pred_file, read_on_grid  # noqa: F401
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from radmtl.data.io import Volume, VolumeError, grid_mismatch, read_volume
+from radmtl.data.io import Volume, VolumeError, read_volume
+from radmtl.data.grid import grid_mismatch
 from radmtl.evaluation import detection as D
 
 log = logging.getLogger(__name__)

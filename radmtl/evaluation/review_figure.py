@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from radmtl.data.io import atomic_path
+from radmtl.data.atomic import atomic_path
 from radmtl.evaluation.display import (
     CONTOUR_COLOURS,
     DEFAULT_HU_WINDOW,

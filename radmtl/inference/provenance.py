@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from radmtl import __version__
-from radmtl.data.io import Grid
+from radmtl.data.grid import Grid
 
 if TYPE_CHECKING:  # annotations only: infer imports this module
     from radmtl.inference.infer_options import InferOptions

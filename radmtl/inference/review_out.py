@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from radmtl.data.io import Volume, atomic_path
+from radmtl.data.io import Volume
+from radmtl.data.atomic import atomic_path
 from radmtl.evaluation.display import as_ras  # its home is the display module (the dose figure uses it too)
 from radmtl.evaluation.review import ReviewThresholds, review_case
 

@@ -21,7 +21,7 @@ import torch
 from radmtl import __version__
 from radmtl.config import Config, config_from_dict, to_dict
 from radmtl.errors import RadmtlError
-from radmtl.data.io import atomic_path
+from radmtl.data.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from radmtl.data.io import atomic_path
+from radmtl.data.atomic import atomic_path
 from radmtl.nn.checkpoint import BEST, LATEST, CheckpointError, load_checkpoint
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from radmtl.nn.checkpoint import BEST, LATEST, load_checkpoint, make_payload, sa
 from radmtl.config import Config, config_from_dict, dump_config, flatten, load_config
 from radmtl.device import amp_dtype_for, keep_freed_memory_for_reuse, resolve_device
 from radmtl.errors import RadmtlError
-from radmtl.data.io import atomic_path
+from radmtl.data.atomic import atomic_path
 from radmtl.nn.losses import MultiTaskLoss, parameter_groups
 from radmtl.nn.model import build_model
 from radmtl.tracking.datasets import log_case_datasets

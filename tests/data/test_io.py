@@ -9,7 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from radmtl.data import io
-from radmtl.data.io import VolumeError, atomic_path, grid_mismatch, read_volume, write_like, write_volume
+from radmtl.data.io import VolumeError, read_volume, write_like, write_volume
+from radmtl.data.atomic import atomic_path
+from radmtl.data.grid import Grid, grid_mismatch
 
 
 def _affine(kind: str) -> np.ndarray:
@@ -197,15 +199,15 @@ def test_mha_read_matches_nifti_world_geometry(tmp_path):
 
 
 def test_grid_mismatch_names_the_difference():
-    base = io.Grid.from_affine((4, 4, 4), np.eye(4))
+    base = Grid.from_affine((4, 4, 4), np.eye(4))
     assert grid_mismatch(base, base) is None
-    assert "shape" in grid_mismatch(io.Grid.from_affine((4, 4, 5), np.eye(4)), base)
-    assert "spacing" in grid_mismatch(io.Grid.from_affine((4, 4, 4), np.diag([1, 1, 2, 1.0])), base)
+    assert "shape" in grid_mismatch(Grid.from_affine((4, 4, 5), np.eye(4)), base)
+    assert "spacing" in grid_mismatch(Grid.from_affine((4, 4, 4), np.diag([1, 1, 2, 1.0])), base)
     shifted = np.eye(4)
     shifted[:3, 3] = [0, 0, 1]
-    assert "origin" in grid_mismatch(io.Grid.from_affine((4, 4, 4), shifted), base)
+    assert "origin" in grid_mismatch(Grid.from_affine((4, 4, 4), shifted), base)
     flipped = np.diag([-1.0, 1, 1, 1])
-    assert "direction" in grid_mismatch(io.Grid.from_affine((4, 4, 4), flipped), base)
+    assert "direction" in grid_mismatch(Grid.from_affine((4, 4, 4), flipped), base)
 
 
 # --- writing .mha/.nrrd ---------------------------------------------------------------------------

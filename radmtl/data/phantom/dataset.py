@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from radmtl.data.io import atomic_path, write_volume
+from radmtl.data.io import write_volume
+from radmtl.data.atomic import atomic_path
 from radmtl.data.discovery import SPLITS
 from radmtl.data.phantom.cases import (CASE_FILES, DEFAULT_SHAPE, PHANTOM_LABELS, PhantomError, _check_grid,
                                        _check_seed, case_seed, generate_case)
