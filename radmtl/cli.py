@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true",
                    help="no bowel gas, tissue texture or MR→CT misregistration (one HU per tissue)")
     p.add_argument("--first-case", type=int, default=1, metavar="N",
-                   help="number of the first case (default 1): case_N and its seed are those of case N of any "
-                   "dataset with this seed, on any grid")
+                   help="number of the first case (default 1): case_N and its seed (its anatomy) are those of case N "
+                   "of any dataset with this seed, on any grid; --orientations start again from this case")
     p.add_argument("--split", default="training", choices=["training", "validation", "test"],
                    help="the dataset.json list the cases go to (default training); `radmtl train --data TRAIN VAL` "
                    "validates, and fits σ-scaling, on a folder written with --split validation")

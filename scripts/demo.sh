@@ -60,7 +60,7 @@ radmtl evaluate --pred "$OUT/pred_grid"  --ref "$OUT/heldout_grid" | \
 cat <<MSG
 
 Done in $(elapsed) (min:s).
-  phantom data:       $OUT/data, $OUT/validation, $OUT/heldout (native 2×2×3 mm), $OUT/heldout_grid (network grid)
+  phantom data:       $OUT/data (network grid), $OUT/validation and $OUT/heldout (native 2×2×3 mm), $OUT/heldout_grid (network grid)
   run folder:         $OUT/run (checkpoints, train.log, QA pictures in qa/, training_curves.png)
   predictions:        $OUT/pred/<case>/ (sct, seg, sigma maps, provenance.json)
   per-case review:    $OUT/pred/<case>/review/ (review.png, review.html: verdict, flagged voxels; review.json)

@@ -76,17 +76,19 @@ def main(argv=None) -> int:
     spec = json.loads((args.ref / "dataset.json").read_text())
     realism = Realism(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["realism"].items()})
     pooled: dict[str, list[dict[str, float]]] = {name: [] for name in REGIONS}
-    for index, entry in enumerate(spec["training"]):
+    # The cases in the order they were written (case_seeds, case_orientations), whichever split holds them.
+    entries = [entry for split in ("training", "validation", "test") for entry in spec.get(split, [])]
+    for index, entry in enumerate(entries):
         case_id = entry["case"]
         case = generate_case(spec["case_seeds"][index], tuple(spec["shape"]), tuple(spec["spacing_mm"]), realism,
-                             spec.get("case_orientations", ["ras"] * len(spec["training"]))[index])
+                             spec.get("case_orientations", ["ras"] * len(entries))[index])
         sct = nib.load(args.pred / case_id / "sct.nii.gz").get_fdata(dtype=np.float32)
         sigma_file = args.pred / case_id / "sct_sigma_total.nii.gz"
         sigma = nib.load(sigma_file if sigma_file.exists() else args.pred / case_id / "sct_sigma_aleatoric.nii.gz"
                          ).get_fdata(dtype=np.float32)
         for name, row in case_table(case, sct, sigma).items():
             pooled[name].append(row)
-    print(f"sCT error by region over {len(spec['training'])} case(s) of {args.ref} (mean over cases)")
+    print(f"sCT error by region over {len(entries)} case(s) of {args.ref} (mean over cases)")
     print("| region | share of body | MAE (HU) | share of the absolute error | mean σ_total (HU) | coverage_95 |")
     print("|---|---|---|---|---|---|")
     for name in REGIONS:

@@ -12,8 +12,8 @@ anything in the body (an implant's or a contrast agent's bright signal), and an 
 its bright tissue's level. A receive-coil bias field (signal 0.5 → 2 across the patient) was tried too and
 is not caught by this model's σ on one of the two cases (case 1: `ok`), so it is not claimed here.
 Review levels hold for inputs of their validation cases' resolution: the current demo's model, fitted on
-native 2 × 2 × 3 mm validation cases, passes these network-grid held-out cases and the bright region but
-leaves the noisy MR of case 1 `ok` here, while on native test cases it flags both noisy MRs and passes both
+native 2 × 2 × 3 mm validation cases, gives these network-grid held-out cases `ok` and flags the bright
+region, but leaves the noisy MR of case 1 `ok` here, while on native test cases it flags both noisy MRs and passes both
 clean ones (as does this model).
 """
 

@@ -71,7 +71,8 @@ def generate_dataset(
 
     Case ``i`` (``case_{i+1:03d}``) uses :func:`case_seed` ``(seed, i)``, so it is the same whatever
     ``cases`` is, whichever process makes it, and on any grid: a dataset of cases 1-19 on a coarse grid and
-    one of cases 20-24 on a fine grid (``first_case=20``) are the 24 cases of one seed, split in two.
+    one of cases 20-24 on a fine grid (``first_case=20``) are the 24 cases of one seed, split in two (each
+    case's anatomy; the storage grids of ``orientations`` are taken in turn from the first case written).
 
     Args:
         out_dir: dataset folder (created if missing).
@@ -86,8 +87,8 @@ def generate_dataset(
             more than one must call this under ``if __name__ == "__main__":``, hence the default 1.
         realism: bowel gas, texture and MR→CT deformation (:class:`Realism`); recorded in
             ``dataset.json``.
-        orientations: storage grids (:data:`ORIENTATIONS`), taken in turn: case ``i`` is stored on
-            ``orientations[i % n]``. With more than one, each case's folder is
+        orientations: storage grids (:data:`ORIENTATIONS`), taken in turn: the ``k``-th case written (from 0)
+            is stored on ``orientations[k % n]``. With more than one, each case's folder is
             ``<orientation>/case_NNN``, so ``radmtl evaluate`` summarises each orientation apart.
         first_case: the number of the first case written (its id ``case_NNN`` and its seed).
         split: the ``dataset.json`` list the cases go to (:data:`SPLITS`): ``validation`` makes a folder

@@ -379,3 +379,18 @@ def test_bad_first_case_or_split_names_it(tmp_path, kwargs, word):
     with pytest.raises(PhantomError, match=word):
         generate_dataset(tmp_path, cases=1, shape=SHAPE, spacing=SPACING, **kwargs)
     assert not (tmp_path / "dataset.json").exists()
+
+
+def test_cli_first_case_and_split_reach_dataset_json(tmp_path, capsys):
+    from radmtl.cli import main
+
+    out = tmp_path / "val"
+    assert main(["-q", "phantom", str(out), "--cases", "1", "--seed", "5", "--first-case", "3", "--split",
+                 "validation", "--shape", *map(str, SHAPE), "--spacing", *map(str, SPACING)]) == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert [e["case"] for e in meta["validation"]] == ["case_003"] and meta["training"] == []
+    assert meta["case_seeds"] == [case_seed(5, 2)]
+    assert main(["-q", "phantom", str(tmp_path / "bad"), "--cases", "1", "--first-case", "0"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "radmtl phantom: error: first_case must be a positive integer, got 0"
+    assert not (tmp_path / "bad").exists()
