@@ -36,8 +36,8 @@ from radmtl.evaluation import metrics as M
 from radmtl.errors import RadmtlError
 from radmtl.data.io import VolumeError, read_volume
 from radmtl.data.atomic import atomic_path
-# PRED_FILES, PRED_SUFFIXES: re-exported, their home was here
-from radmtl.evaluation.pred_files import PRED_FILES, PRED_SUFFIXES, pred_file, read_on_grid  # noqa: F401
+from radmtl.evaluation.pred_files import PRED_FILES, PRED_SUFFIXES, pred_file, read_on_grid
+from radmtl.evaluation.text_table import table_lines
 
 log = logging.getLogger(__name__)
 
@@ -282,9 +282,7 @@ def format_tables(result: Evaluation) -> str:
     if keys:
         header = ["case", *keys]
         rows = [[c, *(_fmt(r.get(k, math.nan)) for k in keys)] for c, r in result.rows.items()]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        lines += table_lines(header, rows)
         lines.append("")
     width = max((len(k) for k in result.summary), default=6)
     missing = f"; {len(result.missing)} reference case(s) without a complete prediction are not in it" \
@@ -298,10 +296,7 @@ def format_tables(result: Evaluation) -> str:
         header = ["metric", *(f"{g} (n = {sizes[g]})" for g in result.groups)]
         rows = [[name, *(f"{_fmt(s.get(name, (math.nan,) * 2)[0])} ± {_fmt(s.get(name, (math.nan,) * 2)[1])}"
                          for s in result.groups.values())] for name in result.summary]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-        lines += ["", "mean ± sd per group"]
-        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        lines += ["", "mean ± sd per group", *table_lines(header, rows)]
     return "\n".join(lines)
 
 

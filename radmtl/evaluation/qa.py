@@ -120,7 +120,6 @@ def qa_images(
             mean_sigma = float(np.nanmean(sig2d)) if np.any(body2d) else float("nan")
             panels.append((f"predicted σ (mean {mean_sigma:.0f} HU)", sig2d, heat, "HU"))
         show_contours = seg is not None or ref_labels is not None
-        n_panels = len(panels) + int(show_contours)
 
         width_mm, height_mm = extent[1], extent[2]
         panel_h = max(2.0, min(6.0, PANEL_INCHES * height_mm / max(width_mm, 1e-6)))
@@ -204,6 +203,7 @@ def _panel_row(panel_h: float, colorbars: Sequence[bool], contours: bool):
             colorbar_axes.append(None)
         x += slot + _GAP_IN
     return fig, axes, colorbar_axes
+
 
 def _series(records: list[dict[str, float]], key: str, x_key: str) -> tuple[list[float], list[float]]:
     # After a resume the unfinished epoch is logged again: the last value per x wins.

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-# axial_grid, inside_field_of_view: their home is radmtl.data.axial (shared with the dose evaluation)
-from radmtl.data.axial import axial_grid, inside_field_of_view  # noqa: F401
-from radmtl.data.dicom.common import RAS_FROM_LPS, scanner_axis_order
+from radmtl.data.axial import axial_grid, inside_field_of_view
+from radmtl.data.dicom.common import scanner_axis_order
+from radmtl.data.io import RAS_FROM_LPS
 from radmtl.errors import RadmtlError
 
 DICOM_GRIDS = ("input", "axial")

@@ -47,8 +47,7 @@ from radmtl.inference.review_out import REVIEW_FOLDER, CaseReview, thresholds_of
 from radmtl.data.io import VolumeError, output_suffix, write_like
 
 from radmtl.inference.case_maps import MAP_OUTPUTS, input_grid_outputs, predict_on_network_grid
-# InferOptions, check_options: re-exported, their home was here
-from radmtl.inference.infer_options import InferOptions, check_model_options, check_options, mc_samples_of  # noqa: F401
+from radmtl.inference.infer_options import InferOptions, check_model_options, check_options, mc_samples_of
 # find_cases: re-exported, its home was here
 from radmtl.inference.inputs import (PreparedCase, find_cases, find_input_cases, prepare_case,  # noqa: F401
                                      read_ahead)

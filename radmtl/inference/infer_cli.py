@@ -12,6 +12,7 @@ from radmtl.data.io import strip_volume_suffix
 from radmtl.distributed import context_from_env
 from radmtl.errors import RadmtlError
 from radmtl.inference.cohort import COHORT_ENV, run_under_torchrun, run_worker, run_workers
+from radmtl.evaluation.text_table import table_lines
 from radmtl.inference.infer import PROVENANCE, CaseResult, InferOptions, run_inference
 
 
@@ -28,11 +29,7 @@ def format_summary(results: list[CaseResult], ranks: bool = False) -> str:
     header = ("case", "rank", "seconds", "outputs", "flags")
     keep = [0, *([1] if ranks else []), 2, 3, *([4] if any(r.flags for r in results) else [])]
     rows, header = [tuple(row[i] for i in keep) for row in rows], tuple(header[i] for i in keep)
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
+    return "\n".join(table_lines(header, rows, rule=True))
 
 
 def format_rank_counts(results: list[CaseResult], world_size: int) -> str:

@@ -36,7 +36,6 @@ def thresholds_of(payload: dict[str, Any]) -> ReviewThresholds | None:
     return ReviewThresholds.from_dict(record) if record else None
 
 
-
 class CaseReview:
     """Keeps the maps of one case that its review needs, then writes ``review/``."""
 

@@ -255,7 +255,7 @@ def test_risk_coverage_plot_writes_a_png(tmp_path):
 
 
 def test_evaluate_reads_every_map_infer_writes():
-    from radmtl.evaluation.evaluate import PRED_FILES
+    from radmtl.evaluation.pred_files import PRED_FILES
     from radmtl.inference.case_maps import MAP_OUTPUTS
 
     written = {stem for stem, *_ in MAP_OUTPUTS.values()}

@@ -14,7 +14,8 @@ import pytest
 import SimpleITK as sitk
 
 from radmtl.cli import main
-from radmtl.data.dicom.common import RAS_FROM_LPS, SlicePlanes
+from radmtl.data.io import RAS_FROM_LPS
+from radmtl.data.dicom.common import SlicePlanes
 from radmtl.data.dicom.rtstruct import rasterise_rtstruct
 from radmtl.data.phantom import PHANTOM_LABELS, generate_case
 from radmtl.data.phantom.dicom import axial_affine, oblique_affine, phantom_mr_series

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from radmtl import __version__
-from radmtl.data.io import RAS_FROM_LPS  # noqa: F401  (its home is io, shared with the core modules)
+from radmtl.data.io import RAS_FROM_LPS
 from radmtl.errors import RadmtlError
 
 # A UUID-derived OID arc (ISO/IEC 9834-8, "2.25.<uuid as integer>") needs no registration; the UUID is

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from radmtl.data.dicom.common import (RAS_FROM_LPS, DicomError, DicomIdentity, SlicePlanes, base_dataset,
+from radmtl.data.io import RAS_FROM_LPS
+from radmtl.data.dicom.common import (DicomError, DicomIdentity, SlicePlanes, base_dataset,
                                       dicom_datetime, new_uid, planes_to_affine, series_number_at)
 from radmtl.data.dicom.ct import CT_IMAGE_STORAGE, CtSeries
 

@@ -42,7 +42,8 @@ import numpy as np
 from radmtl.errors import RadmtlError
 from radmtl.evaluation.dose.engine import MODALITIES, PlanSettings
 from radmtl.evaluation.dose.errors import DoseError
-from radmtl.evaluation.dose.report import fmt, json_number, mean_sd_metrics, summary_json, table_lines
+from radmtl.evaluation.dose.report import fmt, json_number, mean_sd_metrics, summary_json
+from radmtl.evaluation.text_table import table_lines
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +175,15 @@ def dose_case(case_id: str, ct_hu: np.ndarray, sct_hu: np.ndarray, affine: np.nd
         timings[modality] = {"plan_s": plan_s, "recompute_s": recompute_s, "metrics_s": metrics_s}
         log.info("case %s: %s plan %.1f s, sCT recompute %.1f s, metrics %.1f s; γ 2%%/2mm %.1f %%", case_id,
                  modality, plan_s, recompute_s, metrics_s, rows[modality]["gamma_2mm2pct"])
-        doses = None
+        doses = sd = None
         if samples_hu is not None:
-            from radmtl.evaluation.dose.sample_dose import sample_dose_metrics, sample_doses
+            from radmtl.evaluation.dose.sample_dose import dose_sd, sample_dose_metrics, sample_doses
 
             start = time.perf_counter()
             doses = sample_doses(lambda hu: recompute(plan, hu), samples_hu)
+            sd = dose_sd(doses)  # once, for the metrics and the figure
             rows[modality].update(sample_dose_metrics(plan.dose_gy, sct_dose, doses, dvh_structures, target,
-                                                      settings.prescription_gy))
+                                                      settings.prescription_gy, sd=sd))
             timings[modality]["samples_s"] = time.perf_counter() - start
             log.info("case %s: %s on %d sCT samples %.1f s; CT dose inside the samples' 95 %% band in %.1f %% of the >10 %% "
                      "region", case_id, modality, len(doses), timings[modality]["samples_s"],
@@ -192,8 +194,8 @@ def dose_case(case_id: str, ct_hu: np.ndarray, sct_hu: np.ndarray, affine: np.nd
             path = figure_dir / f"{case_id}_{modality}.png"
             figures.append(dose_figure(ct_hu, sct_hu, plan.dose_gy, sct_dose, dvh_structures, target, affine,
                                        settings.prescription_gy, f"case {case_id}: {modality}", path,
-                                       sample_doses=doses))
-        del doses
+                                       sample_doses=doses, sample_sd=sd))
+        del doses, sd
     return rows, timings, figures
 
 

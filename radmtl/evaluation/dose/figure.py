@@ -12,7 +12,7 @@ whatever the storage.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +25,14 @@ DOSE_WASH_PERCENT = 10.0  # dose below this % of the prescription is not coloure
 
 def dose_figure(ct_hu: np.ndarray, sct_hu: np.ndarray, ct_dose: np.ndarray, sct_dose: np.ndarray,
                 structures: Mapping[str, np.ndarray], target: str, affine: np.ndarray, prescription_gy: float,
-                title: str, path: Path, sample_doses: np.ndarray | None = None) -> Path:
+                title: str, path: Path, sample_doses: np.ndarray | None = None,
+                sample_sd: np.ndarray | None = None) -> Path:
     """Write the figure to ``path`` (PNG, atomically) and return it.
 
     Args:
         ct_hu … structures: arrays in the voxel order of ``affine`` (voxel → RAS mm).
         sample_doses: (K, X, Y, Z) the plan's doses on K sCT samples, or None.
+        sample_sd: their :func:`~.sample_dose.dose_sd` when the caller has it already; None computes it.
     """
     from matplotlib.figure import Figure
 
@@ -42,7 +44,9 @@ def dose_figure(ct_hu: np.ndarray, sct_hu: np.ndarray, ct_dose: np.ndarray, sct_
     spacing = as_ras(np.asarray(ct_hu), affine)[1]
     # The images in RAS order; the DVHs need none (a DVH is a function of the voxel set), so the sample doses,
     # used only for their DVH bands and SD map, stay as they are.
-    sd = ras(dose_sd(sample_doses)) if sample_doses is not None else None
+    if sample_doses is not None and sample_sd is None:
+        sample_sd = dose_sd(sample_doses)
+    sd = ras(sample_sd) if sample_sd is not None else None
     ct_hu, sct_hu, ct_dose, sct_dose = ras(ct_hu), ras(sct_hu), ras(ct_dose), ras(sct_dose)
     masks = {name: ras(mask) for name, mask in structures.items()}
     shape = np.shape(ct_hu)

@@ -28,7 +28,8 @@ import numpy as np
 
 from radmtl.data.laterality import LEFT_SIGN_RAS_X, world_centroid
 from radmtl.evaluation.dose.hlut import DEFAULT_HLUT, Hlut
-from radmtl.evaluation.dose.report import fmt, json_number, mean_sd_metrics, summary_json, table_lines
+from radmtl.evaluation.dose.report import fmt, json_number, mean_sd_metrics, summary_json
+from radmtl.evaluation.text_table import table_lines
 from radmtl.evaluation.dose.wepl import grid_entry_distance, distal_edge_mm, ray_voxels, wepl_with_sigma
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,3 @@ def mean_sd_metrics(prefix: str, groups: Mapping[str, Mapping[str, tuple[float, 
                     out[f"{prefix}_{group}_{name}_{stat}"] = float(value)
     return out
 
-
-def table_lines(header: list[str], cells: list[list[str]]) -> list[str]:
-    """The lines of a plain-text table, each column left-aligned to its widest cell."""
-    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(header)]
-    return ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *cells]]

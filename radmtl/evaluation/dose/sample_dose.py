@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 SAMPLES_STEM = "sct_samples"  # radmtl infer --save-samples K
 MIN_SAMPLES = 2  # an SD needs two
 COVERAGE = 0.95  # the band's nominal coverage
+REGION_PERCENTS = (10.0, 90.0)  # dose regions scored: above 10 % and 90 % of the prescription
 
 
 def band_multiplier(k: int) -> float:
@@ -51,7 +52,6 @@ def band_multiplier(k: int) -> float:
     if k < MIN_SAMPLES:
         raise ValueError(f"a band needs at least {MIN_SAMPLES} samples, got {k}")
     return float(stats.t.ppf(0.5 + COVERAGE / 2, k - 1) * np.sqrt(1.0 + 1.0 / k))
-REGION_PERCENTS = (10.0, 90.0)
 
 
 def sample_doses(recompute: Callable[[np.ndarray], np.ndarray], samples_hu: np.ndarray) -> np.ndarray:
@@ -76,7 +76,8 @@ def dose_sd(doses: np.ndarray) -> np.ndarray:
 
 
 def sample_dose_metrics(ct_dose: np.ndarray, sct_dose: np.ndarray, doses: np.ndarray,
-                        structures: Mapping[str, np.ndarray], target: str, prescription_gy: float) -> dict[str, float]:
+                        structures: Mapping[str, np.ndarray], target: str, prescription_gy: float,
+                        sd: np.ndarray | None = None) -> dict[str, float]:
     """The sample-band numbers of one case and modality (module docstring); keys start ``samples_`` or
     ``dvh_``.
 
@@ -84,12 +85,13 @@ def sample_dose_metrics(ct_dose: np.ndarray, sct_dose: np.ndarray, doses: np.nda
         ct_dose, sct_dose: (X, Y, Z) the plan's dose on the CT and on the sCT.
         doses: (K, X, Y, Z) its doses on the K samples, K ≥ 2.
         structures: the DVH structures (target and OARs).
+        sd: :func:`dose_sd` of ``doses`` when the caller has it already (the figure draws it too).
     """
     ct_dose, sct_dose = np.asarray(ct_dose, np.float64), np.asarray(sct_dose, np.float64)
     k = int(np.shape(doses)[0])
     if k < MIN_SAMPLES:
         raise ValueError(f"a dose SD needs at least {MIN_SAMPLES} samples, got {k}")
-    sd = dose_sd(doses).astype(np.float64)
+    sd = (dose_sd(doses) if sd is None else np.asarray(sd)).astype(np.float64)
     error = np.abs(sct_dose - ct_dose)
     multiplier = band_multiplier(k)
     row: dict[str, float] = {"samples_n": float(k), "samples_band_multiplier": multiplier}

@@ -11,7 +11,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from radmtl.data.dicom.common import (RADMTL_UID_ROOT, RAS_FROM_LPS, DicomError, DicomIdentity, SourceSeries,
+from radmtl.data.io import RAS_FROM_LPS
+from radmtl.data.dicom.common import (RADMTL_UID_ROOT, DicomError, DicomIdentity, SourceSeries,
                                       series_number_at)
 from radmtl.data.dicom.ct import hu_to_stored, write_ct_series
 from radmtl.data.phantom import generate_case

@@ -9,7 +9,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from radmtl.data.dicom.common import RAS_FROM_LPS, DicomError, grid_to_planes, planes_to_affine
+from radmtl.data.io import RAS_FROM_LPS
+from radmtl.data.dicom.common import DicomError, grid_to_planes, planes_to_affine
 from radmtl.data.dicom.series import read_series, select_series
 from radmtl.data.phantom import generate_case
 from radmtl.data.phantom.dicom import axial_affine, oblique_affine, phantom_mr_series, write_mr_series
